@@ -1,0 +1,199 @@
+"""The ``lorapipe`` command: one verb per stage, the whole run, and plugin inspection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+
+from lorapipe import __version__
+from lorapipe.errors import UserError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+
+STAGE_VERBS = ("prepare", "train", "evaluate", "merge", "export")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="pipeline YAML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (repeatable), e.g. --set train.learning_rate=1e-4",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorapipe", description="Fine-tune LLMs with LoRA/QLoRA from one YAML pipeline."
+    )
+    parser.add_argument("--version", action="version", version=f"lorapipe {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="prepare, train, evaluate, merge and export")
+    _add_config_args(run)
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    run.add_argument("--overwrite", action="store_true", help="delete output_dir and start again")
+    run.add_argument(
+        "--allow-config-change", action="store_true", help="resume even though the config changed"
+    )
+
+    validate = sub.add_parser("validate", help="check a config and its components; no work")
+    _add_config_args(validate)
+
+    for verb in STAGE_VERBS:
+        stage = sub.add_parser(verb, help=f"run the {verb} stage only")
+        _add_config_args(stage)
+        if verb == "train":
+            stage.add_argument(
+                "--resume", action="store_true", help="continue from the newest valid checkpoint"
+            )
+            stage.add_argument(
+                "--allow-config-change",
+                action="store_true",
+                help="resume even though the config changed",
+            )
+
+    plugins = sub.add_parser("plugins", help="installed plugins, their hooks and load failures")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    components = sub.add_parser("components", help="registered component names per kind")
+    components.add_argument("kind", nargs="?", help="only this kind (e.g. loader, exporters)")
+    return parser
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202 - returns (config, registry)
+    from lorapipe.config import load_config
+    from lorapipe.registry import get_registry
+
+    registry = get_registry()
+    return load_config(args.config, args.overrides, registry), registry
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config, _ = _load(args)
+    console.print(f"[green]✓[/] {args.config} is valid")
+    for kind, field, ref in config.component_refs():
+        console.print(f"  {field}: {kind.replace('_', ' ')} '{ref.name}'")
+    console.print(f"  output_dir: {config.output_dir}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from lorapipe.plugin_manager import get_plugin_manager
+
+    infos = get_plugin_manager().infos()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        return 0
+    table = Table(title="lorapipe plugins (entry points in 'lorapipe.plugins')")
+    for column in ("plugin", "distribution", "version", "hooks", "status"):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        hooks = ", ".join(h.removeprefix("lorapipe_register_") for h in info.hooks)
+        status = (
+            "[yellow]disabled[/]"
+            if info.disabled
+            else "[red]failed[/]"
+            if info.error
+            else "[green]loaded[/]"
+        )
+        table.add_row(info.name, info.distribution or "?", info.version or "?", hooks, status)
+    console.print(table)
+    for info in infos:
+        if info.error:
+            console.print(
+                f"[red]failed to load[/] {info.name} ({info.module}): {escape(info.error)}",
+                soft_wrap=True,
+            )
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    from lorapipe.registry import HOOKS, PLURALS, get_registry
+
+    registry = get_registry()
+    kinds = list(HOOKS)
+    if args.kind:
+        wanted = args.kind.replace("-", "_")
+        matches = [k for k in kinds if wanted in (k, PLURALS[k])]
+        if not matches:
+            raise UserError(f"unknown component kind '{args.kind}'. Kinds: {', '.join(kinds)}")
+        kinds = matches
+    for kind in kinds:
+        console.print(f"[bold]{PLURALS[kind]}[/]")
+        for name in registry.names(kind):
+            cls = registry.classes(kind)[registry.names(kind).index(name)]
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            provider = escape(registry.provider(kind, name))
+            console.print(f"  {name:<16} {escape(doc)}  [dim]({provider})[/]", soft_wrap=True)
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from lorapipe.context import RunContext
+    from lorapipe.pipeline import run_one_stage
+
+    config, registry = _load(args)
+    ctx = RunContext(
+        config,
+        registry,
+        resume=getattr(args, "resume", False),
+        allow_config_change=getattr(args, "allow_config_change", False),
+    )
+    run_one_stage(ctx, args.command)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lorapipe.context import RunContext
+    from lorapipe.pipeline import run_pipeline
+
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite contradict each other; pick one")
+    config, registry = _load(args)
+    ctx = RunContext(
+        config, registry, resume=args.resume, allow_config_change=args.allow_config_change
+    )
+    run_pipeline(ctx, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "plugins": cmd_plugins,
+    "components": cmd_components,
+    **{verb: cmd_stage for verb in STAGE_VERBS},
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("lorapipe failed: the run stopped on the error above", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

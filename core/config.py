@@ -1,0 +1,402 @@
+"""The pipeline config: pydantic models per section, loading, overrides and resolution.
+
+Validation happens in two passes. Pydantic checks the structure and every value's type
+and range; then each component reference (``{name: jsonl, path: ...}``) is resolved in
+the registry and its remaining keys are validated against that plugin's ``Options``.
+Every failure becomes a ``ConfigError`` naming the dotted YAML field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from lorapipe.errors import ConfigError
+from lorapipe.registry import Registry
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentRef(BaseModel):
+    """A component picked by ``name``; every other key is one of that plugin's options.
+
+    Written either as a mapping (``{name: nf4, double_quant: false}``) or just the name.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    _options: BaseModel | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def raw_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def options(self) -> BaseModel:
+        """The plugin's validated ``Options``; available once the config is resolved."""
+        if self._options is None:
+            raise RuntimeError(f"component '{self.name}' has not been resolved")
+        return self._options
+
+    def resolved_dict(self) -> dict[str, Any]:
+        if self._options is None:
+            return {"name": self.name, **self.raw_options}
+        return {"name": self.name, **self._options.model_dump(mode="json")}
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        description="Hugging Face hub id, local model directory, or tiny-llama"
+    )
+    dtype: Dtype = "auto"
+    quantizer: ComponentRef = Field(default_factory=lambda: ComponentRef(name="nf4"))
+    trust_remote_code: bool = False
+
+
+class AdapterConfig(Section):
+    # None asks every registered detector in priority order until one answers.
+    target_detector: ComponentRef | None = None
+    target_modules: list[str] | None = None
+    r: int = Field(16, ge=1, le=4096)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    modules_to_save: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_way_to_pick_targets(self) -> AdapterConfig:
+        if self.target_detector is not None and self.target_modules is not None:
+            raise ValueError(
+                "set either adapter.target_detector or adapter.target_modules, not both"
+            )
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("adapter.target_modules is empty; remove it to detect targets")
+        return self
+
+
+class ValidationConfig(Section):
+    """Held-out data: a seeded split of the training data, or a separate source."""
+
+    fraction: float | None = Field(0.05, gt=0, lt=1)
+    count: int | None = Field(None, ge=1)
+    stratify_by: str | None = None
+    loader: ComponentRef | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ValidationConfig:
+        if self.count is not None and "fraction" in self.model_fields_set:
+            raise ValueError("set either data.validation.fraction or .count, not both")
+        if self.count is not None:
+            self.fraction = None
+        return self
+
+
+class DataConfig(Section):
+    loader: ComponentRef
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_response"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)
+    template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tokenizer"))
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    train_on_inputs: bool = False
+    max_length: int = Field(2048, ge=16, le=1_048_576)
+    length_strategy: Literal["drop", "truncate_history", "truncate_response"] = "drop"
+    dedupe: bool = True
+    strict: bool = False
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+
+class EarlyStoppingConfig(Section):
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int | None = Field(None, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    loraplus_lr_ratio: float | None = Field(None, ge=1)
+    gradient_checkpointing: bool = True
+    packing: bool = False
+    group_by_length: bool = True
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1)
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(3, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    max_nonfinite_steps: int = Field(3, ge=1)
+    seed: int = 42
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _plausible_lr(cls, value: float) -> float:
+        if value > 0.1:
+            raise ValueError(
+                f"{value} is far too high for fine-tuning; LoRA learning rates are "
+                "usually 1e-5 to 1e-3 (default 2e-4)"
+            )
+        return value
+
+
+class EvaluateConfig(Section):
+    evaluators: list[ComponentRef] = Field(
+        default_factory=lambda: [ComponentRef(name="perplexity")]
+    )
+
+
+class MergeConfig(Section):
+    enabled: bool = True
+    dtype: Dtype | None = None  # None: the model's dtype
+
+
+class ExportConfig(Section):
+    exporters: list[ComponentRef] = Field(default_factory=list)
+
+
+class PipelineConfig(Section):
+    model: ModelConfig
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    output_dir: Annotated[str, Field(min_length=1)]
+
+    def component_refs(self) -> list[tuple[str, str, ComponentRef]]:
+        """Every component reference as (kind, dotted YAML field, ref)."""
+        refs = [
+            ("quantizer", "model.quantizer", self.model.quantizer),
+            ("loader", "data.loader", self.data.loader),
+            ("chat_template", "data.template", self.data.template),
+        ]
+        if self.adapter.target_detector is not None:
+            refs.append(
+                ("target_detector", "adapter.target_detector", self.adapter.target_detector)
+            )
+        if self.data.validation.loader is not None:
+            refs.append(("loader", "data.validation.loader", self.data.validation.loader))
+        refs += [
+            ("evaluator", f"evaluate.evaluators.{i}", ref)
+            for i, ref in enumerate(self.evaluate.evaluators)
+        ]
+        refs += [
+            ("exporter", f"export.exporters.{i}", ref)
+            for i, ref in enumerate(self.export.exporters)
+        ]
+        return refs
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The config with every default and every plugin option filled in."""
+        data = self.model_dump(mode="json")
+        for _kind, field, ref in self.component_refs():
+            _set_path(data, field.split("."), ref.resolved_dict())
+        return data
+
+    def hash(self) -> str:
+        """Stable hash of the resolved config, recorded in run.json and checkpoints."""
+        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _set_path(data: Any, keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    last = keys[-1]
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a config file with the safe loader; syntax errors name the line."""
+    if not path.is_file():
+        raise ConfigError("", f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError("", f"{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not UTF-8 text") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set a.b.c=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"'{item}' is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(key, f"--set: '{part}' is not an index of this list")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if isinstance(node.get(part), str) and not last:
+                        node[part] = {"name": node[part]}  # component shorthand → mapping
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(key, f"--set: '{'.'.join(parts[:i])}' is not a section")
+    return data
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None
+) -> PipelineConfig:
+    """Read, override, validate and resolve a pipeline config."""
+    data = apply_overrides(read_yaml(Path(path)), overrides or [])
+    return validate_config(data, registry)
+
+
+def validate_config(data: dict[str, Any], registry: Registry | None = None) -> PipelineConfig:
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise _config_error(err, PipelineConfig) from None
+    if registry is None:
+        from lorapipe.registry import get_registry
+
+        registry = get_registry()
+    for kind, field, ref in config.component_refs():
+        resolve_component(registry, kind, field, ref)
+    return config
+
+
+def resolve_component(registry: Registry, kind: str, field: str, ref: ComponentRef) -> None:
+    """Look ``ref`` up and validate its options against the plugin's ``Options``."""
+    cls = registry.get(kind, ref.name, f"{field}.name")
+    try:
+        ref._options = cls.Options.model_validate(ref.raw_options)
+    except ValidationError as err:
+        raise _config_error(
+            err, cls.Options, prefix=field, owner=f"{kind.replace('_', ' ')} '{ref.name}'"
+        ) from None
+
+
+# --- error messages -------------------------------------------------------------------
+
+
+def _config_error(
+    err: ValidationError, model: type[BaseModel], prefix: str = "", owner: str | None = None
+) -> ConfigError:
+    """The first pydantic error as one line naming the field, with a did-you-mean."""
+    first = err.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
+    field = ".".join([prefix, *loc] if prefix else loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        known = _known_fields(model, loc[:-1])
+        what = f"unknown option for {owner}" if owner else "unknown key"
+        message = f"{what}. {_did_you_mean(loc[-1], known)}"
+    elif kind == "missing":
+        message = "required but missing"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and kind not in ("model_type", "dict_type", "value_error"):
+            message += f" (got {first['input']!r})"
+    if len(err.errors()) > 1:
+        message += f" [and {len(err.errors()) - 1} more problem(s); fix this one first]"
+    return ConfigError(field, message)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member's name (e.g. 'ComponentRef', 'int') into the location
+    return isinstance(part, str) and (part[:1].isupper() or part in {"int", "float", "str", "none"})
+
+
+def _known_fields(model: type[BaseModel], path: list[str]) -> list[str]:
+    current: Any = model
+    for part in path:
+        if part.isdigit():
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"Did you mean '{close[0]}'?"
+    return f"Valid keys: {', '.join(known)}." if known else "Remove it."
+
+
+def dump_resolved(config: PipelineConfig) -> str:
+    """The resolved config as YAML, for ``config.resolved.yaml``."""
+    return yaml.safe_dump(config.resolved_dict(), sort_keys=False)

@@ -1,0 +1,26 @@
+"""Where a model name from the config becomes a directory transformers can load.
+
+No machine lorapipe is developed or tested on can reach a model hub, so the
+engine ships one built-in model, ``tiny-llama``, that is built on first use and
+cached. :func:`resolve_model_path` is the single place that knows about it:
+everything downstream sees an ordinary Hugging Face model directory and must
+not special-case the tiny model (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+from lorapipe.models.tiny_llama import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama
+
+__all__ = ["TINY_LLAMA", "build_tiny_llama", "ensure_tiny_llama", "resolve_model_path"]
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Return what to pass to ``from_pretrained`` for ``model.name_or_path``.
+
+    ``tiny-llama`` becomes the path of the cached built-in model (built if
+    missing); any other string — a local directory or a hub id — is passed
+    through untouched so real models work exactly as they do in transformers.
+    """
+    if name_or_path == TINY_LLAMA:
+        return str(ensure_tiny_llama())
+    return name_or_path

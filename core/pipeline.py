@@ -1,0 +1,127 @@
+"""Runs stages in order and records them in run.json (DESIGN.md §3).
+
+Stages talk only through files in ``output_dir``, so each one can run alone
+(``lorapipe train``) or as part of ``lorapipe run``, which skips the ones run.json marks
+done when resuming.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lorapipe import __version__
+from lorapipe.atomic import atomic_write_json, atomic_write_text
+from lorapipe.config import dump_resolved
+from lorapipe.context import RunContext
+from lorapipe.errors import StageNotAvailable, UserError
+
+# Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), or None while
+# that stage is not built yet.
+STAGES: dict[str, str | None] = {
+    "prepare": None,
+    "train": None,
+    "evaluate": None,
+    "merge": None,
+    "export": None,
+}
+
+_LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "gguf")
+
+
+def stage_function(name: str) -> Callable[[RunContext], dict[str, Any]]:
+    module = STAGES[name]
+    if module is None:
+        raise StageNotAvailable(
+            f"stage '{name}' is not implemented in lorapipe {__version__} yet; "
+            f"available stages: {', '.join(s for s, m in STAGES.items() if m) or 'none'}"
+        )
+    return importlib.import_module(module).run_stage
+
+
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"lorapipe": __version__}
+    for lib in _LIBRARIES:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = None
+    return versions
+
+
+def _read_run_json(ctx: RunContext) -> dict[str, Any]:
+    import json
+
+    path = ctx.paths.run_json
+    if not path.is_file():
+        return {"stages": {}}
+    return json.loads(path.read_text())
+
+
+def _write_run_json(ctx: RunContext, record: dict[str, Any]) -> None:
+    record.update(config_hash=ctx.config.hash(), versions=_versions())
+    atomic_write_json(ctx.paths.run_json, record)
+
+
+def start_run_dir(ctx: RunContext) -> None:
+    """Create ``output_dir`` and write the resolved config every stage reads."""
+    ctx.paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ctx.paths.resolved_config, dump_resolved(ctx.config))
+
+
+def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
+    """Run a stage, recording its status and timing in run.json whatever the outcome."""
+    func = stage_function(name)
+    start_run_dir(ctx)
+    record = _read_run_json(ctx)
+    stages = record.setdefault("stages", {})
+    stages[name] = {"status": "running", "started_at": time.time()}
+    _write_run_json(ctx, record)
+    started = time.perf_counter()
+    try:
+        summary = func(ctx)
+    except BaseException as err:
+        stages[name].update(
+            status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+            seconds=round(time.perf_counter() - started, 3),
+            error=str(err)[:500],
+        )
+        _write_run_json(ctx, record)
+        raise
+    stages[name].update(
+        status="done", seconds=round(time.perf_counter() - started, 3), summary=summary or {}
+    )
+    _write_run_json(ctx, record)
+    return summary or {}
+
+
+def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str, Any]]:
+    """Every stage in order; with ``ctx.resume`` the ones already done are skipped."""
+    root = ctx.paths.root
+    record = _read_run_json(ctx)
+    if record.get("stages"):
+        if overwrite:
+            shutil.rmtree(root)
+            record = {"stages": {}}
+        elif not ctx.resume:
+            raise UserError(
+                f"output_dir {root} already holds a run; pass --resume to continue it "
+                "or --overwrite to start again"
+            )
+        elif record.get("config_hash") != ctx.config.hash() and not ctx.allow_config_change:
+            raise UserError(
+                f"the config differs from the one {root} was run with "
+                f"(see {ctx.paths.resolved_config}); pass --allow-config-change to "
+                "resume anyway, or --overwrite to start again"
+            )
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in STAGES:
+        if ctx.resume and record.get("stages", {}).get(name, {}).get("status") == "done":
+            summaries[name] = record["stages"][name].get("summary", {})
+            continue
+        summaries[name] = run_one_stage(ctx, name)
+    return summaries

@@ -1,0 +1,107 @@
+"""Name → component class maps, one per kind, built from the ``register`` hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lorapipe.components import KINDS, Component
+from lorapipe.errors import ConfigError, UserError
+from lorapipe.plugin_manager import PluginManager, get_plugin_manager
+
+# The hook that fills each kind's map; its name is the kind's plural, as users see it.
+HOOKS: dict[str, str] = {
+    "loader": "lorapipe_register_loaders",
+    "chat_template": "lorapipe_register_chat_templates",
+    "target_detector": "lorapipe_register_target_detectors",
+    "quantizer": "lorapipe_register_quantizers",
+    "evaluator": "lorapipe_register_evaluators",
+    "exporter": "lorapipe_register_exporters",
+}
+
+PLURALS: dict[str, str] = {
+    kind: hook.removeprefix("lorapipe_register_") for kind, hook in HOOKS.items()
+}
+
+
+class DuplicateComponentError(UserError):
+    """Two plugins registered the same name for one kind."""
+
+
+class Registry:
+    """Every registered component, by kind and name, with the plugin that provided it."""
+
+    def __init__(self, pm: PluginManager) -> None:
+        self._pm = pm
+        self._classes: dict[str, dict[str, type[Component]]] = {}
+        self._providers: dict[str, dict[str, str]] = {}
+        for kind, hook_name in HOOKS.items():
+            self._collect(kind, hook_name)
+
+    def _collect(self, kind: str, hook_name: str) -> None:
+        classes: dict[str, type[Component]] = {}
+        providers: dict[str, str] = {}
+        base = KINDS[kind]
+        hook = getattr(self._pm.hook, hook_name)
+        # Each implementation is called on its own so every registration knows its provider.
+        for impl in reversed(hook.get_hookimpls()):
+            provider = self._pm.describe(impl.plugin_name)
+            register = self._registrar(kind, base, classes, providers, provider)
+            impl.function(**{arg: register for arg in impl.argnames})
+        self._classes[kind] = classes
+        self._providers[kind] = providers
+
+    @staticmethod
+    def _registrar(
+        kind: str,
+        base: type[Component],
+        classes: dict[str, type[Component]],
+        providers: dict[str, str],
+        provider: str,
+    ) -> Callable[[type], None]:
+        def register(cls: type) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise UserError(
+                    f"{provider} registered {cls!r} as a {kind}, "
+                    f"but it is not a subclass of lorapipe.components.{base.__name__}"
+                )
+            name = getattr(cls, "name", None)
+            if not isinstance(name, str) or not name:
+                raise UserError(f"{provider} registered {cls.__name__} without a `name`")
+            if name in classes:
+                raise DuplicateComponentError(
+                    f"{kind} name '{name}' is registered twice: by {providers[name]} "
+                    f"({classes[name].__module__}.{classes[name].__qualname__}) and by "
+                    f"{provider} ({cls.__module__}.{cls.__qualname__}). "
+                    f"Uninstall or disable one of them (LORAPIPE_DISABLE_PLUGINS=<plugin>)."
+                )
+            classes[name] = cls
+            providers[name] = provider
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._classes[kind])
+
+    def classes(self, kind: str) -> list[type[Component]]:
+        return [self._classes[kind][name] for name in self.names(kind)]
+
+    def provider(self, kind: str, name: str) -> str:
+        return self._providers[kind][name]
+
+    def get(self, kind: str, name: str, field: str) -> type[Component]:
+        """The class registered as ``name``; unknown names fail naming the YAML ``field``."""
+        try:
+            return self._classes[kind][name]
+        except KeyError:
+            available = ", ".join(self.names(kind)) or "none"
+            label = kind.replace("_", " ")
+            raise ConfigError(
+                field,
+                f"unknown {label} '{name}'. Available: {available}. "
+                "Is the plugin that provides it installed? (lorapipe plugins)",
+            ) from None
+
+
+def get_registry(pm: PluginManager | None = None) -> Registry:
+    """A registry over ``pm``, or over the process-wide plugin manager."""
+    return Registry(pm if pm is not None else get_plugin_manager())

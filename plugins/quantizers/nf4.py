@@ -1,0 +1,104 @@
+"""The built-in ``nf4`` quantizer: bitsandbytes 4-bit (QLoRA)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from lorapipe import hookimpl
+from lorapipe.components import Options, Quantizer
+from lorapipe.errors import ConfigError
+from lorapipe.model.dtypes import resolve_dtype
+from lorapipe.model.prepare import CHECKPOINTING_KWARGS, enable_checkpointing
+
+_STORAGE = {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "fp32": torch.float32}
+# bitsandbytes quantizes in blocks of 64 weights, each with an absmax scale: fp32, or with
+# double quantization uint8 plus one fp32 per 256 blocks.
+_BLOCK = 64
+
+
+class Nf4Options(Options):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    # auto: bf16 where the hardware has it, else fp16 on GPU / fp32 on CPU
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    quant_storage: Literal["uint8", "bf16", "fp16", "fp32"] = "uint8"
+
+
+class Nf4Quantizer(Quantizer):
+    """bitsandbytes 4-bit NF4/FP4 with double quantization, prepared for k-bit training."""
+
+    name = "nf4"
+    Options = Nf4Options
+
+    def _compute_dtype(self, device: str) -> torch.dtype:
+        return resolve_dtype(self.options.compute_dtype, device=device)
+
+    def check_available(self, device: str) -> None:
+        """Quantize and run one small 4-bit layer with these exact options on ``device``.
+
+        Asking bitsandbytes itself is the only reliable test: which options a backend
+        supports changes between releases and devices.
+        """
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ConfigError(
+                "model.quantizer",
+                f"nf4 needs bitsandbytes, which cannot be imported ({err}); "
+                "pip install bitsandbytes, or use quantizer: none",
+            ) from None
+        compute = self._compute_dtype(device)
+        opts = self.options
+        try:
+            layer = bnb.nn.Linear4bit(
+                _BLOCK, _BLOCK, bias=False, compute_dtype=compute, quant_type=opts.quant_type,
+                compress_statistics=opts.double_quant, quant_storage=_STORAGE[opts.quant_storage],
+            ).to(device)
+            layer(torch.ones(1, _BLOCK, dtype=compute, device=device))
+        except Exception as err:  # any failure here means "not on this machine"
+            raise ConfigError(
+                "model.quantizer",
+                f"nf4 (quant_type={opts.quant_type}, compute_dtype={compute}, quant_storage="
+                f"{opts.quant_storage}) cannot run on {device} with bitsandbytes "
+                f"{bnb.__version__}: {str(err).strip().splitlines()[0] if str(err) else err!r}. "
+                "Change these options, use quantizer: none, or run on a CUDA GPU",
+            ) from None
+
+    def from_pretrained_kwargs(self, dtype: Any, device: str) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        opts = self.options
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=opts.quant_type,
+            bnb_4bit_use_double_quant=opts.double_quant,
+            bnb_4bit_compute_dtype=self._compute_dtype(device),
+            bnb_4bit_quant_storage=_STORAGE[opts.quant_storage],
+        )
+        return {"dtype": dtype, "quantization_config": config}
+
+    def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
+        """peft's k-bit preparation: freeze, upcast norms/embeddings to fp32, checkpoint."""
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
+        )
+        if gradient_checkpointing:
+            enable_checkpointing(model)  # peft skips input grads when non-reentrant
+        return model
+
+    def weight_bytes(self, quantizable: int, other: int, dtype: Any) -> int:
+        scale_bits = (8 / _BLOCK + 32 / (_BLOCK * 256)) if self.options.double_quant else 32 / _BLOCK
+        # prepare_model_for_kbit_training upcasts every non-4-bit fp16/bf16 weight to fp32
+        return int(quantizable * (4 + scale_bits) / 8) + other * 4
+
+
+@hookimpl
+def lorapipe_register_quantizers(register):  # noqa: ANN001, ANN201 - pluggy hook
+    register(Nf4Quantizer)
