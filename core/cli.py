@@ -8,11 +8,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from lorapipe import __version__
-from lorapipe.errors import UserError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from lorapipe import __version__
+from lorapipe.errors import UserError
 
 console = Console(stderr=False, highlight=False)
 
@@ -157,6 +158,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from lorapipe.context import RunContext
     from lorapipe.pipeline import run_pipeline
+    from lorapipe.summary import print_run_summary
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
@@ -164,7 +166,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = RunContext(
         config, registry, resume=args.resume, allow_config_change=args.allow_config_change
     )
-    run_pipeline(ctx, overwrite=args.overwrite)
+    summaries = run_pipeline(ctx, overwrite=args.overwrite)
+    print_run_summary(summaries, ctx.paths, console)
     return 0
 
 

@@ -38,6 +38,8 @@ class RawRecord:
     """One record as a loader read it: the parsed object, or why it could not be parsed.
 
     ``location`` is what a user needs to find it again (``path:line``, ``path:row 7``).
+    ``error`` is ``"<reason>: <detail>"``; the reason (e.g. ``malformed_json``) is the key
+    the record is counted under in ``data/report.json``.
     """
 
     source: str
@@ -118,10 +120,15 @@ class ChatTemplate(Component):
 
 @dataclass(frozen=True)
 class TargetSelection:
-    """Module names that get adapters, and why (shown in the parameter report)."""
+    """Module names that get adapters, and why (shown in the parameter report).
+
+    ``fan_in_fan_out``: the chosen layers store their weight as (in, out), like GPT-2's
+    ``Conv1D``; peft's ``LoraConfig`` needs to know to apply and merge the update.
+    """
 
     modules: list[str]
     reason: str
+    fan_in_fan_out: bool = False
 
 
 class TargetDetector(Component):
@@ -160,6 +167,10 @@ class Quantizer(Component):
         layers, ``other`` parameters (embeddings, head, norms) — for the memory estimate."""
         raise NotImplementedError
 
+    def activation_dtype(self, dtype: Any) -> Any:
+        """The dtype hidden states are kept in while training a base loaded in ``dtype``."""
+        return dtype
+
 
 class Evaluator(Component):
     """Scores the base and the fine-tuned model on held-out data."""
@@ -167,6 +178,12 @@ class Evaluator(Component):
     kind = "evaluator"
 
     def evaluate(self, context: Any) -> dict[str, Any]:
+        """Score ``context`` (a ``lorapipe.evaluate.EvalContext``).
+
+        Return ``{"base": {...}, "finetuned": {...}, "change": {...}}`` (metric → number)
+        plus any extra JSON-able detail; it becomes this evaluator's entry in
+        ``eval/report.json``.
+        """
         raise NotImplementedError
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from lorapipe.errors import ConfigError
-from lorapipe.registry import Registry
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +24,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from lorapipe.errors import ConfigError
+from lorapipe.registry import Registry
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -161,6 +162,7 @@ class TrainConfig(Section):
     save_total_limit: int = Field(3, ge=1)
     early_stopping: EarlyStoppingConfig | None = None
     max_nonfinite_steps: int = Field(3, ge=1)
+    auto_batch: bool = False  # on out-of-memory: halve micro batch, double accumulation, retry
     seed: int = 42
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
 

@@ -23,11 +23,11 @@ from lorapipe.errors import StageNotAvailable, UserError
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), or None while
 # that stage is not built yet.
 STAGES: dict[str, str | None] = {
-    "prepare": None,
-    "train": None,
-    "evaluate": None,
-    "merge": None,
-    "export": None,
+    "prepare": "lorapipe.data.prepare",
+    "train": "lorapipe.train.stage",
+    "evaluate": "lorapipe.evaluate.stage",
+    "merge": "lorapipe.merge.stage",
+    "export": "lorapipe.export.stage",
 }
 
 _LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate", "gguf")

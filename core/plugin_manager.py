@@ -18,8 +18,9 @@ import traceback
 from dataclasses import dataclass, field
 
 import pluggy
-from lorapipe import hookspecs
 from stevedore import NamedExtensionManager
+
+from lorapipe import hookspecs
 
 NAMESPACE = "lorapipe.plugins"
 DISABLE_ENV = "LORAPIPE_DISABLE_PLUGINS"

@@ -1,26 +1,12 @@
-"""Shared fixtures: every test session builds tiny-llama into its own cache directory."""
+"""Fixtures for lorapipe's own tests (the session cache lives in the root conftest.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def lorapipe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Keep tests from writing to ~/.cache; subprocesses inherit the variable."""
-    cache = tmp_path_factory.mktemp("lorapipe-cache")
-    previous = os.environ.get("LORAPIPE_CACHE")
-    os.environ["LORAPIPE_CACHE"] = str(cache)
-    yield cache
-    if previous is None:
-        os.environ.pop("LORAPIPE_CACHE", None)
-    else:
-        os.environ["LORAPIPE_CACHE"] = previous
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from lorapipe.cli import main
 from lorapipe.pipeline import STAGES
 

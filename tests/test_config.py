@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from lorapipe.cli import main
 from lorapipe.config import apply_overrides, load_config
 

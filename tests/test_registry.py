@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 import pytest
+
 from lorapipe import hookimpl
 from lorapipe.components import Loader, Options
 from lorapipe.errors import ConfigError

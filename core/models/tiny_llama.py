@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 TINY_LLAMA = "tiny-llama"
-_CACHE_NAME = "tiny-llama-v1"
+_CACHE_NAME = "tiny-llama-v2"
 
 VOCAB_SIZE = 2048
 
@@ -193,7 +193,7 @@ result
 """
 
 
-def _corpus() -> list[str]:
+def corpus() -> list[str]:
     """The BPE training texts, fixed so training never varies.
 
     ``_CORPUS`` stays one text so its newlines and indentation are learned too
@@ -228,7 +228,10 @@ def _train_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    # As in Llama 3 and llama.cpp's "llama-bpe": a pre-token that is already in the vocab
+    # is taken whole, so the GGUF export tokenizes exactly like this tokenizer.
+    tokenizer.model.ignore_merges = True
     learned = tokenizer.get_vocab_size()
     if learned != VOCAB_SIZE - len(SPECIAL_TOKENS):
         raise RuntimeError(f"tiny-llama corpus too small: BPE learned {learned} tokens")
@@ -310,7 +313,7 @@ def ensure_tiny_llama(cache_dir: Path | None = None) -> Path:
     """Return the cached tiny model's directory, building it on first use.
 
     ``cache_dir`` is the lorapipe cache root (default ``$LORAPIPE_CACHE`` or
-    ``~/.cache/lorapipe``); the model lives in ``<root>/tiny-llama-v1``. The
+    ``~/.cache/lorapipe``); the model lives in ``<root>/tiny-llama-v2``. The
     build goes to a temporary directory beside the target and is renamed into
     place, so the target is either absent or complete: a crashed build leaves
     no half-written model, and when two processes race the loser discards its

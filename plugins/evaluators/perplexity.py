@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import Field
+
 from lorapipe import hookimpl
 from lorapipe.components import Evaluator, Options
-from pydantic import Field
 
 
 class PerplexityOptions(Options):
@@ -16,6 +19,31 @@ class PerplexityEvaluator(Evaluator):
 
     name = "perplexity"
     Options = PerplexityOptions
+
+    def evaluate(self, context: Any) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        from lorapipe.evaluate.nll import token_nll
+
+        pad_id = context.tokenizer.pad_token_id
+        kwargs = {"batch_size": self.options.batch_size,
+                  "pad_id": pad_id if pad_id is not None else 0}
+        results = {}
+        with tqdm(total=2 * len(context.dataset), desc="perplexity", unit="seq") as bar:
+            with context.base() as base:
+                results["base"] = token_nll(base, context.dataset, progress=bar.update, **kwargs)
+            results["finetuned"] = token_nll(context.model, context.dataset,
+                                             progress=bar.update, **kwargs)
+        base, tuned = (results[k].perplexity() for k in ("base", "finetuned"))
+        return {
+            "base": base,
+            "finetuned": tuned,
+            "change": {
+                part: tuned[part] - base[part] if base[part] and tuned[part] else None
+                for part in base
+            },
+            "tokens": results["base"].tokens,
+        }
 
 
 @hookimpl

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from pydantic import field_validator
+
 from lorapipe import hookimpl
 from lorapipe.components import Loader, Options, RawRecord
-from pydantic import field_validator
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -60,6 +62,16 @@ class JsonlLoader(Loader):
         for path in expand_paths(self.options.path):
             yield from self._read(path)
 
+    def fingerprint(self) -> str:
+        """SHA-256 over every matched file's name and bytes (read in 1 MiB chunks)."""
+        digest = hashlib.sha256()
+        for path in expand_paths(self.options.path):
+            digest.update(str(path).encode() + b"\0")
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
     @staticmethod
     def _read(path: Path) -> Iterator[RawRecord]:
         source = str(path)
@@ -71,15 +83,18 @@ class JsonlLoader(Loader):
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    yield RawRecord(source, location, error=f"invalid_text: not UTF-8 ({err.reason} at byte {err.start})")
+                    why = f"invalid_text: not UTF-8 ({err.reason} at byte {err.start})"
+                    yield RawRecord(source, location, error=why)
                     continue
                 try:
                     data = json.loads(text)
                 except json.JSONDecodeError as err:
-                    yield RawRecord(source, location, error=f"malformed_json: {err.msg} (column {err.colno})")
+                    why = f"malformed_json: {err.msg} (column {err.colno})"
+                    yield RawRecord(source, location, error=why)
                     continue
                 if not isinstance(data, dict):
-                    yield RawRecord(source, location, error=f"wrong_type: expected a JSON object, got {type(data).__name__}")
+                    why = f"wrong_type: expected a JSON object, got {type(data).__name__}"
+                    yield RawRecord(source, location, error=why)
                     continue
                 yield RawRecord(source, location, data=data)
 

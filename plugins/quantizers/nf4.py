@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
-
 from lorapipe import hookimpl
 from lorapipe.components import Options, Quantizer
 from lorapipe.errors import ConfigError
-from lorapipe.model.dtypes import resolve_dtype
-from lorapipe.model.prepare import CHECKPOINTING_KWARGS, enable_checkpointing
 
-_STORAGE = {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16,
-            "fp32": torch.float32}
+# torch, bitsandbytes and peft are imported inside the methods: plugin discovery
+# (`lorapipe components`, `validate`) imports this module and must stay fast.
+_STORAGE = {"uint8": "uint8", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # bitsandbytes quantizes in blocks of 64 weights, each with an absmax scale: fp32, or with
 # double quantization uint8 plus one fp32 per 256 blocks.
 _BLOCK = 64
@@ -33,8 +30,15 @@ class Nf4Quantizer(Quantizer):
     name = "nf4"
     Options = Nf4Options
 
-    def _compute_dtype(self, device: str) -> torch.dtype:
+    def _compute_dtype(self, device: str) -> Any:
+        from lorapipe.model.dtypes import resolve_dtype
+
         return resolve_dtype(self.options.compute_dtype, device=device)
+
+    def _storage(self) -> Any:
+        import torch
+
+        return getattr(torch, _STORAGE[self.options.quant_storage])
 
     def check_available(self, device: str) -> None:
         """Quantize and run one small 4-bit layer with these exact options on ``device``.
@@ -42,6 +46,8 @@ class Nf4Quantizer(Quantizer):
         Asking bitsandbytes itself is the only reliable test: which options a backend
         supports changes between releases and devices.
         """
+        import torch
+
         try:
             import bitsandbytes as bnb
         except ImportError as err:
@@ -55,7 +61,7 @@ class Nf4Quantizer(Quantizer):
         try:
             layer = bnb.nn.Linear4bit(
                 _BLOCK, _BLOCK, bias=False, compute_dtype=compute, quant_type=opts.quant_type,
-                compress_statistics=opts.double_quant, quant_storage=_STORAGE[opts.quant_storage],
+                compress_statistics=opts.double_quant, quant_storage=self._storage(),
             ).to(device)
             layer(torch.ones(1, _BLOCK, dtype=compute, device=device))
         except Exception as err:  # any failure here means "not on this machine"
@@ -76,7 +82,7 @@ class Nf4Quantizer(Quantizer):
             bnb_4bit_quant_type=opts.quant_type,
             bnb_4bit_use_double_quant=opts.double_quant,
             bnb_4bit_compute_dtype=self._compute_dtype(device),
-            bnb_4bit_quant_storage=_STORAGE[opts.quant_storage],
+            bnb_4bit_quant_storage=self._storage(),
         )
         return {"dtype": dtype, "quantization_config": config}
 
@@ -84,19 +90,28 @@ class Nf4Quantizer(Quantizer):
         """peft's k-bit preparation: freeze, upcast norms/embeddings to fp32, checkpoint."""
         from peft import prepare_model_for_kbit_training
 
+        from lorapipe.model.prepare import CHECKPOINTING_KWARGS
+
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
         if gradient_checkpointing:
-            enable_checkpointing(model)  # peft skips input grads when non-reentrant
+            # peft skips this for non-reentrant checkpointing; see enable_checkpointing
+            model.enable_input_require_grads()
         return model
 
     def weight_bytes(self, quantizable: int, other: int, dtype: Any) -> int:
-        scale_bits = (8 / _BLOCK + 32 / (_BLOCK * 256)) if self.options.double_quant else 32 / _BLOCK
+        double = self.options.double_quant
+        scale_bits = (8 / _BLOCK + 32 / (_BLOCK * 256)) if double else 32 / _BLOCK
         # prepare_model_for_kbit_training upcasts every non-4-bit fp16/bf16 weight to fp32
         return int(quantizable * (4 + scale_bits) / 8) + other * 4
+
+    def activation_dtype(self, dtype: Any) -> Any:
+        import torch
+
+        return torch.float32  # the upcast fp32 embeddings make the residual stream fp32
 
 
 @hookimpl

@@ -6,7 +6,6 @@ from typing import Any
 
 from lorapipe import hookimpl
 from lorapipe.components import Quantizer
-from lorapipe.model.prepare import enable_checkpointing, freeze
 
 
 class NoQuantizer(Quantizer):
@@ -18,6 +17,8 @@ class NoQuantizer(Quantizer):
         return {"dtype": dtype}
 
     def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
+        from lorapipe.model.prepare import enable_checkpointing, freeze
+
         freeze(model)
         if gradient_checkpointing:
             enable_checkpointing(model)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lorapipe import hookimpl
-from lorapipe.components import TargetDetector
+from lorapipe.components import TargetDetector, TargetSelection
 
 
 class AllLinearTargets(TargetDetector):
@@ -11,6 +13,18 @@ class AllLinearTargets(TargetDetector):
 
     name = "all_linear"
     priority = 1000
+
+    def detect(self, model: Any) -> TargetSelection | None:
+        # Our own walk rather than peft's "all-linear": the report lists the names chosen.
+        from lorapipe.model.targets import adaptable_modules, short_names
+
+        chosen = adaptable_modules(model)
+        if not chosen:
+            return None
+        return TargetSelection(
+            modules=short_names(model, chosen),
+            reason=f"every linear layer except the output head and embeddings ({len(chosen)})",
+        )
 
 
 @hookimpl

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from lorapipe import hookimpl
-from lorapipe.components import Options, TargetDetector
+from lorapipe.components import Options, TargetDetector, TargetSelection
+
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+MLP = ["gate_proj", "up_proj", "down_proj"]
+PRESETS = {"attention": ATTENTION, "mlp": MLP, "all": ATTENTION + MLP}
 
 
 class LlamaTargetOptions(Options):
@@ -18,6 +22,20 @@ class LlamaTargets(TargetDetector):
     name = "llama"
     priority = 10
     Options = LlamaTargetOptions
+
+    def detect(self, model: Any) -> TargetSelection | None:
+        """Recognised by its linear layers' names, not ``model_type``: Mistral, Qwen2 and
+        many fine-tuned derivatives share the layout under other type names."""
+        from lorapipe.model.targets import adaptable_modules
+
+        present = {name.rsplit(".", 1)[-1] for name in adaptable_modules(model)}
+        if not set(PRESETS["all"]) <= present:
+            return None
+        preset = self.options.preset
+        return TargetSelection(
+            modules=list(PRESETS[preset]),
+            reason=f"Llama-layout projections found; preset '{preset}'",
+        )
 
 
 @hookimpl

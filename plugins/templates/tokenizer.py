@@ -4,30 +4,53 @@ The mask comes from rendering the conversation message by message: the text rend
 the first ``i`` messages plus the generation prompt must be a prefix of the text for the
 first ``i + 1`` messages, and the difference is exactly assistant message ``i`` with its
 closing end-of-turn token(s). Those character spans become token spans through the fast
-tokenizer's offset mapping. A chat template that does not render conversations as such
+tokenizer's character offsets. A chat template that does not render conversations as such
 prefixes (e.g. one that rewrites earlier turns once a later one exists) is refused rather
 than masked by guesswork.
+
+Speed: a conversation with ``k`` trained turns needs up to ``2k + 1`` renders. Through
+``apply_chat_template`` each render pays input normalisation and bookkeeping that cost
+more than the render itself, so we render with the template transformers compiled (same
+sandbox, filters and globals, hence the same text; tests pin that) and tokenize the
+batch in one call to the Rust tokenizer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
+
+# Private, but it is exactly what apply_chat_template renders with (sandboxed environment,
+# raise_exception/strftime_now/tojson/namespace, the {% generation %} tag), cached per
+# template string; copying it would drift from the library's security fixes.
+from transformers.utils.chat_template_utils import _compile_jinja_template
 
 from lorapipe import hookimpl
 from lorapipe.components import ChatTemplate, EncodedConversation, UnrenderableConversation
-from lorapipe.data.masking import mask_from_char_spans, trained_turns
+from lorapipe.data.masking import token_range, trained_turns
 from lorapipe.errors import UserError
 
+Conversation = list[dict[str, str]]
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    except TemplateError as err:  # e.g. raise_exception('roles must alternate')
-        raise UnrenderableConversation(f"the chat template refused it: {err}") from None
+
+class _Renderer:
+    """``apply_chat_template(messages, tokenize=False, ...)`` for plain role/content
+    messages (no tools, documents or extra template variables), without its per-call
+    overhead: the compiled template and the special-token variables are looked up once."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        # get_chat_template picks "default" when a tokenizer ships several named templates
+        self.template: Template = _compile_jinja_template(tokenizer.get_chat_template())
+        self.variables = {"tools": None, "documents": None, **tokenizer.special_tokens_map}
+
+    def __call__(self, messages: Conversation, add_generation_prompt: bool) -> str:
+        try:
+            return self.template.render(messages=messages,
+                                        add_generation_prompt=add_generation_prompt,
+                                        **self.variables)
+        except TemplateError as err:  # e.g. raise_exception('roles must alternate')
+            raise UnrenderableConversation(f"the chat template refused it: {err}") from None
 
 
 def _not_prefix(what: str) -> UserError:
@@ -56,18 +79,21 @@ class TokenizerTemplate(ChatTemplate):
                 "offsets map message spans to tokens); this model only has a slow one"
             )
 
-    def render(self, messages: list[dict[str, str]], tokenizer: Any,
-               train_on: str) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered text and the character spans of the trained assistant turns."""
-        full = _render(tokenizer, messages, False)
+    @staticmethod
+    def _render(messages: Conversation, render: _Renderer,
+                train_on: str) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered text and the character spans of its trained assistant turns
+        (content plus the end-of-turn token(s) closing it)."""
+        full = render(messages, False)
         spans = []
         for i in sorted(trained_turns(messages, train_on)):
-            before = _render(tokenizer, messages[:i], True)
-            through = _render(tokenizer, messages[: i + 1], False)
+            before = render(messages[:i], True)
+            through = (full if i + 1 == len(messages)
+                       else render(messages[: i + 1], False))
             if not through.startswith(before):
                 raise _not_prefix(
-                    f"the text before assistant turn {i + 1} plus the generation prompt is "
-                    "not a prefix of the text with that turn"
+                    f"the text before assistant turn {i + 1} plus the generation prompt "
+                    "is not a prefix of the text with that turn"
                 )
             if not full.startswith(through):
                 raise _not_prefix(
@@ -81,30 +107,40 @@ class TokenizerTemplate(ChatTemplate):
 
     def encode_batch(
         self,
-        conversations: list[list[dict[str, str]]],
+        conversations: list[Conversation],
         tokenizer: Any,
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
     ) -> list[EncodedConversation]:
         self._check(tokenizer)
-        rendered = [self.render(m, tokenizer, train_on) for m in conversations]
-        # apply_chat_template tokenizes without adding special tokens: the template itself
-        # writes the BOS, so it is never doubled.
-        batch = tokenizer(
-            [text for text, _ in rendered], add_special_tokens=False,
-            return_offsets_mapping=True, return_attention_mask=False,
-        )
-        return [
-            EncodedConversation(ids, mask_from_char_spans(offsets, spans, train_on_inputs))
-            for ids, offsets, (_, spans) in zip(
-                batch["input_ids"], batch["offset_mapping"], rendered, strict=True
-            )
-        ]
+        render = _Renderer(tokenizer)
+        rendered = [self._render(m, render, train_on) for m in conversations]
+        # The template itself writes the BOS (as apply_chat_template(tokenize=True) does, we
+        # add no special tokens), so it is never doubled. One call to the Rust tokenizer
+        # for the batch: the Python wrapper's per-sequence conversion of offsets costs more
+        # than we need, as the mask only asks for the tokens at each span's ends.
+        backend = tokenizer.backend_tokenizer
+        # Truncation or padding saved in tokenizer.json would change the ids;
+        # tokenizer(...) switches them off for a call without those options, and so do we.
+        if backend.truncation is not None:
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+        encodings = backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
+        out = []
+        for encoding, (_, spans) in zip(encodings, rendered, strict=True):
+            trainable = [train_on_inputs] * len(encoding.ids)
+            if not train_on_inputs:
+                for start, end in spans:
+                    first, stop = token_range(encoding, start, end)
+                    trainable[first:stop] = [True] * (stop - first)
+            out.append(EncodedConversation(encoding.ids, trainable))
+        return out
 
     def encode(
         self,
-        messages: list[dict[str, str]],
+        messages: Conversation,
         tokenizer: Any,
         *,
         train_on: str = "all_assistant",
@@ -114,9 +150,9 @@ class TokenizerTemplate(ChatTemplate):
             [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
         )[0]
 
-    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    def generation_prompt(self, messages: Conversation, tokenizer: Any) -> list[int]:
         self._check(tokenizer)
-        text = _render(tokenizer, messages, True)
+        text = _Renderer(tokenizer)(messages, True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

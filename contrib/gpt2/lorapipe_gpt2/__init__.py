@@ -1,0 +1,1 @@
+"""GPT-2 family support for lorapipe: the ``gpt2`` target detector and a tiny local GPT-2."""

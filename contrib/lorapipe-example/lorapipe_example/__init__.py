@@ -1,0 +1,1 @@
+"""A third-party lorapipe plugin, as small as a real one can be."""

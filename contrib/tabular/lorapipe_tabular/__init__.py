@@ -1,0 +1,1 @@
+"""lorapipe loaders for tabular files: ``json``, ``csv`` and ``parquet``."""

@@ -1,0 +1,38 @@
+"""Mistral instruct: ``<s>[INST] user [/INST] reply</s>[INST] ...`` (v0.1/v0.2 form).
+
+Mistral has no system role; a system message goes before the first user message,
+separated by a blank line, as Mistral's own later templates do. BOS is written once.
+On tokenizers where ``[INST]``/``[/INST]`` are special tokens (v0.3) the text pieces
+still become those tokens, because added tokens are matched in text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorapipe.plugins.templates.llama import Piece, PieceTemplate
+from lorapipe_templates.turns import alternating
+
+
+class MistralTemplate(PieceTemplate):
+    """Mistral instruct: BOS, [INST] user [/INST] reply + EOS, repeated."""
+
+    name = "mistral"
+
+    def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
+               generation_prompt: bool = False) -> list[Piece]:
+        system, turns = alternating(messages, "mistral", generation_prompt)
+        offset = len(messages) - len(turns)
+        bos = self._token_id(tokenizer, tokenizer.bos_token, "BOS")
+        eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
+        out: list[Piece] = [([bos], False)]
+        for k, message in enumerate(turns):
+            if message["role"] == "user":
+                content = message["content"]
+                if k == 0 and system:
+                    content = f"{system}\n\n{content}"
+                out.append((f"[INST] {content} [/INST]", False))
+            else:
+                train = k + offset in trained
+                out += [(f" {message['content']}", train), ([eos], train)]
+        return out

@@ -1,0 +1,39 @@
+"""Vicuna v1.1 (FastChat): ``SYSTEM USER: ... ASSISTANT: reply</s>USER: ...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorapipe.plugins.templates.llama import Piece, PieceTemplate
+from lorapipe_templates.turns import alternating
+
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+class VicunaTemplate(PieceTemplate):
+    """Vicuna v1.1: system, then USER: ... ASSISTANT: reply + EOS."""
+
+    name = "vicuna"
+
+    def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
+               generation_prompt: bool = False) -> list[Piece]:
+        system, turns = alternating(messages, "vicuna", generation_prompt)
+        offset = len(messages) - len(turns)
+        eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
+        out: list[Piece] = []
+        if tokenizer.bos_token:
+            out.append(([self._token_id(tokenizer, tokenizer.bos_token, "BOS")], False))
+        prefix = f"{system if system is not None else SYSTEM} "
+        for k, message in enumerate(turns):
+            if message["role"] == "user":
+                out.append((f"{prefix}USER: {message['content']} ASSISTANT:", False))
+                prefix = ""
+            else:
+                # FastChat writes "ASSISTANT: reply"; the space belongs to the reply, so a
+                # generation prompt ends at the colon and the model writes " reply".
+                train = k + offset in trained
+                out += [(f" {message['content']}", train), ([eos], train)]
+        return out

@@ -1,0 +1,1 @@
+"""Generation-based evaluators for lorapipe: ``exact_match``, ``rouge_l`` and ``bleu``."""

@@ -1,0 +1,60 @@
+"""Greedy replies of the base and the fine-tuned model to the validation prompts.
+
+Each prompt is a validation conversation up to its last assistant message, rendered by
+the run's chat template; the reference is that message. Both models get identical
+prompts and greedy decoding (lorapipe's batched ``generate``), so the scores differ only
+by the adapter. The replies are cached per evaluation context and settings: three
+metrics configured together cost one generation pass, not three.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from lorapipe.components import Options
+from lorapipe.evaluate.generate import generate
+
+
+class GenerationOptions(Options):
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_samples: int | None = Field(None, ge=1)  # None: the whole validation set
+
+
+@dataclass(frozen=True)
+class Generations:
+    conversations: list[list[dict[str, str]]]
+    references: list[str]
+    base: list[str]
+    finetuned: list[str]
+
+
+_CACHE: dict[tuple[int, int, int | None], Generations] = {}
+
+
+def generations(context: Any, options: GenerationOptions) -> Generations:
+    """The (cached) references and both models' greedy replies for ``context``."""
+    key = (id(context), options.max_new_tokens, options.max_samples)
+    if key not in _CACHE:
+        _CACHE[key] = _generate(context, options)
+        weakref.finalize(context, _CACHE.pop, key, None)
+    return _CACHE[key]
+
+
+def _generate(context: Any, options: GenerationOptions) -> Generations:
+    conversations = [c for c in context.conversations()
+                     if any(m["role"] == "assistant" for m in c)]
+    conversations = conversations[: options.max_samples]
+    references = [next(m["content"] for m in reversed(c) if m["role"] == "assistant")
+                  for c in conversations]
+    kwargs = {"max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size}
+    with context.base() as base:
+        base_replies = generate(base, context.tokenizer, context.template, conversations,
+                                **kwargs)
+    tuned = generate(context.model, context.tokenizer, context.template, conversations,
+                     **kwargs)
+    return Generations(conversations, references, base_replies, tuned)

@@ -1,0 +1,7 @@
+"""The ``prepare`` stage: raw records in, tokenized, assistant-masked train/validation sets out.
+
+One module per step: ``schemas`` (file formats → canonical conversations), ``cleaning``
+(validation and dedupe keys), ``masking`` (helpers templates share), ``length``
+(max_length strategies), ``split``, ``report`` (drop accounting and statistics),
+``cache`` (fingerprints) and ``prepare`` (the stage that strings them together).
+"""

@@ -1,0 +1,8 @@
+"""The ``evaluate`` stage and what evaluators are handed to score base vs fine-tuned."""
+
+from lorapipe.evaluate.context import EvalContext
+from lorapipe.evaluate.generate import generate
+from lorapipe.evaluate.nll import NllTotals, token_nll
+from lorapipe.evaluate.stage import run_stage
+
+__all__ = ["EvalContext", "NllTotals", "generate", "run_stage", "token_nll"]

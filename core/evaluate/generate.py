@@ -1,0 +1,44 @@
+"""Batched greedy generation from conversations, for generation-based evaluators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to (not including) its last assistant reply."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    return messages[:last] if last is not None else messages
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, template: Any,
+             conversations: list[list[dict[str, str]]], max_new_tokens: int,
+             batch_size: int = 8) -> list[str]:
+    """The model's greedy reply to each conversation's prompt, in order.
+
+    The prompt is the conversation before its last assistant message, rendered by
+    ``template.generation_prompt`` (so it ends with the header that starts a reply).
+    Prompts are left-padded so every row's new tokens start at the same column.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = [template.generation_prompt(_prompt(conv), tokenizer) for conv in conversations]
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p) for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, prompt in enumerate(batch):
+            ids[i, width - len(prompt):] = torch.tensor(prompt)
+            mask[i, width - len(prompt):] = 1
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+            max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+        )
+        replies += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return replies

@@ -1,0 +1,71 @@
+"""Token-level negative log-likelihood, split by whether the loss trained the token.
+
+Perplexity is ``exp`` of the token-weighted mean NLL over a set of tokens. Averaging
+per-sequence perplexities instead would let short samples dominate, so the sums and
+counts are kept and divided once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# response: tokens the loss covered (labels != -100); prompt: every other predicted
+# token; all: both. The first token of a sequence is never predicted, so it is in none.
+PARTS = ("response", "prompt", "all")
+
+
+@dataclass
+class NllTotals:
+    nll: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
+
+    def perplexity(self) -> dict[str, float | None]:
+        """exp(mean NLL) per part; ``None`` for a part with no tokens."""
+        return {
+            part: math.exp(self.nll[part] / self.tokens[part]) if self.tokens[part] else None
+            for part in PARTS
+        }
+
+
+@torch.no_grad()
+def token_nll(model: Any, dataset: Any, *, batch_size: int, pad_id: int,
+              progress: Any = None) -> NllTotals:
+    """Sum the NLL of every predicted token of ``dataset``, by part.
+
+    Sequences are batched in length order to waste little on padding; ``progress`` is
+    called with the number of sequences done after each batch.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    totals = NllTotals()
+    for start in range(0, len(order), batch_size):
+        rows = dataset.select(order[start : start + batch_size])
+        width = max(len(ids) for ids in rows["input_ids"])
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[i, :n] = torch.tensor(row["input_ids"])
+            mask[i, :n] = torch.tensor(row["attention_mask"])
+            labels[i, :n] = torch.tensor(row["labels"])
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        nll = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(device), reduction="none"
+        ).cpu()
+        predicted = mask[:, 1:].bool()
+        trained = predicted & (labels[:, 1:] != -100)
+        for part, where in (("response", trained), ("prompt", predicted & ~trained),
+                            ("all", predicted)):
+            totals.nll[part] += float(nll[where].double().sum())
+            totals.tokens[part] += int(where.sum())
+        if progress is not None:
+            progress(len(rows))
+    return totals

@@ -1,0 +1,36 @@
+"""The ``export`` stage: every configured exporter writes from ``merged/``.
+
+Every exporter first checks the merged model (architecture, tokenizer) so an
+unsupported model is refused before any file is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorapipe.context import RunContext
+from lorapipe.errors import UserError
+
+
+def run_stage(ctx: RunContext) -> dict[str, Any]:
+    refs = ctx.config.export.exporters
+    if not refs:
+        return {"exporters": [], "note": "export.exporters is empty; nothing exported"}
+    merged = ctx.paths.merged
+    if not (merged / "config.json").is_file():
+        raise UserError(
+            f"{merged}: no merged model to export; run `lorapipe merge` first "
+            "(and keep merge.enabled: true when export.exporters is set)"
+        )
+    exporters = []
+    for i, ref in enumerate(refs):
+        cls = ctx.registry.get("exporter", ref.name, f"export.exporters.{i}.name")
+        exporter = cls(ref.options)
+        exporter.check(merged)
+        exporters.append(exporter)
+    artifacts = []
+    for exporter in exporters:
+        for path in exporter.export(merged, ctx.paths.export_dir(exporter.name), ctx):
+            artifacts.append({"exporter": exporter.name, "path": str(path),
+                              "bytes": path.stat().st_size})
+    return {"artifacts": artifacts}

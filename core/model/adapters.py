@@ -1,0 +1,176 @@
+"""LoRA injection with peft, the check that only adapters train, and the parameter report."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from rich.console import Console
+from transformers import AutoConfig
+
+from lorapipe.atomic import atomic_write_json
+from lorapipe.config import PipelineConfig
+from lorapipe.context import RunContext
+from lorapipe.model.dtypes import default_device, dtype_name, resolve_dtype
+from lorapipe.model.loading import load_base_model, load_pretrained, quantizer_for
+from lorapipe.model.memory import estimate_memory, format_bytes, memory_snapshot, print_estimate
+from lorapipe.model.targets import ChosenTargets, check_modules_to_save, select_targets
+from lorapipe.models import resolve_model_path
+
+console = Console(highlight=False)
+
+_INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa",
+                                "olora": "olora"}
+
+
+def lora_config(config: PipelineConfig, target_modules: list[str]) -> LoraConfig:
+    """The peft ``LoraConfig`` for ``adapter.*`` and the chosen targets."""
+    adapter = config.adapter
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        bias=adapter.bias,
+        use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora,
+        init_lora_weights=_INIT[adapter.init],
+        target_modules=list(target_modules),
+        modules_to_save=list(adapter.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_trainable_model(
+    ctx: RunContext, *, gradient_checkpointing: bool, device: str | None = None
+) -> tuple[PeftModel, dict[str, Any]]:
+    """Estimate memory, load the (quantized) base, prepare it, inject LoRA and report.
+
+    Writes ``model_report.json`` and prints its summary; returns the model and the report.
+    """
+    config, registry = ctx.config, ctx.registry
+    device = device or default_device()
+    measured = {"baseline": memory_snapshot()}
+    estimate = _estimate_or_reason(ctx, device)
+    if "total_bytes" in estimate:
+        print_estimate(estimate, console)
+
+    quantizer = quantizer_for(config, registry)
+    model = load_base_model(config, registry, device=device)
+    measured["model_loaded"] = memory_snapshot()
+    model = quantizer.prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
+
+    targets = select_targets(model, config, registry)
+    check_modules_to_save(model, config.adapter.modules_to_save)
+    peft_model = get_peft_model(model, lora_config(config, targets.modules))
+    check_only_adapters_train(peft_model, config)
+    measured["adapters_injected"] = memory_snapshot()
+
+    report = {
+        "model": {
+            "name_or_path": config.model.name_or_path,
+            "model_type": getattr(model.config, "model_type", None),
+            "architecture": type(model).__name__,
+            "dtype": dtype_name(resolve_dtype(config.model.dtype, device=device)),
+            "device": device,
+        },
+        "quantizer": config.model.quantizer.resolved_dict(),
+        "adapter": {**config.adapter.model_dump(mode="json", exclude={"target_detector"}),
+                    "scaling": _scaling(config)},
+        "targets": targets.as_dict(),
+        "gradient_checkpointing": gradient_checkpointing,
+        "parameters": parameter_counts(peft_model, targets),
+        "memory": {"estimate": estimate, "measured": measured},
+    }
+    atomic_write_json(ctx.paths.model_report, report)
+    print_report(report)
+    return peft_model, report
+
+
+def _estimate_or_reason(ctx: RunContext, device: str) -> dict[str, Any]:
+    """The memory estimate; an architecture that cannot be built weightless is reported,
+    not fatal, because the estimate only advises."""
+    model = ctx.config.model
+    model_config = load_pretrained(AutoConfig, resolve_model_path(model.name_or_path),
+                                   {"trust_remote_code": model.trust_remote_code})
+    try:
+        return estimate_memory(ctx.config, model_config, registry=ctx.registry, device=device)
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
+        console.print(f"[yellow]warning:[/] no memory estimate for this model: {err}")
+        return {"unavailable": str(err)}
+
+
+def _scaling(config: PipelineConfig) -> float:
+    adapter = config.adapter
+    return adapter.alpha / (math.sqrt(adapter.r) if adapter.use_rslora else adapter.r)
+
+
+def _is_adapter_param(name: str, config: PipelineConfig) -> bool:
+    if "lora_" in name or "modules_to_save." in name:
+        return True
+    # peft trains biases too when asked: all of them, or those of adapted layers.
+    return config.adapter.bias != "none" and name.endswith(".bias")
+
+
+def check_only_adapters_train(model: PeftModel, config: PipelineConfig) -> None:
+    """Verify, rather than assume, that exactly the adapter weights (and
+    ``modules_to_save``) require grad: a frozen adapter trains nothing and a trainable
+    base weight silently turns LoRA into full fine-tuning."""
+    wrong = [n for n, p in model.named_parameters() if p.requires_grad
+             and not _is_adapter_param(n, config)]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad
+              and ("lora_A" in n or "lora_B" in n)]
+    if wrong or frozen or not any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError(
+            "after LoRA injection the trainable parameters are wrong: "
+            f"base weights requiring grad {wrong[:5]}, frozen adapter weights {frozen[:5]}"
+        )
+
+
+def parameter_counts(model: PeftModel, targets: ChosenTargets) -> dict[str, Any]:
+    """Total and trainable parameters (4-bit weights counted unpacked, as peft does) and,
+    per targeted module name, how many layers got an adapter and its parameters."""
+    trainable, total = model.get_nb_trainable_parameters()
+    per_target: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        key = next((t for t in targets.modules if name == t or name.endswith("." + t)),
+                   name.rsplit(".", 1)[-1])
+        entry = per_target.setdefault(
+            key, {"layers": 0, "adapter_params": 0,
+                  "base_layer": type(module.get_base_layer()).__name__},
+        )
+        entry["layers"] += 1
+        entry["adapter_params"] += sum(p.numel() for n, p in module.named_parameters()
+                                       if "lora_" in n and p.requires_grad)
+    return {
+        "total": total,
+        "trainable": trainable,
+        "trainable_ratio": trainable / total if total else 0.0,
+        "per_target": per_target,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    params, targets = report["parameters"], report["targets"]
+    how = f"detector '{targets['detector']}'" if targets["detector"] else "adapter.target_modules"
+    console.print(
+        f"[bold]Model[/] {report['model']['name_or_path']} ({report['model']['model_type']}), "
+        f"quantizer {report['quantizer']['name']}, LoRA r={report['adapter']['r']} "
+        f"alpha={report['adapter']['alpha']}"
+    )
+    console.print(f"  targets {', '.join(targets['modules'])} — {how}: {targets['reason']}")
+    console.print(
+        f"  trainable {params['trainable']:,} of {params['total']:,} parameters "
+        f"({100 * params['trainable_ratio']:.3f}%)"
+    )
+    for name, entry in params["per_target"].items():
+        console.print(f"    {name:<12} {entry['layers']:>3} × {entry['base_layer']:<12} "
+                      f"{entry['adapter_params']:,} adapter parameters")
+    measured = report["memory"]["measured"]
+    console.print(
+        f"  process memory: {format_bytes(measured['baseline']['rss_bytes'])} at start, "
+        f"{format_bytes(measured['adapters_injected']['rss_bytes'])} with adapters"
+    )

@@ -1,0 +1,81 @@
+"""Loading the base model and its tokenizer, with the quantizer checked first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from lorapipe.components import Quantizer
+from lorapipe.config import PipelineConfig
+from lorapipe.errors import ConfigError
+from lorapipe.model.dtypes import default_device, resolve_dtype
+from lorapipe.models import resolve_model_path
+from lorapipe.registry import Registry
+
+
+def quantizer_for(config: PipelineConfig, registry: Registry) -> Quantizer:
+    """The configured quantizer, instantiated with its validated options."""
+    ref = config.model.quantizer
+    cls = registry.get("quantizer", ref.name, "model.quantizer.name")
+    return cls(ref.options)
+
+
+def load_tokenizer(config: PipelineConfig) -> PreTrainedTokenizerBase:
+    """The base model's own tokenizer, unchanged (the data stage decides padding)."""
+    trust = config.model.trust_remote_code
+    path = resolve_model_path(config.model.name_or_path)
+    return load_pretrained(AutoTokenizer, path, {"trust_remote_code": trust})
+
+
+def load_base_model(
+    config: PipelineConfig,
+    registry: Registry,
+    *,
+    quantize: bool = True,
+    device: str | None = None,
+) -> PreTrainedModel:
+    """The base model on ``device``: quantized by ``model.quantizer``, or with
+    ``quantize=False`` in full ``model.dtype`` (evaluation and merging need exact weights).
+
+    The quantizer's ``check_available`` runs before any weight is read.
+    """
+    device = device or default_device()
+    dtype = resolve_dtype(config.model.dtype, device=device)
+    if quantize:
+        quantizer = quantizer_for(config, registry)
+        quantizer.check_available(device)
+        kwargs = quantizer.from_pretrained_kwargs(dtype, device)
+    else:
+        kwargs = {"dtype": dtype}
+    kwargs.update(device_map={"": device}, trust_remote_code=config.model.trust_remote_code)
+    path = resolve_model_path(config.model.name_or_path)
+    model = load_pretrained(AutoModelForCausalLM, path, kwargs)
+    model.config.use_cache = False  # the KV cache only costs memory while training
+    return model
+
+
+def load_pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained`` with the user's mistakes turned into one clear line."""
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ConfigError(
+            "model.name_or_path",
+            f"cannot load '{path}': {_first_line(err)}. Give a local Hugging Face model "
+            "directory, a hub id, or tiny-llama",
+        ) from None
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ConfigError(
+                "model.trust_remote_code",
+                f"'{path}' ships its own model code; set model.trust_remote_code: true "
+                "only if you trust its author",
+            ) from None
+        raise
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,303 @@
+"""How much memory a run should take, and how much it does.
+
+The estimate is made before any weight is loaded, from the model's config alone (the
+model is built on the ``meta`` device, so parameter counts and adapter targets are exact
+for any architecture), so a run that cannot fit fails in seconds with suggestions instead
+of an out-of-memory error an hour later.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from lorapipe.components import Quantizer
+from lorapipe.config import PipelineConfig
+from lorapipe.model.dtypes import default_device, resolve_dtype
+from lorapipe.registry import Registry
+
+# AdamW keeps two fp32 moments per trainable weight; the 8-bit variants two bytes.
+_OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
+# Activations held per token and decoder layer at the backward peak, in units of
+# hidden_size and intermediate_size: norms, q/k/v before and after RoPE, attention output,
+# residuals, one LoRA-dropout copy of the input per adapted layer, and the gradients in
+# flight (~24 h); gate, up, activation, product and their gradients (~12 i). Logits, their
+# loss softmax and the gradients of both in fp32 take ~8 vocabulary-sized copies. Both were
+# calibrated against measured peak RSS of LoRA/QLoRA steps on tiny-llama (CPU, fp32):
+# the estimate lands within 0.8-1.3x of it (tests/model/test_memory.py checks 0.5-2x).
+_PER_TOKEN_HIDDEN, _PER_TOKEN_INTERMEDIATE = 24, 12
+_LOGIT_COPIES = 8
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """What the estimate needs to know about a model."""
+
+    quantizable: int  # weights of adaptable linear layers: what a quantizer compresses
+    other: int  # embeddings, output head, norms, biases
+    adapter: int  # LoRA A/B (and DoRA magnitude) parameters for the chosen targets
+    saved: int  # parameters of adapter.modules_to_save (trained in full)
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+
+
+def count_parameters(config: PipelineConfig, registry: Registry,
+                     model_config: PretrainedConfig) -> ParamCounts:
+    """Exact counts from a weightless (``meta``) instance of the model's architecture."""
+    from accelerate import init_empty_weights
+
+    from lorapipe.model.targets import _matches, adaptable_modules, select_targets
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(
+            model_config, trust_remote_code=config.model.trust_remote_code
+        )
+    linear = adaptable_modules(model)
+    quantizable = sum(m.weight.numel() for m in linear.values())
+    total = sum(p.numel() for p in model.parameters())
+    targets = select_targets(model, config, registry).modules
+    r, dora = config.adapter.r, config.adapter.use_dora
+    adapter = 0
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and any(
+            _matches(name, key) for key in targets
+        ):
+            adapter += r * sum(weight.shape) + (_out_features(module) if dora else 0)
+    saved = sum(
+        p.numel()
+        for name, module in model.named_modules()
+        if any(_matches(name, key) for key in config.adapter.modules_to_save)
+        for p in module.parameters()
+    )
+    hidden = model_config.hidden_size
+    return ParamCounts(
+        quantizable=quantizable,
+        other=total - quantizable,
+        adapter=adapter,
+        saved=saved,
+        hidden_size=hidden,
+        intermediate_size=getattr(model_config, "intermediate_size", None)
+        or getattr(model_config, "n_inner", None) or 4 * hidden,
+        num_layers=model_config.num_hidden_layers,
+        num_heads=model_config.num_attention_heads,
+        vocab_size=model_config.vocab_size,
+    )
+
+
+def _out_features(module: nn.Module) -> int:
+    weight = module.weight
+    return weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0]
+
+
+def estimate_memory(
+    config: PipelineConfig,
+    model: PretrainedConfig | ParamCounts,
+    *,
+    registry: Registry,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Bytes for weights, adapters, gradients, optimizer state and activations of one
+    micro batch of ``train.micro_batch_size`` × ``data.max_length`` tokens, with and
+    without gradient checkpointing; plus the device's capacity, whether the configured
+    run fits, and single changes that would make it fit when it does not."""
+    from lorapipe.model.loading import quantizer_for
+
+    device = device or default_device()
+    counts = model if isinstance(model, ParamCounts) else count_parameters(config, registry, model)
+    quantizer = quantizer_for(config, registry)
+    estimate = _estimate(config, counts, quantizer, device)
+    capacity = device_capacity(device)
+    estimate["capacity"] = capacity
+    estimate["fits"] = estimate["total_bytes"] <= capacity["available_bytes"]
+    estimate["suggestions"] = [] if estimate["fits"] else _suggestions(
+        config, counts, registry, device, capacity["available_bytes"]
+    )
+    estimate["params"] = asdict(counts)
+    return estimate
+
+
+def _estimate(config: PipelineConfig, counts: ParamCounts, quantizer: Quantizer,
+              device: str) -> dict[str, Any]:
+    dtype = resolve_dtype(config.model.dtype, device=device)
+    act_bytes = quantizer.activation_dtype(dtype).itemsize
+    trainable = counts.adapter + counts.saved
+    tokens = config.train.micro_batch_size * config.data.max_length
+    per_layer = tokens * (_PER_TOKEN_HIDDEN * counts.hidden_size
+                          + _PER_TOKEN_INTERMEDIATE * counts.intermediate_size) * act_bytes
+    logits = tokens * counts.vocab_size * 4 * _LOGIT_COPIES  # the loss is taken in fp32
+    without = counts.num_layers * per_layer + logits
+    # Checkpointing keeps each layer's input and recomputes one layer at a time.
+    with_gc = counts.num_layers * tokens * counts.hidden_size * act_bytes + per_layer + logits
+    parts = {
+        "weights_bytes": quantizer.weight_bytes(counts.quantizable, counts.other, dtype),
+        "adapters_bytes": trainable * 4,  # peft keeps adapter weights in fp32
+        "gradients_bytes": trainable * 4,
+        "optimizer_bytes": trainable * _OPTIMIZER_BYTES[config.train.optimizer],
+    }
+    activations = with_gc if config.train.gradient_checkpointing else without
+    return {
+        "device": device,
+        "quantizer": quantizer.name,
+        "micro_batch_size": config.train.micro_batch_size,
+        "max_length": config.data.max_length,
+        "gradient_checkpointing": config.train.gradient_checkpointing,
+        **parts,
+        "activations_bytes": {"with_checkpointing": with_gc, "without_checkpointing": without},
+        "total_bytes": sum(parts.values()) + activations,
+    }
+
+
+def _suggestions(config: PipelineConfig, counts: ParamCounts, registry: Registry,
+                 device: str, available: int) -> list[str]:
+    """Single config changes, each with what the run would then need."""
+    from lorapipe.model.loading import quantizer_for
+
+    train, data = config.train, config.data
+    changes: list[tuple[str, PipelineConfig]] = []
+    if not train.gradient_checkpointing:
+        changes.append(("train.gradient_checkpointing: true",
+                        _with(config, train=_update(train, gradient_checkpointing=True))))
+    if train.micro_batch_size > 1:
+        accumulation = train.gradient_accumulation_steps * train.micro_batch_size
+        changes.append((
+            f"train.micro_batch_size: 1 with gradient_accumulation_steps: {accumulation} "
+            "(same effective batch)",
+            _with(config, train=_update(train, micro_batch_size=1,
+                                              gradient_accumulation_steps=accumulation)),
+        ))
+    if data.max_length >= 32:
+        changes.append((f"data.max_length: {data.max_length // 2}",
+                        _with(config, data=_update(data, max_length=data.max_length // 2))))
+    if config.model.quantizer.name != "nf4" and "nf4" in registry.names("quantizer"):
+        nf4 = config.model.model_copy(deep=True)
+        nf4.quantizer = type(nf4.quantizer)(name="nf4")
+        from lorapipe.config import resolve_component
+
+        resolve_component(registry, "quantizer", "model.quantizer", nf4.quantizer)
+        changes.append(("model.quantizer: nf4", _with(config, model=nf4)))
+    if device.startswith("cuda") and train.optimizer == "adamw":
+        changes.append(("train.optimizer: paged_adamw_8bit",
+                        _with(config, train=_update(train, optimizer="paged_adamw_8bit"))))
+    lines = []
+    for text, variant in changes:
+        total = _estimate(variant, counts, quantizer_for(variant, registry), device)["total_bytes"]
+        verdict = "fits" if total <= available else "still too much"
+        lines.append(f"{text}: needs {format_bytes(total)} ({verdict})")
+    return lines
+
+
+def _update(section: Any, **changes: Any) -> Any:
+    return section.model_copy(update=changes)
+
+
+def _with(config: PipelineConfig, **sections: Any) -> PipelineConfig:
+    return config.model_copy(update=sections)
+
+
+def device_capacity(device: str) -> dict[str, int]:
+    """Total and currently free memory of ``device`` (system RAM for the CPU)."""
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        return {"total_bytes": total, "available_bytes": free}
+    try:
+        import psutil  # optional: used when installed, /proc or sysconf otherwise
+
+        memory = psutil.virtual_memory()
+        return {"total_bytes": memory.total, "available_bytes": memory.available}
+    except ImportError:
+        pass
+    info = _proc_kib("/proc/meminfo", ("MemTotal", "MemAvailable"))
+    if info:
+        return {"total_bytes": info["MemTotal"], "available_bytes": info["MemAvailable"]}
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"total_bytes": total, "available_bytes": total}
+
+
+def memory_snapshot() -> dict[str, Any]:
+    """Memory in use now: process RSS and its peak, plus CUDA allocated/reserved/peak on GPU.
+
+    The training loop records one at each stage transition (baseline, model loaded,
+    adapters injected, training peak, evaluation) in metrics.jsonl.
+    """
+    snapshot: dict[str, Any] = _rss()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        snapshot.update(
+            cuda_allocated_bytes=torch.cuda.memory_allocated(),
+            cuda_reserved_bytes=torch.cuda.memory_reserved(),
+            cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+        )
+    return snapshot
+
+
+def _rss() -> dict[str, int]:
+    info = _proc_kib("/proc/self/status", ("VmRSS", "VmHWM"))
+    if info:
+        return {"rss_bytes": info["VmRSS"], "peak_rss_bytes": info["VmHWM"]}
+    try:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    except ImportError:
+        rss = None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return {"rss_bytes": rss if rss is not None else peak, "peak_rss_bytes": peak}
+
+
+def _proc_kib(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """``key: N kB`` lines of a /proc file, in bytes; empty where there is no /proc."""
+    try:
+        with open(path, encoding="ascii") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return {}
+    found = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in keys:
+            found[key] = int(value.split()[0]) * 1024
+    return found if len(found) == len(keys) else {}
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_estimate(estimate: dict[str, Any], console: Any) -> None:
+    """The estimate as a few lines, and a warning with the suggestions if it won't fit."""
+    act = estimate["activations_bytes"]
+    cap = estimate["capacity"]
+    console.print(
+        f"[bold]Memory estimate[/] ({estimate['device']}, micro batch "
+        f"{estimate['micro_batch_size']} × {estimate['max_length']} tokens): "
+        f"weights {format_bytes(estimate['weights_bytes'])} ({estimate['quantizer']}), "
+        f"adapters {format_bytes(estimate['adapters_bytes'])}, "
+        f"gradients {format_bytes(estimate['gradients_bytes'])}, "
+        f"optimizer {format_bytes(estimate['optimizer_bytes'])}, activations "
+        f"{format_bytes(act['with_checkpointing'])} with / "
+        f"{format_bytes(act['without_checkpointing'])} without gradient checkpointing"
+    )
+    console.print(
+        f"  total {format_bytes(estimate['total_bytes'])} of "
+        f"{format_bytes(cap['available_bytes'])} available "
+        f"({format_bytes(cap['total_bytes'])} total)"
+    )
+    if not estimate["fits"]:
+        console.print("[yellow]warning:[/] this run will probably not fit in memory. Try:")
+        for line in estimate["suggestions"]:
+            console.print(f"  - {line}")

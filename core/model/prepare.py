@@ -1,0 +1,27 @@
+"""Freezing the base and switching on gradient checkpointing, shared by the quantizers."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedModel
+
+# Non-reentrant checkpointing works with frozen inputs and is what PyTorch recommends.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in backward instead of storing them.
+
+    Input gradients are switched on too: with every base weight frozen, a checkpointed
+    block whose input needs no grad would otherwise not be recomputed for the adapters.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+    model.enable_input_require_grads()
+
+
+def freeze(model: PreTrainedModel) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)

@@ -1,0 +1,118 @@
+"""The closing summary of ``lorapipe run``: one line per stage, then what was written.
+
+It reads the stage summaries run.json records and the reports in the run directory,
+so a resumed run summarises stages that ran in an earlier process too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lorapipe.artifacts import RunPaths
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def artifacts(paths: RunPaths) -> list[tuple[str, int]]:
+    """The run's deliverables that exist, with their sizes in bytes."""
+    found = [paths.adapter, paths.merged]
+    export_root = paths.root / "export"
+    if export_root.is_dir():
+        found += sorted(p for p in export_root.rglob("*") if p.is_file())
+    return [(str(p), _size(p)) for p in found if p.exists()]
+
+
+def _prepare_line(summary: dict[str, Any], paths: RunPaths) -> str:
+    reasons = ""
+    if paths.data_report.is_file():
+        dropped = json.loads(paths.data_report.read_text()).get("dropped", {})
+        reasons = ", ".join(f"{reason} {count}" for reason, count in dropped.items())
+    line = (
+        f"{summary['records_read']} records read, {summary['kept']} kept, "
+        f"{summary['dropped']} dropped"
+    )
+    line += f" ({reasons})" if reasons else ""
+    line += f" → {summary['train']} train / {summary['validation']} validation"
+    return line + (" [reused]" if summary.get("reused") else "")
+
+
+def _train_line(summary: dict[str, Any]) -> str:
+    line = (
+        f"{summary['steps']} steps in {summary['seconds']:.0f} s, "
+        f"{summary['tokens_per_s']:.0f} trained tokens/s"
+    )
+    if summary.get("best_eval_loss") is not None:
+        line += f"; best eval loss {summary['best_eval_loss']:.4f} (step {summary['best_step']})"
+    if summary.get("stopped_early"):
+        line += "; stopped early"
+    if summary.get("nonfinite_steps"):
+        line += f"; {summary['nonfinite_steps']} non-finite steps skipped"
+    return line
+
+
+def _evaluate_line(summary: dict[str, Any]) -> str:
+    parts = []
+    for evaluator, scores in summary.items():
+        base, tuned = scores.get("base"), scores.get("finetuned")
+        if not isinstance(base, dict) or not isinstance(tuned, dict):
+            continue
+        for metric, before in base.items():
+            after = tuned.get(metric)
+            if isinstance(before, int | float) and isinstance(after, int | float):
+                parts.append(f"{evaluator}.{metric} {before:.4g} → {after:.4g}")
+    return "; ".join(parts)
+
+
+def _merge_line(summary: dict[str, Any]) -> str:
+    if summary.get("skipped"):
+        return "skipped"
+    return (
+        f"{summary['dtype']}; max |logit diff| vs base+adapter "
+        f"{summary['max_abs_logit_diff_vs_adapter']:.2g}"
+    )
+
+
+LINES = {
+    "prepare": lambda s, paths: _prepare_line(s, paths),
+    "train": lambda s, _paths: _train_line(s),
+    "evaluate": lambda s, _paths: _evaluate_line(s),
+    "merge": lambda s, _paths: _merge_line(s),
+    "export": lambda s, _paths: ", ".join(
+        f"{a['exporter']}: {Path(a['path']).name}" for a in s["artifacts"]
+    ),
+}
+
+
+def print_run_summary(
+    summaries: dict[str, dict[str, Any]], paths: RunPaths, console: Console
+) -> None:
+    table = Table(title=f"lorapipe run: {paths.root}", show_header=False, title_justify="left")
+    table.add_column("stage", style="bold")
+    table.add_column("result", overflow="fold")
+    for stage, summary in summaries.items():
+        describe = LINES.get(stage)
+        try:
+            text = describe(summary, paths) if describe and summary else ""
+        except (KeyError, TypeError, ValueError):
+            text = ""  # a stage summary of another shape: fall back to its raw form
+        table.add_row(stage, text or json.dumps(summary, default=str)[:300])
+    for path, size in artifacts(paths):
+        table.add_row("", f"{path}  {human_size(size)}")
+    console.print(table)

@@ -1,0 +1,159 @@
+"""Checkpoints: everything needed to continue a run bit for bit, written atomically.
+
+``checkpoints/step-<N>/`` holds::
+
+    adapter/            the adapter in PEFT format (save_pretrained)
+    optimizer.pt        optimizer state_dict (loaded with weights_only=True)
+    scheduler.json      LR scheduler state_dict (incl. base_lrs after any halving)
+    rng.pt              python / numpy / torch (/ cuda) RNG states, one entry per process
+    state.json          TrainState: step, epoch, position in the epoch, best metric, ...
+    manifest.json       sha256 of every file above, written last
+
+The directory is built under a temporary name and renamed into place, so a crash leaves
+either a complete checkpoint or a dot-prefixed temp directory that is ignored. On resume
+every file is checked against the manifest; a corrupt or partial newest checkpoint is
+reported and the previous valid one is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from lorapipe.atomic import atomic_directory, atomic_write_json
+
+_NAME = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The loop's counters; everything else about a run follows from these and the config."""
+
+    step: int = 0  # optimizer steps taken (applied or skipped)
+    epoch: int = 0
+    step_in_epoch: int = 0  # position of the sampler: steps of ``epoch`` already consumed
+    trained_tokens: int = 0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    nonfinite_steps: int = 0
+    rollbacks: int = 0
+    config_hash: str = ""
+    world_size: int = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    state = np.random.get_state()
+    rng = {
+        "python": random.getstate(),
+        # numpy's tuple holds an ndarray; a list keeps the file loadable with weights_only
+        "numpy": (state[0], state[1].tolist(), *state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    kind, keys, *rest = rng["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
+                    rng_states: list[dict[str, Any]]) -> None:
+    """Write a complete checkpoint at ``directory`` (replacing one that exists)."""
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp / "adapter")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
+        torch.save(rng_states, tmp / "rng.pt")
+        atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        atomic_write_json(tmp / MANIFEST, {str(p.relative_to(tmp)): _sha256(p) for p in files})
+
+
+def verify(directory: Path) -> str | None:
+    """None if the checkpoint matches its manifest, else what is wrong with it."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (partial write)"
+    try:
+        expected = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "unreadable manifest"
+    for name, digest in expected.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """Checkpoint directories by step, oldest first (temp directories are not listed)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def newest_valid(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and a line for each newer one that did not."""
+    problems = []
+    for step, path in reversed(list_checkpoints(root)):
+        problem = verify(path)
+        if problem is None:
+            return path, problems
+        problems.append(f"checkpoint step-{step} is unusable ({problem}); trying the previous one")
+    return None, problems
+
+
+def load_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    ) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Load weights and optimizer/scheduler state in place; return the counters and RNG states."""
+    weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"{directory}: adapter does not fit the model: {result.unexpected_keys}")
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
+    state = TrainState(**json.loads((directory / "state.json").read_text()))
+    return state, torch.load(directory / "rng.pt", weights_only=True)
+
+
+def rotate(root: Path, keep: int, best_step: int | None) -> None:
+    """Keep the newest ``keep`` checkpoints plus the best one; drop stale temp directories."""
+    found = list_checkpoints(root)
+    for step, path in found[:-keep]:
+        if step != best_step:
+            shutil.rmtree(path)
+    for leftover in root.glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,458 @@
+"""The training loop: one optimizer step at a time, with the state it saves spelled out.
+
+Each step: build this process's micro-batches from the (seed, epoch)-determined plan,
+count the step's trainable tokens on all processes, backpropagate every micro-batch's
+loss sum divided by that count (syncing gradients only on the last one), clip, and
+apply the update unless the loss or gradient is non-finite. Then log, evaluate, stop
+early, checkpoint, or stop on a signal. ``TrainState`` (checkpoint.py) plus the config
+is everything the loop needs to continue exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from tqdm.auto import tqdm
+
+from lorapipe.artifacts import RunPaths
+from lorapipe.atomic import atomic_directory
+from lorapipe.config import TrainConfig
+from lorapipe.errors import UserError
+from lorapipe.train.batching import collate, epoch_steps, load_examples, pack
+from lorapipe.train.checkpoint import (
+    TrainState,
+    capture_rng,
+    list_checkpoints,
+    load_checkpoint,
+    newest_valid,
+    restore_rng,
+    rotate,
+    save_checkpoint,
+)
+from lorapipe.train.guard import NonFiniteGuard, assert_finite
+from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
+from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
+from lorapipe.train.metrics import MetricsLog
+from lorapipe.train.optim import build_optimizer
+from lorapipe.train.schedule import build_scheduler, scale_learning_rate, sync_learning_rate
+
+MAX_ROLLBACKS = 5
+
+
+def train(model: torch.nn.Module, train_data, validation_data, *,  # noqa: ANN001 - Datasets
+          config: TrainConfig, paths: RunPaths, pad_token_id: int, max_length: int,
+          config_hash: str, resume: bool = False, allow_config_change: bool = False,
+          memory: Callable[[], dict] | None = None) -> dict[str, Any]:
+    """Train the trainable parameters of ``model`` (a PeftModel); return the run's summary.
+
+    Writes ``paths.checkpoints``, ``paths.metrics`` and, at the end, the best adapter to
+    ``paths.adapter``. ``validation_data`` may be None (then the final adapter is kept).
+    ``memory`` returns the snapshot logged with each step (default: the model stage's).
+    """
+    if memory is None:
+        from lorapipe.model import memory_snapshot as memory
+
+    return Trainer(model, train_data, validation_data, config=config, paths=paths,
+                   pad_token_id=pad_token_id, max_length=max_length, config_hash=config_hash,
+                   memory=memory).run(resume=resume, allow_config_change=allow_config_change)
+
+
+def _mixed_precision(model: torch.nn.Module) -> str:
+    if not torch.cuda.is_available():
+        return "no"
+    dtypes = {p.dtype for p in model.parameters()}
+    return "bf16" if torch.bfloat16 in dtypes else "fp16" if torch.float16 in dtypes else "no"
+
+
+class Trainer:
+    def __init__(self, model, train_data, validation_data, *, config: TrainConfig,  # noqa: ANN001
+                 paths: RunPaths, pad_token_id: int, max_length: int, config_hash: str,
+                 memory: Callable[[], dict]) -> None:
+        self.config, self.paths, self.pad = config, paths, pad_token_id
+        self.memory = memory
+        # Under torchrun without GPUs accelerate only goes multi-process when told "cpu".
+        cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = acc = Accelerator(mixed_precision=_mixed_precision(model), cpu=cpu)
+        self.world, self.rank = acc.num_processes, acc.process_index
+        # auto_batch may trade micro batch for accumulation; the effective batch stays.
+        self.micro_batch_size = config.micro_batch_size
+        self.accumulation = config.gradient_accumulation_steps
+        self.examples = load_examples(train_data)
+        lengths = [len(ids) for ids, _ in self.examples]
+        singles = [[i] for i in range(len(lengths))]
+        self.items = pack(lengths, max_length) if config.packing else singles
+        self.item_lengths = [sum(lengths[i] for i in item) for item in self.items]
+        self.steps_per_epoch = len(self._plan(0))
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"train: {len(self.items)} training rows cannot fill one optimizer step of "
+                f"{config.micro_batch_size * config.gradient_accumulation_steps * self.world}; "
+                "lower train.micro_batch_size or train.gradient_accumulation_steps, or add data"
+            )
+        self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        self.val_examples = load_examples(validation_data) if validation_data else []
+        optimizer = build_optimizer(model, config)
+        self.scheduler = build_scheduler(optimizer, config, self.total_steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.guard = NonFiniteGuard(config.max_nonfinite_steps)
+        self.state = TrainState(config_hash=config_hash, world_size=self.world)
+        self.config_hash = config_hash
+        self._planned: tuple[int, list] = (-1, [])
+
+    # --- data -------------------------------------------------------------------------
+
+    def _plan(self, epoch: int) -> list[list[list[int]]]:
+        c = self.config
+        return epoch_steps(self.item_lengths, seed=c.seed, epoch=epoch,
+                           micro_batch_size=self.micro_batch_size,
+                           accumulation=self.accumulation, world_size=self.world,
+                           group_by_length=c.group_by_length)
+
+    def _next_micro_batches(self) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """This process's share of the next step and its real (non-pad) token count.
+
+        Advances to the next epoch when the current one is used up.
+        """
+        state = self.state
+        if state.step_in_epoch >= self.steps_per_epoch:
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        if self._planned[0] != state.epoch:
+            self._planned = (state.epoch, self._plan(state.epoch))
+        step = self._planned[1][state.step_in_epoch]
+        accum = self.accumulation
+        mine = step[self.rank * accum:(self.rank + 1) * accum]
+        batches = [collate([[self.examples[i] for i in self.items[item]] for item in micro],
+                           self.pad) for micro in mine]
+        real = sum(self.item_lengths[item] for micro in mine for item in micro)
+        return batches, real
+
+    def _sum(self, *values: float) -> list[float]:
+        """Sum numbers over all processes (one all-reduce for all of them)."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    # --- one optimizer step -----------------------------------------------------------
+
+    def _train_step(self, batches: list[dict[str, torch.Tensor]], real: int) -> dict[str, Any]:
+        acc = self.accelerator
+        step_tokens = int(self._sum(sum(trainable_tokens(b) for b in batches))[0])
+        scale = backward_scale(step_tokens, self.world)
+        total = 0.0
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                with acc.autocast():
+                    summed = loss_sum(self.model, batch)
+                acc.backward(summed * scale)
+            total += summed.item()
+        padded = sum(b["input_ids"].numel() for b in batches)
+        total, real, padded = self._sum(total, real, padded)
+        loss = total / max(step_tokens, 1)
+        grad_norm = float(acc.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
+        applied = self.guard.record(loss, grad_norm)
+        lr = min(group["lr"] for group in self.optimizer.param_groups)  # LoRA+ B groups: higher
+        if applied:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "grad_norm": grad_norm, "applied": applied, "lr": lr,
+                "trainable_tokens": step_tokens, "real_tokens": int(real),
+                "batch_tokens": int(padded)}
+
+    # --- evaluation, checkpoints, rollback ---------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-mean loss on the validation set, sharded over processes.
+
+        Runs on the unwrapped model: DDP's forward syncs buffers, which would hang when
+        the shards give the processes different numbers of batches.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        order = sorted(range(len(self.val_examples)), key=lambda i: len(self.val_examples[i][0]))
+        mine = order[self.rank::self.world]
+        size = self.micro_batch_size
+        total, tokens = 0.0, 0
+        for start in range(0, len(mine), size):
+            batch = collate([[self.val_examples[i]] for i in mine[start:start + size]], self.pad)
+            batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+            with self.accelerator.autocast():
+                total += loss_sum(model, batch).item()
+            tokens += trainable_tokens(batch)
+        model.train()
+        total, tokens = self._sum(total, tokens)
+        return total / max(tokens, 1)
+
+    def save(self) -> None:
+        """Checkpoint the current step (all processes take part; the main one writes)."""
+        rng = capture_rng()
+        rng_states = gather_object([rng]) if self.world > 1 else [rng]
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            assert_finite(model)
+            save_checkpoint(self.paths.checkpoint(self.state.step), model=model,
+                            optimizer=self.optimizer, scheduler=self.scheduler,
+                            state=self.state, rng_states=rng_states)
+            rotate(self.paths.checkpoints, self.config.save_total_limit, self.state.best_step)
+        self.accelerator.wait_for_everyone()
+
+    def restore(self, directory: Path) -> None:
+        state, rng_states = load_checkpoint(
+            directory, model=self.accelerator.unwrap_model(self.model),
+            optimizer=self.optimizer, scheduler=self.scheduler)
+        sync_learning_rate(self.scheduler)
+        restore_rng(rng_states[self.rank] if len(rng_states) == self.world else rng_states[0])
+        state.world_size = self.world
+        self.state = state
+
+    def roll_back(self) -> None:
+        """Restore the newest valid checkpoint and halve the learning rate in effect."""
+        state = self.state
+        if state.rollbacks >= MAX_ROLLBACKS:
+            raise RuntimeError(
+                f"training diverged: {MAX_ROLLBACKS} rollbacks did not help; lower "
+                "train.learning_rate or check the data for broken samples")
+        path, problems = newest_valid(self.paths.checkpoints)
+        if path is None:
+            raise RuntimeError("non-finite steps and no valid checkpoint to roll back to")
+        lr_now = list(self.scheduler.base_lrs)
+        self.restore(path)
+        self.scheduler.base_lrs = lr_now
+        scale_learning_rate(self.scheduler, 0.5)
+        self.state.rollbacks = state.rollbacks + 1
+        self.state.nonfinite_steps = state.nonfinite_steps
+        self.guard.in_a_row = 0
+        self._log({"step": self.state.step, "event": "rollback", "from_step": state.step,
+                   "checkpoint": path.name, "lr": min(self.scheduler.get_last_lr()),
+                   "problems": problems})
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            self.metrics.write(record)
+            if "event" in record:
+                tqdm.write(f"step {record['step']}: {record['event']} {record}")
+
+    # --- the run ----------------------------------------------------------------------
+
+    def _start(self, resume: bool, allow_config_change: bool) -> None:
+        root = self.paths.checkpoints
+        path = None
+        if resume:
+            path, problems = newest_valid(root)
+            for line in problems:
+                tqdm.write(f"warning: {line}", file=sys.stderr)
+        elif list_checkpoints(root):
+            raise UserError(
+                f"{root} already holds checkpoints; pass --resume to continue that run, or "
+                "delete the directory (or use `lorapipe run --overwrite`) to start again")
+        if path is not None:
+            saved = json_field(path / "state.json", "config_hash")
+            if saved != self.config_hash and not allow_config_change:
+                raise UserError(
+                    f"{path} was written with a different config (hash {saved}, now "
+                    f"{self.config_hash}); pass --allow-config-change to resume anyway")
+            self.restore(path)
+            self.state.config_hash = self.config_hash
+            tqdm.write(f"resuming from {path} (step {self.state.step}/{self.total_steps})")
+        elif resume:
+            tqdm.write(f"no valid checkpoint in {root}; starting from the beginning")
+        tensorboard = "tensorboard" in self.config.report_to and self.accelerator.is_main_process
+        self.metrics = MetricsLog(
+            self.paths.metrics, resume_step=self.state.step if path is not None else None,
+            tensorboard_dir=self.paths.root / "tensorboard" if tensorboard else None,
+        ) if self.accelerator.is_main_process else None
+        if path is None:
+            set_seed(self.config.seed)
+            self.save()  # step 0: a rollback target before the first scheduled checkpoint
+
+    def run(self, *, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
+        self._start(resume, allow_config_change)
+        cfg = self.config
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        self.window, started, run_tokens = _fresh_window(), time.perf_counter(), 0
+        self.model.train()
+        stopped_early = False
+        with stop_on_signals() as stop:
+            while self.state.step < self.total_steps and not stopped_early:
+                out = self._step()
+                run_tokens += out["real_tokens"]
+                if not out["applied"] and self._skipped(out):  # rolled back: continue from there
+                    bar.n = self.state.step
+                    continue
+                bar.update(1)
+                step, last = self.state.step, self.state.step >= self.total_steps
+                if step % cfg.logging_steps == 0 or last:
+                    record = self._log_window(out)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                improved = False
+                if self.val_examples and (last or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+                    improved, stopped_early = self._after_eval(self.evaluate())
+                interrupted = bool(self._sum(float(bool(stop)))[0])  # every process stops
+                due = step % cfg.save_steps == 0 or last or stopped_early or interrupted
+                if due or improved:  # the best step always has a checkpoint to publish
+                    self.save()
+                if interrupted:
+                    bar.close()
+                    raise self._interrupted(stop.signal_name or "signal")
+        bar.close()
+        return self._finish(time.perf_counter() - started, run_tokens, stopped_early)
+
+    def _step(self) -> dict[str, Any]:
+        """One optimizer step, counted in the state and the logging window."""
+        while True:
+            try:
+                out = self._train_step(*self._next_micro_batches())
+                break
+            except torch.OutOfMemoryError as err:
+                if not self.config.auto_batch or self.micro_batch_size == 1:
+                    raise RuntimeError(self._oom_advice()) from err
+                self._halve_micro_batch()
+        state = self.state
+        state.step += 1
+        state.step_in_epoch += 1
+        state.trained_tokens += out["trainable_tokens"]
+        for key in ("trainable_tokens", "real_tokens", "batch_tokens"):
+            self.window[key] += out[key]
+        self.window["loss"] += out["loss"] * out["trainable_tokens"]
+        return out
+
+    def _skipped(self, out: dict[str, Any]) -> bool:
+        """Count a skipped update; True if it ended a streak and the run was rolled back."""
+        self.state.nonfinite_steps += 1
+        self._log({"step": self.state.step, "event": "nonfinite_skip",
+                   "loss": out["loss"], "grad_norm": out["grad_norm"]})
+        if not self.guard.must_roll_back:
+            return False
+        self.roll_back()
+        self.window = _fresh_window()
+        return True
+
+    def _log_window(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Write the metrics of the steps since the last log line; start a new window."""
+        window, state = self.window, self.state
+        seconds = time.perf_counter() - window["started"]
+        record = {
+            "step": state.step,
+            "epoch": round(state.epoch + state.step_in_epoch / self.steps_per_epoch, 4),
+            "loss": window["loss"] / max(window["trainable_tokens"], 1),
+            "lr": out["lr"],
+            "grad_norm": out["grad_norm"],
+            "trainable_tokens": int(window["trainable_tokens"]),
+            "tokens_per_s": window["real_tokens"] / max(seconds, 1e-9),
+            "padding_fraction": 1 - window["real_tokens"] / max(window["batch_tokens"], 1),
+            "memory": self.memory(),
+        }
+        self._log(record)
+        self.window = _fresh_window()
+        return record
+
+    def _halve_micro_batch(self) -> None:
+        """auto_batch: retry the step with a smaller micro batch and more accumulation.
+
+        The micro batch is divided by its smallest factor (4 → 2, 3 → 1) and accumulation
+        multiplied by it, so the effective batch is unchanged; steps are planned as effective
+        batches before they are split (batching.py), so the retried step trains on the same
+        samples with the same loss normalisation.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        factor = next(f for f in range(2, self.micro_batch_size + 1)
+                      if self.micro_batch_size % f == 0)
+        self.micro_batch_size //= factor
+        self.accumulation *= factor
+        self._planned = (-1, [])
+        self._log({"step": self.state.step + 1, "event": "auto_batch",
+                   "micro_batch_size": self.micro_batch_size,
+                   "gradient_accumulation_steps": self.accumulation})
+
+    def _oom_advice(self) -> str:
+        return (
+            f"out of memory at step {self.state.step + 1} (the last checkpoint is intact). Try: "
+            f"a smaller train.micro_batch_size (now {self.micro_batch_size}) with a larger "
+            f"train.gradient_accumulation_steps (now {self.accumulation}) for the same "
+            "effective batch, train.gradient_checkpointing: true, a lower adapter.r, a "
+            "shorter data.max_length, or model.quantizer: nf4 if not used (or set "
+            "train.auto_batch: true to do the first automatically); then --resume")
+
+    def _after_eval(self, eval_loss: float) -> tuple[bool, bool]:
+        """Record an evaluation; return (improved on the best, patience exhausted)."""
+        state, rule = self.state, self.config.early_stopping
+        min_delta = rule.min_delta if rule else 0.0
+        best = state.best_eval_loss
+        improved = math.isfinite(eval_loss) and (best is None or eval_loss < best - min_delta)
+        if improved:
+            state.best_eval_loss, state.best_step = eval_loss, state.step
+            state.evals_without_improvement = 0
+        else:
+            state.evals_without_improvement += 1
+        stop = rule is not None and state.evals_without_improvement >= rule.patience
+        self._log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch
+                                                       / self.steps_per_epoch, 4),
+                   "eval_loss": eval_loss, "best_eval_loss": state.best_eval_loss})
+        if stop:
+            self._log({"step": state.step, "event": "early_stop",
+                       "best_step": state.best_step, "patience": rule.patience})
+        return improved, stop
+
+    def _interrupted(self, signal_name: str) -> TrainingInterrupted:
+        message = (f"{signal_name}: stopped after step {self.state.step}; checkpoint saved in "
+                   f"{self.paths.checkpoint(self.state.step)}. Resume with: "
+                   "lorapipe train CONFIG --resume (or lorapipe run CONFIG --resume)")
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+            self.metrics.close()
+        return TrainingInterrupted(message)
+
+    def _finish(self, seconds: float, run_tokens: float, stopped_early: bool) -> dict[str, Any]:
+        """Publish the best adapter (or the last, without validation) as ``adapter/``."""
+        state = self.state
+        chosen = state.best_step if state.best_step is not None else state.step
+        if self.accelerator.is_main_process:
+            with atomic_directory(self.paths.adapter) as tmp:
+                shutil.copytree(self.paths.checkpoint(chosen) / "adapter", tmp, dirs_exist_ok=True)
+            self.metrics.write({"step": state.step, "event": "end", "memory": self.memory()})
+            self.metrics.close()
+        self.accelerator.wait_for_everyone()
+        summary = {
+            "steps": state.step, "epochs": round(state.step / self.steps_per_epoch, 4),
+            "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(seconds, 1e-9), 1),
+            "trained_tokens": state.trained_tokens, "best_eval_loss": state.best_eval_loss,
+            "best_step": state.best_step, "adapter_step": chosen, "stopped_early": stopped_early,
+            "nonfinite_steps": state.nonfinite_steps, "rollbacks": state.rollbacks,
+        }
+        if self.accelerator.is_main_process:
+            best = "n/a" if state.best_eval_loss is None else f"{state.best_eval_loss:.4f}"
+            tqdm.write(f"trained {state.step} steps in {seconds:.1f}s "
+                       f"({summary['tokens_per_s']:.0f} tokens/s), best eval loss {best} "
+                       f"(step {state.best_step}); adapter/ from step {chosen}")
+        return summary
+
+
+def _fresh_window() -> dict[str, float]:
+    """Sums over the steps since the last log line."""
+    return {"loss": 0.0, "trainable_tokens": 0, "real_tokens": 0, "batch_tokens": 0,
+            "started": time.perf_counter()}
+
+
+def json_field(path: Path, key: str) -> Any:
+    return json.loads(path.read_text()).get(key)

@@ -1,0 +1,45 @@
+"""Loss normalised exactly over an optimizer step.
+
+A mean of per-micro-batch means weights a token in a short micro-batch more than one in
+a long micro-batch, so changing the micro batch or the accumulation would change the
+result. Here every micro-batch contributes its token-loss *sum*, divided by the number
+of trainable tokens of the whole step on all processes, so the step's gradient is the
+gradient of the mean over all its trainable tokens, however the step is split.
+We compute the cross-entropy ourselves rather than pass ``labels`` to the model so the
+sum and the count are ours to normalise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lorapipe.train.batching import IGNORE
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def trainable_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that are prediction targets: labels after the causal shift that are not -100."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the next-token cross-entropy over the batch's trainable tokens (fp32)."""
+    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
+    logits = model(**inputs, use_cache=False).logits
+    return F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+
+
+def backward_scale(step_tokens: int, world_size: int) -> float:
+    """Factor turning a micro-batch's loss sum into its share of the step's token mean.
+
+    DDP averages gradients over processes, i.e. divides by ``world_size``; multiplying by
+    it here cancels that, leaving sum-over-all-tokens / all-tokens.
+    """
+    return world_size / max(step_tokens, 1)

@@ -1,0 +1,37 @@
+"""``lorapipe train``: read the prepared data, build the trainable model, run the loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import load_from_disk
+from transformers import AutoTokenizer
+
+from lorapipe.context import RunContext
+from lorapipe.errors import UserError
+from lorapipe.train.loop import train
+
+
+def run_stage(ctx: RunContext) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
+    from lorapipe.model import build_trainable_model, memory_snapshot
+
+    paths, config = ctx.paths, ctx.config
+    if not (paths.train_data.is_dir() and paths.tokenizer.is_dir()):
+        raise UserError(
+            f"no prepared data in {paths.data}; run `lorapipe prepare CONFIG` first")
+    train_data = load_from_disk(str(paths.train_data))
+    validation = None
+    if paths.validation_data.is_dir():
+        validation = load_from_disk(str(paths.validation_data))
+    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    set_seed(config.train.seed)  # adapter initialisation is part of the run's determinism
+    model, _report = build_trainable_model(
+        ctx, gradient_checkpointing=config.train.gradient_checkpointing)
+    return train(
+        model, train_data, validation if validation is not None and len(validation) else None,
+        config=config.train, paths=paths, pad_token_id=tokenizer.pad_token_id,
+        max_length=config.data.max_length, config_hash=config.hash(), resume=ctx.resume,
+        allow_config_change=ctx.allow_config_change, memory=memory_snapshot,
+    )

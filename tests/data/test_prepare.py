@@ -1,0 +1,191 @@
+"""The prepare stage end to end on tiny-llama: accounting, strict mode, split, caching,
+length strategies and the output contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets import load_from_disk
+from prepare_helpers import chat, read_report, write_jsonl
+from transformers import AutoTokenizer
+
+import lorapipe.data.prepare as prepare_module
+from lorapipe.cli import main
+from lorapipe.data.cleaning import dedupe_key
+from lorapipe.errors import UserError
+
+EOT = "<|eot_id|>"
+
+
+def bad_rows() -> dict[str, Any]:
+    """One malformed line per kind, keyed by the reason it must be reported under."""
+    good = chat(0)["messages"]
+    return {
+        "malformed_json": '{"messages": [',
+        "wrong_type": [1, 2, 3],
+        "unknown_role": {"messages": [{"role": "robot", "content": "hi"}, good[1]]},
+        "no_assistant_turn": {"messages": good[:1]},
+        "empty_assistant_content": {"messages": [good[0], {"role": "assistant",
+                                                           "content": "  \n"}]},
+        "invalid_text": b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
+        "unknown_schema": {"text": "plain text, no schema"},
+        "duplicate": {"messages": [{"role": m["role"], "content": "  " + m["content"].upper()}
+                                   for m in chat(2)["messages"]]},  # = line of chat(2)
+    }
+
+
+def write_mixed(path: Path, good: int = 72) -> dict[int, str]:
+    """``good`` clean records with the bad ones spread in (~10%); returns line → reason."""
+    rows: list[Any] = [chat(i, turns=1 + i % 2, system=i % 3 == 0) for i in range(good)]
+    expected = {}
+    for k, row in enumerate(bad_rows().values()):
+        rows.insert(5 + k * 9, row)
+    for line, row in enumerate(rows, start=1):
+        for reason, bad in bad_rows().items():
+            if row is bad or row == bad:
+                expected[line] = reason
+    write_jsonl(path, rows)
+    return expected
+
+
+def test_bad_lines_are_reported_and_counts_add_up(tmp_path: Path, prepare: Any) -> None:
+    data = tmp_path / "mixed.jsonl"
+    expected = write_mixed(data)
+    assert len(expected) == len(bad_rows())
+    summary, out = prepare(data)
+    report = read_report(out)
+    dropped = [json.loads(line) for line in (out / "data" / "dropped.jsonl").open()]
+    assert {int(d["location"].rsplit(":", 1)[1]): d["reason"] for d in dropped} == expected
+    assert report["dropped"] == {reason: 1 for reason in expected.values()}
+    for examples in report["examples"].values():
+        assert examples[0]["location"].startswith(f"{data}:")
+        assert examples[0]["detail"]
+    sizes = report["split"]["sizes"]
+    assert report["records_read"] == report["kept"] + sum(report["dropped"].values())
+    assert report["kept"] == sizes["train"] + sizes["validation"] == 72
+    assert summary["reused"] is False
+
+
+def test_strict_exits_2_naming_the_first_bad_line(tmp_path: Path, capsys: Any) -> None:
+    data = tmp_path / "mixed.jsonl"
+    first_bad = min(write_mixed(data))
+    config = tmp_path / "strict.yaml"
+    config.write_text(json.dumps({
+        "model": {"name_or_path": "tiny-llama"},
+        "data": {"loader": {"name": "jsonl", "path": str(data)}, "strict": True},
+        "output_dir": str(tmp_path / "run"),
+    }))
+    assert main(["prepare", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:{first_bad}: malformed_json" in err
+    assert "Traceback" not in err
+
+
+def test_outputs_follow_the_contract(tmp_path: Path, prepare: Any) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(i, turns=2, system=True) for i in range(20)])
+    _, out = prepare(data, validation={"count": 3})
+    train = load_from_disk(str(out / "data" / "train"))
+    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "source"]
+    assert len(train) == 17 and len(load_from_disk(str(out / "data" / "validation"))) == 3
+    tokenizer = AutoTokenizer.from_pretrained(out / "data" / "tokenizer")
+    row = train[0]
+    assert row["attention_mask"] == [1] * len(row["input_ids"])
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True)
+               if label != -100]
+    assert trained == [label for label in row["labels"] if label != -100]
+    messages = json.loads(row["messages"])
+    assert tokenizer.decode(trained) == "".join(
+        m["content"] + EOT for m in messages if m["role"] == "assistant")
+    assert row["source"] == f"{data}:{int(row['source'].rsplit(':', 1)[1])}"
+    report = read_report(out)
+    assert report["trainable_tokens"]["train"] == sum(
+        sum(label != -100 for label in r) for r in train["labels"])
+    assert set(report["tokens"]) == {"total", "prompt", "response"}
+
+
+def _sources(out: Path, split: str) -> list[str]:
+    return list(load_from_disk(str(out / "data" / split))["source"])
+
+
+def test_split_is_seeded_disjoint_and_deduplicated_first(tmp_path: Path, prepare: Any) -> None:
+    rows = [chat(i) for i in range(60)]
+    # variants differing only in case and whitespace are the same conversation
+    rows += [{"messages": [{"role": m["role"], "content": f" {m['content'].lower()}  "}
+                           for m in chat(i)["messages"]]} for i in range(30)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    _, first = prepare(data, output="a", validation={"fraction": 0.2})
+    _, again = prepare(data, output="b", validation={"fraction": 0.2})
+    _, other = prepare(data, output="c", seed=7, validation={"fraction": 0.2})
+    train, val = _sources(first, "train"), _sources(first, "validation")
+    assert len(val) == 12 and len(train) == 48  # 90 read, 30 duplicates
+    assert not set(train) & set(val)
+    assert (train, val) == (_sources(again, "train"), _sources(again, "validation"))
+    assert val != _sources(other, "validation")
+    keys = {split: {dedupe_key(json.loads(m)) for m in
+                    load_from_disk(str(first / "data" / split))["messages"]}
+            for split in ("train", "validation")}
+    assert not keys["train"] & keys["validation"]
+    assert read_report(first)["dropped"] == {"duplicate": 30}
+
+
+def test_stratified_split_keeps_every_group(tmp_path: Path, prepare: Any) -> None:
+    rows = [chat(i, category="rare" if i % 10 == 0 else "common") for i in range(50)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    _, out = prepare(data, validation={"count": 10, "stratify_by": "category"})
+    lines = [int(s.rsplit(":", 1)[1]) for s in _sources(out, "validation")]
+    assert sum((line - 1) % 10 == 0 for line in lines) == 1  # 5 of 50 are rare → 1 of 10
+
+
+def test_separate_validation_loader(tmp_path: Path, prepare: Any) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", [chat(i) for i in range(10)])
+    held = write_jsonl(tmp_path / "val.jsonl", [chat(i) for i in range(8, 14)])
+    _, out = prepare(data, validation={"loader": {"name": "jsonl", "path": str(held)}})
+    assert len(_sources(out, "train")) == 10
+    assert [s.rsplit(":", 1)[1] for s in _sources(out, "validation")] == ["3", "4", "5", "6"]
+    assert read_report(out)["validation_source"]["dropped"] == {"duplicate": 2}
+
+
+def test_too_little_data_is_a_clear_error(tmp_path: Path, prepare: Any) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(3)])
+    with pytest.raises(UserError, match=r"data\.validation\.count: only 3 usable record"):
+        prepare(data, validation={"count": 3})
+
+
+def test_second_run_reuses_and_changes_redo(tmp_path: Path, prepare: Any) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(20)])
+    summary, out = prepare(data)
+    assert summary["reused"] is False
+    stamp = (out / "data" / "train").stat().st_mtime_ns
+    summary, _ = prepare(data)
+    assert summary["reused"] is True
+    assert (out / "data" / "train").stat().st_mtime_ns == stamp
+    summary, _ = prepare(data, max_length=64)  # config change
+    assert summary["reused"] is False
+    write_jsonl(data, [chat(i) for i in range(21)])  # data change
+    summary, _ = prepare(data, max_length=64)
+    assert summary["reused"] is False and summary["kept"] == 21
+
+
+def test_chunked_reading_gives_the_same_result(tmp_path: Path, prepare: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big inputs are read and encoded in chunks (bounded memory) with worker processes;
+    chunk and worker boundaries must not change a single sample, drop or count."""
+    data = tmp_path / "mixed.jsonl"
+    write_mixed(data)  # the duplicate's original and the bad lines land in other chunks
+    _, whole = prepare(data, output="whole")
+    monkeypatch.setattr(prepare_module, "_READ_BATCH", 4)
+    monkeypatch.setattr(prepare_module, "_CHUNK", 12)
+    monkeypatch.setattr(prepare_module, "_RECORDS_PER_WORKER", 5)  # 2 workers per chunk
+    _, chunked = prepare(data, output="chunked")
+    for split in ("train", "validation"):
+        assert (load_from_disk(str(chunked / "data" / split)).to_dict()
+                == load_from_disk(str(whole / "data" / split)).to_dict())
+    drop_lists = [(out / "data" / "dropped.jsonl").read_text() for out in (whole, chunked)]
+    assert drop_lists[0] == drop_lists[1]
+    reports = [read_report(out) for out in (whole, chunked)]
+    for report in reports:
+        report.pop("fingerprint")
+    assert reports[0] == reports[1]

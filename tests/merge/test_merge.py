@@ -1,0 +1,80 @@
+"""The merge stage, judged by transformers (loads merged/) and peft (loads adapter/)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lorapipe.errors import UserError
+from lorapipe.merge import run_stage
+from lorapipe.merge.stage import MERGE_REPORT
+from lorapipe.models import resolve_model_path
+
+IDS = [[2042, 100, 200, 300, 400, 500, 600, 700], [2042, 5, 6, 7, 8]]
+
+
+def _logits(model, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def test_merged_model_gives_base_plus_adapter_logits(adapter_run) -> None:
+    summary = run_stage(adapter_run)
+    merged_dir = adapter_run.paths.merged
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"),
+                                                dtype=torch.float32)
+    base_logits = [_logits(base, ids) for ids in IDS]
+    with_adapter = PeftModel.from_pretrained(base, adapter_run.paths.adapter)
+    for ids, plain in zip(IDS, base_logits, strict=True):
+        expected, got = _logits(with_adapter, ids), _logits(merged, ids)
+        assert (got - expected).abs().max() < 1e-4
+        assert (got - plain).abs().max() > 1e-2  # the adapter really changed the model
+
+    report = json.loads((merged_dir / MERGE_REPORT).read_text())
+    assert report["dtype"] == "fp32"
+    assert report["max_abs_logit_diff_vs_adapter"] < 1e-4
+    # the 4-bit training-time model is reported for information; it is close, not equal
+    assert 0 < report["max_abs_logit_diff_vs_training_model"] < 5
+    assert summary["max_abs_logit_diff_vs_adapter"] == report["max_abs_logit_diff_vs_adapter"]
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    original = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
+    assert tokenizer.chat_template == original.chat_template
+    assert tokenizer("Hello there")["input_ids"] == original("Hello there")["input_ids"]
+    assert (merged_dir / "generation_config.json").is_file()
+    assert list(merged_dir.glob("*.safetensors"))
+    assert not list(merged_dir.glob("*.bin"))
+    assert not [p for p in merged_dir.parent.iterdir() if p.name.startswith(".merged")]
+
+
+def test_missing_adapter_is_a_user_error(tmp_path: Path, make_context) -> None:
+    with pytest.raises(UserError, match="lorapipe train"):
+        run_stage(make_context(tmp_path / "run"))
+
+
+def test_disabled_merge_is_skipped(tmp_path: Path, make_context) -> None:
+    ctx = make_context(tmp_path / "run", merge={"enabled": False})
+    assert "skipped" in run_stage(ctx)
+    assert not ctx.paths.merged.exists()
+
+
+def test_quantized_checkpoint_is_refused(tmp_path: Path, make_context) -> None:
+    model = tmp_path / "quantized-model"
+    shutil.copytree(resolve_model_path("tiny-llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (model / "config.json").write_text(json.dumps(config))
+    ctx = make_context(tmp_path / "run", model={"name_or_path": str(model)})
+    (ctx.paths.adapter).mkdir(parents=True)
+    (ctx.paths.adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="stored quantized \\(bitsandbytes\\).*full precision"):
+        run_stage(ctx)
+    assert not ctx.paths.merged.exists()

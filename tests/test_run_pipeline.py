@@ -1,0 +1,124 @@
+"""`lorapipe run` end to end on the quickstart: every artifact, kill -9 and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The quickstart, shortened: the same stages and artifacts in a fraction of the time.
+SHORT = [
+    "train.epochs=1",
+    "train.max_steps=12",
+    "train.save_steps=3",
+    "train.eval_steps=6",
+    "train.logging_steps=2",
+    "export.exporters.0.types=[q8_0]",
+]
+
+
+def _run(output_dir: Path, *extra: str, wait: bool = True):  # noqa: ANN202
+    args = [
+        sys.executable,
+        "-m",
+        "lorapipe.cli",
+        "run",
+        "configs/quickstart.yaml",
+        *[item for kv in [*SHORT, f"output_dir={output_dir}"] for item in ("--set", kv)],
+        *extra,
+    ]
+    if not wait:
+        return subprocess.Popen(
+            args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output_dir = tmp_path_factory.mktemp("run") / "quickstart"
+    result = _run(output_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
+
+
+def test_every_artifact_exists(finished_run: Path) -> None:
+    root = finished_run
+    for relative in [
+        "config.resolved.yaml",
+        "run.json",
+        "model_report.json",
+        "metrics.jsonl",
+        "data/train/dataset_info.json",
+        "data/validation/dataset_info.json",
+        "data/tokenizer/tokenizer.json",
+        "data/report.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "eval/report.json",
+        "merged/config.json",
+        "merged/model.safetensors",
+        "merged/tokenizer.json",
+        "export/gguf/model-q8_0.gguf",
+    ]:
+        assert (root / relative).is_file(), relative
+    assert any((root / "checkpoints").glob("step-*"))
+    record = json.loads((root / "run.json").read_text())
+    assert [record["stages"][s]["status"] for s in record["stages"]] == ["done"] * 5
+    assert record["versions"]["lorapipe"] and len(record["config_hash"]) == 16
+    report = json.loads((root / "eval/report.json").read_text())["perplexity"]
+    assert report["finetuned"]["response"] < report["base"]["response"]
+
+
+def test_llama_cpp_loads_the_exported_file(finished_run: Path) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(str(finished_run / "export/gguf/model-q8_0.gguf"), verbose=False)
+    try:
+        assert llm.n_vocab() == 2048
+        assert llm.tokenize(b"The capital of France", add_bos=False)
+    finally:
+        llm.close()
+
+
+def test_finished_run_is_not_overwritten(finished_run: Path) -> None:
+    result = _run(finished_run)
+    assert result.returncode == 2
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr
+
+
+def test_resume_with_a_changed_config_is_refused(finished_run: Path) -> None:
+    result = _run(finished_run, "--resume", "--set", "train.learning_rate=1e-4")
+    assert result.returncode == 2
+    assert "config differs" in result.stderr
+
+
+def test_kill_9_during_training_then_resume_gives_the_same_adapter(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    output_dir = tmp_path / "killed"
+    process = _run(output_dir, wait=False)
+    deadline = time.monotonic() + 300
+    while not list((output_dir / "checkpoints").glob("step-*")):
+        assert process.poll() is None, "run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    record = json.loads((output_dir / "run.json").read_text())
+    assert record["stages"]["train"]["status"] == "running"
+
+    resumed = _run(output_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    adapter = "adapter/adapter_model.safetensors"
+    assert (output_dir / adapter).read_bytes() == (finished_run / adapter).read_bytes()
+    assert (output_dir / "export/gguf/model-q8_0.gguf").is_file()
+    stages = json.loads((output_dir / "run.json").read_text())["stages"]
+    assert all(stage["status"] == "done" for stage in stages.values())

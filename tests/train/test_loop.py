@@ -1,0 +1,149 @@
+"""The loop: exact accumulation, instability guard, early stopping, checkpoint fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tinyrun import adapter_weights, config, make_data, make_model, run
+
+from lorapipe.errors import UserError
+from lorapipe.train.checkpoint import list_checkpoints, newest_valid
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_accumulation_is_exact_across_micro_batch_splits(tmp_path: Path) -> None:
+    data = make_data(16, lengths=(3, 48))  # very different lengths: per-batch means would differ
+    results = {}
+    for micro, accum in ((4, 1), (1, 4)):
+        out = tmp_path / f"{micro}x{accum}"
+        cfg = config(micro_batch_size=micro, gradient_accumulation_steps=accum, max_steps=4,
+                     save_steps=100)
+        run(out, make_model(), data, None, cfg)
+        results[(micro, accum)] = (adapter_weights(out), [m["loss"] for m in _metrics(out)
+                                                          if "loss" in m and "event" not in m])
+    (a, loss_a), (b, loss_b) = results.values()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it did train
+
+
+def test_nonfinite_steps_are_skipped_and_a_streak_rolls_back(tmp_path: Path) -> None:
+    model = make_model()
+    poisoned_calls, calls = {2, 6, 7}, [0]
+
+    def poison(module, inputs, output):  # a real forward hook: NaN activations on some steps
+        calls[0] += 1
+        return output * float("nan") if calls[0] in poisoned_calls else output
+
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(poison)
+    cfg = config(micro_batch_size=2, gradient_accumulation_steps=1, max_steps=10, save_steps=4,
+                 max_nonfinite_steps=2, lr_scheduler="constant", warmup_steps=0)
+    summary = run(tmp_path, model, make_data(24), None, cfg)
+    events = [m for m in _metrics(tmp_path) if "event" in m]
+    assert [e["event"] for e in events] == ["nonfinite_skip", "nonfinite_skip", "nonfinite_skip",
+                                            "rollback", "end"]
+    assert [e["step"] for e in events[:3]] == [2, 6, 7]
+    assert events[3]["checkpoint"] == "step-4" and events[3]["lr"] == pytest.approx(5e-4)
+    assert summary["nonfinite_steps"] == 3 and summary["rollbacks"] == 1
+    assert summary["steps"] == 10
+    lrs = [m["lr"] for m in _metrics(tmp_path) if "loss" in m and "event" not in m]
+    # steps 1-6 logged, step 7 triggered the rollback to step 4, then steps 5-10 at half the lr
+    assert lrs == pytest.approx([1e-3] * 6 + [5e-4] * 6)
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        for name, tensor in load_file(str(path / "adapter" / "adapter_model.safetensors")).items():
+            assert torch.isfinite(tensor).all(), (path, name)
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:
+    # Memorising one sequence at a high rate makes the loss on other text rise.
+    one = make_data(1, seed=5, lengths=(30, 31))
+    train = one.select([0] * 16)
+    cfg = config(micro_batch_size=2, gradient_accumulation_steps=1, learning_rate=0.05,
+                 max_steps=60, eval_steps=1, save_steps=100, save_total_limit=1,
+                 early_stopping={"patience": 2, "min_delta": 0.0}, warmup_steps=0)
+    summary = run(tmp_path, make_model(), train, make_data(4, seed=9), cfg)
+    evals = [m for m in _metrics(tmp_path) if "eval_loss" in m]
+    assert summary["stopped_early"] and summary["steps"] < 60
+    best = min(evals, key=lambda m: m["eval_loss"])
+    assert summary["best_step"] == best["step"] and evals[-1]["step"] == summary["steps"]
+    assert all(m["eval_loss"] >= best["eval_loss"] for m in evals[-2:])
+    kept = adapter_weights(tmp_path)
+    best_ckpt = tmp_path / "checkpoints" / f"step-{best['step']}"
+    assert best_ckpt.is_dir()  # kept beyond save_total_limit because it is the best
+    for key, value in load_file(str(best_ckpt / "adapter" / "adapter_model.safetensors")).items():
+        assert torch.equal(kept[key], value)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorapipe.models import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"))
+    PeftModel.from_pretrained(base, tmp_path / "adapter")  # PEFT itself loads adapter/
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, capsys) -> None:
+    data = make_data(24)
+    run(tmp_path, make_model(), data, None, config(max_steps=6, save_steps=2))
+    steps = [s for s, _ in list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [2, 4, 6]  # keep the last 3 (step 0 rotated out)
+    newest = tmp_path / "checkpoints" / "step-6"
+    blob = bytearray((newest / "optimizer.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (newest / "optimizer.pt").write_bytes(bytes(blob))
+    (tmp_path / "checkpoints" / ".step-8.abc.tmp").mkdir()  # a write cut short by kill -9
+    path, problems = newest_valid(tmp_path / "checkpoints")
+    assert path.name == "step-4" and "optimizer.pt does not match its checksum" in problems[0]
+
+    with pytest.raises(UserError, match="different config"):
+        run(tmp_path, make_model(), data, None, config(max_steps=6, save_steps=2), resume=True,
+            config_hash="changed")
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        run(tmp_path, make_model(), data, None, config(max_steps=6, save_steps=2))
+    capsys.readouterr()
+    summary = run(tmp_path, make_model(), data, None, config(max_steps=6, save_steps=2),
+                  resume=True)
+    assert "step-6 is unusable" in capsys.readouterr().err
+    assert summary["steps"] == 6
+    assert [m["step"] for m in _metrics(tmp_path) if "loss" in m and "event" not in m] == \
+        [1, 2, 3, 4, 5, 6]  # the log reads as one run
+
+
+def _oom_above(rows: int):
+    """A real forward pre-hook raising torch's OutOfMemoryError for micro-batches over ``rows``."""
+    def hook(module, args, kwargs):
+        if kwargs["input_ids"].shape[0] > rows:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+    return hook
+
+
+def test_out_of_memory_advises_or_auto_batch_retries_with_the_same_effective_batch(
+        tmp_path: Path) -> None:
+    data = make_data(16, lengths=(3, 48))
+    settings = dict(micro_batch_size=4, gradient_accumulation_steps=1, max_steps=3,
+                    save_steps=100)
+    model = make_model()
+    model.register_forward_pre_hook(_oom_above(1), with_kwargs=True)
+    with pytest.raises(RuntimeError, match="out of memory at step 1 .*gradient_checkpointing"):
+        run(tmp_path / "plain", model, data, None, config(**settings))
+
+    model = make_model()
+    model.register_forward_pre_hook(_oom_above(1), with_kwargs=True)
+    run(tmp_path / "auto", model, data, None, config(**settings, auto_batch=True))
+    events = [m for m in _metrics(tmp_path / "auto") if m.get("event") == "auto_batch"]
+    assert [(e["micro_batch_size"], e["gradient_accumulation_steps"]) for e in events] == \
+        [(2, 2), (1, 4)]
+    run(tmp_path / "direct", make_model(), data, None,
+        config(**{**settings, "micro_batch_size": 1, "gradient_accumulation_steps": 4}))
+    auto, direct = adapter_weights(tmp_path / "auto"), adapter_weights(tmp_path / "direct")
+    for key in direct:
+        torch.testing.assert_close(auto[key], direct[key], rtol=0, atol=1e-6)
