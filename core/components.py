@@ -120,15 +120,10 @@ class ChatTemplate(Component):
 
 @dataclass(frozen=True)
 class TargetSelection:
-    """Module names that get adapters, and why (shown in the parameter report).
-
-    ``fan_in_fan_out``: the chosen layers store their weight as (in, out), like GPT-2's
-    ``Conv1D``; peft's ``LoraConfig`` needs to know to apply and merge the update.
-    """
+    """Module names that get adapters, and why (shown in the parameter report)."""
 
     modules: list[str]
     reason: str
-    fan_in_fan_out: bool = False
 
 
 class TargetDetector(Component):

@@ -16,7 +16,3 @@ class ConfigError(UserError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
-
-
-class StageNotAvailable(UserError):
-    """A stage the CLI knows of has no implementation in this version."""

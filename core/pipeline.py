@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lorapipe import __version__
 from lorapipe.atomic import atomic_write_json, atomic_write_text
 from lorapipe.config import dump_resolved
 from lorapipe.context import RunContext
-from lorapipe.errors import StageNotAvailable, UserError
+from lorapipe.errors import UserError
+from lorapipe.models import resolve_model_path
 
-# Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), or None while
-# that stage is not built yet.
-STAGES: dict[str, str | None] = {
+# Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
+STAGES: dict[str, str] = {
     "prepare": "lorapipe.data.prepare",
     "train": "lorapipe.train.stage",
     "evaluate": "lorapipe.evaluate.stage",
@@ -34,13 +36,8 @@ _LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "acce
 
 
 def stage_function(name: str) -> Callable[[RunContext], dict[str, Any]]:
-    module = STAGES[name]
-    if module is None:
-        raise StageNotAvailable(
-            f"stage '{name}' is not implemented in lorapipe {__version__} yet; "
-            f"available stages: {', '.join(s for s, m in STAGES.items() if m) or 'none'}"
-        )
-    return importlib.import_module(module).run_stage
+    # Imported on use: `lorapipe validate` must not pay for torch and transformers.
+    return importlib.import_module(STAGES[name]).run_stage
 
 
 def _versions() -> dict[str, str | None]:
@@ -54,8 +51,6 @@ def _versions() -> dict[str, str | None]:
 
 
 def _read_run_json(ctx: RunContext) -> dict[str, Any]:
-    import json
-
     path = ctx.paths.run_json
     if not path.is_file():
         return {"stages": {}}
@@ -99,6 +94,16 @@ def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     return summary or {}
 
 
+def check_exporters(ctx: RunContext) -> None:
+    """Refuse a model an exporter cannot handle before hours of training, not after."""
+    model_dir = Path(resolve_model_path(ctx.config.model.name_or_path))
+    if not model_dir.is_dir():
+        return  # a hub id: the exporter checks merged/ before it writes anything
+    for index, ref in enumerate(ctx.config.export.exporters):
+        exporter = ctx.registry.get("exporter", ref.name, f"export.exporters.{index}.name")
+        exporter(ref.options).check(model_dir)
+
+
 def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str, Any]]:
     """Every stage in order; with ``ctx.resume`` the ones already done are skipped."""
     root = ctx.paths.root
@@ -118,6 +123,7 @@ def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str
                 f"(see {ctx.paths.resolved_config}); pass --allow-config-change to "
                 "resume anyway, or --overwrite to start again"
             )
+    check_exporters(ctx)
     summaries: dict[str, dict[str, Any]] = {}
     for name in STAGES:
         if ctx.resume and record.get("stages", {}).get(name, {}).get("status") == "done":

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from lorapipe.cli import main
-from lorapipe.pipeline import STAGES
 
 BUILTINS = {
     "loaders": ["jsonl"],
@@ -42,14 +41,3 @@ def test_components_unknown_kind(capsys: pytest.CaptureFixture[str]) -> None:
 def test_quickstart_config_validates(repo_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(repo_root)
     assert main(["validate", "configs/quickstart.yaml"]) == 0
-
-
-def test_unbuilt_stage_says_so(
-    repo_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    missing = [name for name, module in STAGES.items() if module is None]
-    if not missing:
-        pytest.skip("every stage is built")
-    monkeypatch.chdir(repo_root)
-    assert main([missing[0], "configs/quickstart.yaml"]) == 2
-    assert f"stage '{missing[0]}' is not implemented" in capsys.readouterr().err

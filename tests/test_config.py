@@ -205,3 +205,22 @@ def test_cli_process_exits_2_without_traceback(write_config) -> None:  # noqa: A
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "adapter.r" in result.stderr
+
+
+def _key_paths(data: Any, prefix: str = "") -> set[str]:
+    if not isinstance(data, dict):
+        return set()
+    paths = set()
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths |= {path} | _key_paths(value, path)
+    return paths
+
+
+def test_reference_config_documents_every_option(repo_root: Path, monkeypatch) -> None:  # noqa: ANN001
+    """configs/reference.yaml is valid and names every key the resolved config has."""
+    monkeypatch.chdir(repo_root)
+    path = repo_root / "configs" / "reference.yaml"
+    documented = _key_paths(yaml.safe_load(path.read_text()))
+    resolved = _key_paths(load_config(path).resolved_dict())
+    assert resolved - documented == set()

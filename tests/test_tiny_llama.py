@@ -143,19 +143,19 @@ def test_ensure_builds_once_then_reuses_cache(
 ) -> None:
     monkeypatch.setenv("LORAPIPE_CACHE", str(tmp_path))
     path = ensure_tiny_llama()
-    assert path == tmp_path / "tiny-llama-v2"
+    assert path == tmp_path / "tiny-llama-v3"
     mtimes = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
     assert "model.safetensors" in mtimes
 
     assert ensure_tiny_llama() == path
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == mtimes
     assert resolve_model_path(TINY_LLAMA) == str(path)
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama-v2"], "staging dir left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama-v3"], "staging dir left behind"
 
 
 def test_explicit_cache_dir(tmp_path: Path, model_dir: Path) -> None:
     path = ensure_tiny_llama(tmp_path / "cache")
-    assert path == tmp_path / "cache" / "tiny-llama-v2"
+    assert path == tmp_path / "cache" / "tiny-llama-v3"
     assert _files(path) == _files(model_dir)
 
 
@@ -175,9 +175,9 @@ def test_racing_builders_share_one_cache(tmp_path: Path, model_dir: Path) -> Non
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda _: build(), range(2)))
-    target = tmp_path / "tiny-llama-v2"
+    target = tmp_path / "tiny-llama-v3"
     assert results == [target, target]
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama-v2"], "staging dir left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama-v3"], "staging dir left behind"
     built, reference = _files(target), _files(model_dir)
     assert built.keys() == reference.keys()
     # Only the tokenizer is compared: threads share torch's global RNG, so

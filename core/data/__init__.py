@@ -3,5 +3,6 @@
 One module per step: ``schemas`` (file formats → canonical conversations), ``cleaning``
 (validation and dedupe keys), ``masking`` (helpers templates share), ``length``
 (max_length strategies), ``split``, ``report`` (drop accounting and statistics),
-``cache`` (fingerprints) and ``prepare`` (the stage that strings them together).
+``cache`` (fingerprints), ``chunks`` (encoded data in Arrow chunks, written out as splits
+in bounded memory) and ``prepare`` (the stage that strings them together).
 """

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, Features, Sequence, Value, concatenate_datasets
+import pyarrow.compute as pc
+from datasets import Dataset, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from rich.console import Console
 from tqdm.auto import tqdm
@@ -35,6 +36,7 @@ from lorapipe.components import ChatTemplate, Loader, UnrenderableConversation
 from lorapipe.config import ComponentRef, DataConfig
 from lorapipe.context import RunContext
 from lorapipe.data.cache import fingerprint
+from lorapipe.data.chunks import EncodedChunks, Splits, arrow_column, chunk_jobs, write_splits
 from lorapipe.data.cleaning import dedupe_key, validate
 from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
@@ -54,8 +56,9 @@ _ENCODED = Features({
     "n_trainable": Value("int32"),
 })
 _READ_BATCH = 10_000
-# Records per Arrow chunk of the read data (see ``_encode``).
-_CHUNK = 100_000
+# Conversation text per Arrow chunk of the read data (see ``_encode``); encoded, a chunk
+# takes about three times as much (token ids, labels, mask and the messages).
+_CHUNK_CHARS = 32 << 20
 # Below this many records a worker pool costs more than it saves.
 _RECORDS_PER_WORKER = 5000
 
@@ -114,7 +117,8 @@ def _batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[dict[str, li
 
 def _read(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
           work: Path) -> list[Path]:
-    """Stream the accepted conversations into Arrow files of ``_CHUNK`` rows each.
+    """Stream the accepted conversations into Arrow files of about ``_CHUNK_CHARS`` of
+    conversation text each (see ``_encode``).
 
     Memory holds one batch of ``_READ_BATCH`` rows; datasets' column-wise ``write_batch``
     costs far less per record than ``Dataset.from_generator``'s per-example encoding.
@@ -123,17 +127,17 @@ def _read(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str]
     chunks: list[Path] = []
     while True:
         path = work / f"raw-{uuid.uuid4().hex}.arrow"
-        written = 0
+        chars = 0
         with ArrowWriter(features=_RAW, path=str(path)) as writer:
             for batch in _batches(rows, _READ_BATCH):
                 writer.write_batch(batch)
-                written += len(batch["messages"])
-                if written >= _CHUNK:
+                chars += sum(map(len, batch["messages"]))
+                if chars >= _CHUNK_CHARS:
                     break
             writer.finalize()
-        if written or not chunks:
+        if chars or not chunks:
             chunks.append(path)
-        if written < _CHUNK:
+        if chars < _CHUNK_CHARS:
             return chunks
 
 
@@ -215,22 +219,15 @@ def _workers(n: int) -> int | None:
     return workers if workers > 1 else None
 
 
-def _save_workers(n: int) -> int | None:
-    """As ``_workers``, but more than a chunk is always written by worker processes: saving
-    reads every page of the encoded files, which would otherwise stay resident here."""
-    workers = _workers(n)
-    return 2 if workers is None and n > _CHUNK else workers
-
-
 def _encode(chunks: list[Path], template: ChatTemplate, tokenizer: Any, data: DataConfig,
-            log: DropLog) -> Dataset:
-    """Template and tokenize; record the drops in ``log``; return the kept samples.
+            log: DropLog) -> EncodedChunks:
+    """Template and tokenize; record the drops in ``log``.
 
     One chunk at a time, each by a fresh worker pool: a process keeps the pages of a
     memory-mapped Arrow file it has read resident until the file is closed, so peak memory
     follows the chunk size, not the data size.
     """
-    parts = []
+    out = EncodedChunks()
     for path in chunks:
         raw = Dataset.from_file(str(path))
         encoded = raw.map(
@@ -240,22 +237,19 @@ def _encode(chunks: list[Path], template: ChatTemplate, tokenizer: Any, data: Da
             new_fingerprint=uuid.uuid4().hex, desc="templating + tokenizing",
         )
         del raw
-        dropped = encoded.select_columns(["drop", "detail", "source"]).filter(
-            lambda drops: [d != "" for d in drops], input_columns="drop", batched=True,
-        )
-        for row in dropped:
-            log.drop(row["drop"], row["source"], row["detail"])
-        parts.append(encoded)
-    return concatenate_datasets(parts).filter(
-        lambda drops: [d == "" for d in drops], input_columns="drop", batched=True)
+        dropped = pc.not_equal(arrow_column(encoded, "drop"), "").to_numpy(
+            zero_copy_only=False)
+        if dropped.any():
+            rows = encoded.select_columns(["drop", "detail", "source"]).select(
+                np.flatnonzero(dropped))
+            for row in rows:
+                log.drop(row["drop"], row["source"], row["detail"])
+        out.parts.append(encoded)
+        out.kept.append(np.flatnonzero(~dropped))
+    return out
 
 
 # --- the stage ------------------------------------------------------------------------
-
-
-def _column(ds: Dataset, name: str) -> np.ndarray:
-    # One Arrow slice (honouring a split's index mapping), not a per-row iteration.
-    return ds.select_columns([name]).with_format("arrow")[:][name].to_numpy().astype(np.int64)
 
 
 def _reuse(paths: RunPaths, fp: str | None) -> dict[str, Any] | None:
@@ -305,6 +299,23 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     return _summary(report, reused=False)
 
 
+def _split_report(splits: Splits) -> dict[str, Any]:
+    """Truncations, token-length statistics and sizes of the splits."""
+
+    def column(split: str, name: str) -> np.ndarray:
+        source, positions = splits[split]
+        return source.column(name)[positions].astype(np.int64)
+
+    trainable = {split: column(split, "n_trainable") for split in splits}
+    return {
+        "truncated": int(sum(column(split, "truncated").sum() for split in splits)),
+        "tokens": token_stats(np.concatenate([column(split, "n_tokens") for split in splits]),
+                              np.concatenate(list(trainable.values()))),
+        "trainable_tokens": {split: int(t.sum()) for split, t in trainable.items()},
+        "split": {"sizes": {split: len(positions) for split, (_, positions) in splits.items()}},
+    }
+
+
 def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
              template: ChatTemplate, tokenizer: Any, work: Path) -> dict[str, Any]:
     config, paths, data = ctx.config, ctx.paths, ctx.config.data
@@ -319,36 +330,34 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
             val_log = DropLog(data.strict, sink)
             validation = _encode(_read(val_loader, data, val_log, seen, work), template,
                                  tokenizer, data, val_log)
-            train, method = kept, "loader"
-            if len(train) == 0 or len(validation) == 0:
-                which = "data.loader" if len(train) == 0 else "data.validation.loader"
+            if len(kept) == 0 or len(validation) == 0:
+                which = "data.loader" if len(kept) == 0 else "data.validation.loader"
                 raise UserError(f"{which}: no usable records after cleaning "
                                 f"(see {paths.data / 'dropped.jsonl'})")
+            splits: Splits = {"train": (kept, np.arange(len(kept))),
+                      "validation": (validation, np.arange(len(validation)))}
+            method = "loader"
         else:
             size = validation_size(len(kept), data.validation.fraction, data.validation.count)
-            strata = list(kept["stratum"]) if data.validation.stratify_by else None
+            strata = kept.column("stratum").tolist() if data.validation.stratify_by else None
             train_idx, val_idx = split_indices(len(kept), size, config.train.seed, strata)
-            train, validation = kept.select(train_idx), kept.select(val_idx)
+            splits = {"train": (kept, np.asarray(train_idx, dtype=np.int64)),
+                      "validation": (kept, np.asarray(val_idx, dtype=np.int64))}
             method = "count" if data.validation.count is not None else "fraction"
     os.replace(work / "dropped.jsonl", paths.data / "dropped.jsonl")
 
-    for split, ds in (("train", train), ("validation", validation)):
-        with atomic_directory(paths.data / split) as tmp:
-            ds.select_columns(OUTPUT_COLUMNS).save_to_disk(
-                str(tmp), num_proc=_save_workers(len(ds)))
-
-    both = [train, validation]
-    total = np.concatenate([_column(ds, "n_tokens") for ds in both])
-    trainable = np.concatenate([_column(ds, "n_trainable") for ds in both])
     report = log.as_dict()
-    report["truncated"] = sum(int(_column(ds, "truncated").sum()) for ds in both)
-    report["tokens"] = token_stats(total, trainable)
-    report["trainable_tokens"] = {"train": int(_column(train, "n_trainable").sum()),
-                                  "validation": int(_column(validation, "n_trainable").sum())}
-    report["split"] = {"method": method, "seed": config.train.seed,
-                       "stratify_by": data.validation.stratify_by,
-                       "sizes": {"train": len(train), "validation": len(validation)}}
+    report.update(_split_report(splits))
+    report["split"].update(method=method, seed=config.train.seed,
+                           stratify_by=data.validation.stratify_by)
     if val_log is not None:
         report["validation_source"] = val_log.as_dict()
     report["dropped_list"] = "dropped.jsonl"
+
+    # Hand the chunks over to the writer, which closes each once written (see there).
+    jobs = chunk_jobs(splits)
+    del kept, splits
+    if val_loader is not None:
+        del validation
+    write_splits(jobs, paths.data, OUTPUT_COLUMNS)
     return report

@@ -16,7 +16,12 @@ from lorapipe.context import RunContext
 from lorapipe.model.dtypes import default_device, dtype_name, resolve_dtype
 from lorapipe.model.loading import load_base_model, load_pretrained, quantizer_for
 from lorapipe.model.memory import estimate_memory, format_bytes, memory_snapshot, print_estimate
-from lorapipe.model.targets import ChosenTargets, check_modules_to_save, select_targets
+from lorapipe.model.targets import (
+    ChosenTargets,
+    check_modules_to_save,
+    select_targets,
+    targets_are_transposed,
+)
 from lorapipe.models import resolve_model_path
 
 console = Console(highlight=False)
@@ -25,10 +30,17 @@ _INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa"
                                 "olora": "olora"}
 
 
-def lora_config(config: PipelineConfig, target_modules: list[str]) -> LoraConfig:
-    """The peft ``LoraConfig`` for ``adapter.*`` and the chosen targets."""
+def lora_config(
+    config: PipelineConfig, target_modules: list[str], *, fan_in_fan_out: bool = False
+) -> LoraConfig:
+    """The peft ``LoraConfig`` for ``adapter.*`` and the chosen targets.
+
+    ``fan_in_fan_out`` when the targets store weights as (in, out) (GPT-2's ``Conv1D``),
+    so peft applies and merges the update transposed.
+    """
     adapter = config.adapter
     return LoraConfig(
+        fan_in_fan_out=fan_in_fan_out,
         r=adapter.r,
         lora_alpha=adapter.alpha,
         lora_dropout=adapter.dropout,
@@ -63,7 +75,10 @@ def build_trainable_model(
 
     targets = select_targets(model, config, registry)
     check_modules_to_save(model, config.adapter.modules_to_save)
-    peft_model = get_peft_model(model, lora_config(config, targets.modules))
+    transposed = targets_are_transposed(model, targets.modules)
+    peft_model = get_peft_model(
+        model, lora_config(config, targets.modules, fan_in_fan_out=transposed)
+    )
     check_only_adapters_train(peft_model, config)
     measured["adapters_injected"] = memory_snapshot()
 

@@ -106,6 +106,16 @@ def _chosen(model: nn.Module, detector: str, selection: TargetSelection) -> Chos
     return ChosenTargets(list(selection.modules), detector, selection.reason)
 
 
+def targets_are_transposed(model: nn.Module, names: list[str]) -> bool:
+    """True when every targeted layer is a ``Conv1D``, whose weight is stored (in, out)."""
+    matched = [
+        module for name, module in model.named_modules()
+        if isinstance(module, LINEAR_TYPES + OTHER_LORA_TYPES)
+        and any(_matches(name, key) for key in names)
+    ]
+    return bool(matched) and all(isinstance(module, Conv1D) for module in matched)
+
+
 def candidate_names(model: nn.Module) -> list[str]:
     """Short names of every module peft can put an adapter on (head included)."""
     names: list[str] = []

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 TINY_LLAMA = "tiny-llama"
-_CACHE_NAME = "tiny-llama-v2"
+_CACHE_NAME = "tiny-llama-v3"
 
 VOCAB_SIZE = 2048
 
@@ -293,6 +293,10 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> None:
         torch.manual_seed(seed)
         # .to(): a caller may have changed torch's default dtype.
         model = LlamaForCausalLM(config).to(torch.float32)
+        # A trained model's head turns unit-RMS hidden states into logits of order one. At
+        # the 0.02 init a frozen head caps every token's probability below 1%, so a LoRA
+        # fine-tune (which leaves the head frozen) could never show what it learned.
+        torch.nn.init.normal_(model.lm_head.weight, std=config.hidden_size**-0.5)
     model.generation_config = GenerationConfig(
         bos_token_id=bos_id,
         eos_token_id=[eot_id, eos_id],
@@ -313,7 +317,7 @@ def ensure_tiny_llama(cache_dir: Path | None = None) -> Path:
     """Return the cached tiny model's directory, building it on first use.
 
     ``cache_dir`` is the lorapipe cache root (default ``$LORAPIPE_CACHE`` or
-    ``~/.cache/lorapipe``); the model lives in ``<root>/tiny-llama-v2``. The
+    ``~/.cache/lorapipe``); the model lives in ``<root>/tiny-llama-v3``. The
     build goes to a temporary directory beside the target and is renamed into
     place, so the target is either absent or complete: a crashed build leaves
     no half-written model, and when two processes race the loser discards its

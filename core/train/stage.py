@@ -15,23 +15,45 @@ from lorapipe.train.loop import train
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
-    from lorapipe.model import build_trainable_model, memory_snapshot
+    from lorapipe.model import build_trainable_model, load_tokenizer, memory_snapshot
 
     paths, config = ctx.paths, ctx.config
     if not (paths.train_data.is_dir() and paths.tokenizer.is_dir()):
-        raise UserError(
-            f"no prepared data in {paths.data}; run `lorapipe prepare CONFIG` first")
+        raise UserError(f"no prepared data in {paths.data}; run `lorapipe prepare CONFIG` first")
     train_data = load_from_disk(str(paths.train_data))
     validation = None
     if paths.validation_data.is_dir():
         validation = load_from_disk(str(paths.validation_data))
     tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    _check_same_tokenizer(tokenizer, load_tokenizer(config), paths)
+    # Pad positions are masked out of attention and loss, so any id will do where the
+    # tokenizer defines none (GPT-2 and other base models).
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     set_seed(config.train.seed)  # adapter initialisation is part of the run's determinism
     model, _report = build_trainable_model(
-        ctx, gradient_checkpointing=config.train.gradient_checkpointing)
-    return train(
-        model, train_data, validation if validation is not None and len(validation) else None,
-        config=config.train, paths=paths, pad_token_id=tokenizer.pad_token_id,
-        max_length=config.data.max_length, config_hash=config.hash(), resume=ctx.resume,
-        allow_config_change=ctx.allow_config_change, memory=memory_snapshot,
+        ctx, gradient_checkpointing=config.train.gradient_checkpointing
     )
+    return train(
+        model,
+        train_data,
+        validation if validation is not None and len(validation) else None,
+        config=config.train,
+        paths=paths,
+        pad_token_id=pad_id,
+        max_length=config.data.max_length,
+        config_hash=config.hash(),
+        resume=ctx.resume,
+        allow_config_change=ctx.allow_config_change,
+        memory=memory_snapshot,
+    )
+
+
+def _check_same_tokenizer(prepared: Any, model_tokenizer: Any, paths: Any) -> None:
+    """Ids mean nothing under another vocabulary: refuse data prepared for another model."""
+    if prepared.get_vocab() != model_tokenizer.get_vocab():
+        raise UserError(
+            f"the data in {paths.data} was tokenized with a different tokenizer than "
+            "model.name_or_path's; run `lorapipe prepare CONFIG` again for this model"
+        )

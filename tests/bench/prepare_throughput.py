@@ -84,8 +84,9 @@ def baseline(path: Path, tokenizer) -> dict[str, bytes]:  # noqa: ANN001
 
 def run_lorapipe(config: Path, run_json: Path) -> tuple[float, float, int, int]:
     """Seconds of the command, seconds of the stage (from run.json: without interpreter
-    start-up and imports), peak RSS of the largest process (ru_maxrss) and peak summed RSS of the
-    process tree (an upper bound: forked workers share pages), in bytes."""
+    start-up and imports), peak RSS of the largest process (ru_maxrss, in bytes) and peak
+    PSS summed over the process tree (forked workers share pages with their parent; PSS
+    counts a shared page once in all, where summing RSS would count it per process)."""
     command = [str(Path(sys.executable).with_name("lorapipe")), "prepare", str(config)]
     start = time.perf_counter()
     child = psutil.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -97,7 +98,7 @@ def run_lorapipe(config: Path, run_json: Path) -> tuple[float, float, int, int]:
         while not done.is_set():
             try:
                 procs = [child, *child.children(recursive=True)]
-                tree_peak = max(tree_peak, sum(p.memory_info().rss for p in procs))
+                tree_peak = max(tree_peak, sum(p.memory_full_info().pss for p in procs))
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -147,8 +148,8 @@ def main() -> None:
         wall_s, ours_s, largest, tree = run_lorapipe(config_path, root / "run" / "run.json")
         print(f"lorapipe prepare: {n / ours_s:,.0f} records/s ({ours_s:.1f} s in the stage; "
               f"{wall_s:.1f} s for the whole command with start-up)")
-        print(f"lorapipe peak RSS: {largest / mib:,.0f} MiB largest process, "
-              f"{tree / mib:,.0f} MiB summed over the process tree (sampled every 0.1 s)")
+        print(f"lorapipe peak memory: RSS {largest / mib:,.0f} MiB (largest process), "
+              f"PSS {tree / mib:,.0f} MiB (whole process tree, sampled every 0.1 s)")
         if args.lorapipe_only:
             return
 

@@ -12,6 +12,7 @@ from datasets import load_from_disk
 from prepare_helpers import chat, read_report, write_jsonl
 from transformers import AutoTokenizer
 
+import lorapipe.data.chunks as chunks_module
 import lorapipe.data.prepare as prepare_module
 from lorapipe.cli import main
 from lorapipe.data.cleaning import dedupe_key
@@ -171,15 +172,17 @@ def test_second_run_reuses_and_changes_redo(tmp_path: Path, prepare: Any) -> Non
 
 def test_chunked_reading_gives_the_same_result(tmp_path: Path, prepare: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Big inputs are read and encoded in chunks (bounded memory) with worker processes;
-    chunk and worker boundaries must not change a single sample, drop or count."""
+    """Big inputs are read, encoded and written in chunks (bounded memory) by worker
+    processes; chunk and worker boundaries must not change a sample, drop or count."""
     data = tmp_path / "mixed.jsonl"
     write_mixed(data)  # the duplicate's original and the bad lines land in other chunks
     _, whole = prepare(data, output="whole")
     monkeypatch.setattr(prepare_module, "_READ_BATCH", 4)
-    monkeypatch.setattr(prepare_module, "_CHUNK", 12)
+    monkeypatch.setattr(prepare_module, "_CHUNK_CHARS", 2000)  # ~12 records a chunk
     monkeypatch.setattr(prepare_module, "_RECORDS_PER_WORKER", 5)  # 2 workers per chunk
+    monkeypatch.setattr(chunks_module, "SAVE_IN_PROCESS_BYTES", 4096)  # save by workers
     _, chunked = prepare(data, output="chunked")
+    assert len(list((chunked / "data" / "train").glob("data-*.arrow"))) > 1  # by workers
     for split in ("train", "validation"):
         assert (load_from_disk(str(chunked / "data" / split)).to_dict()
                 == load_from_disk(str(whole / "data" / split)).to_dict())

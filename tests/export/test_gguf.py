@@ -124,12 +124,14 @@ def test_q8_0_top1_agrees_with_transformers(sharp_dir: Path, exported) -> None:
     assert np.abs(cpp - hf).max() < 0.1
 
 
-@pytest.mark.parametrize(("gguf_type", "limit"), [("bf16", 0.05), ("q4_0", 0.5)])
+@pytest.mark.parametrize(("gguf_type", "limit"), [("bf16", 0.01), ("q4_0", 0.25)])
 def test_other_types_load_and_stay_close(tiny_dir: Path, exported, gguf_type: str,
                                          limit: float) -> None:
+    """Lossy types: the RMS logit error, relative to the spread of the logits."""
     ids = AutoTokenizer.from_pretrained(tiny_dir)(PROMPT)["input_ids"]
-    diff = np.abs(_cpp_logits(exported[gguf_type], ids) - _hf_logits(tiny_dir, ids)).max()
-    assert diff < limit
+    hf = _hf_logits(tiny_dir, ids)
+    error = np.sqrt(np.mean((_cpp_logits(exported[gguf_type], ids) - hf) ** 2))
+    assert error / hf.std() < limit, f"relative RMS error {error / hf.std():.4f}"
 
 
 def _field(reader: GGUFReader, key: str):

@@ -51,5 +51,4 @@ class Gpt2Targets(TargetDetector):
             modules=list(PRESETS[preset]),
             reason=f"GPT-2-layout layers ({'Conv1D' if all(conv1d) else 'Linear'}) found; "
             f"preset '{preset}'",
-            fan_in_fan_out=all(conv1d),
         )

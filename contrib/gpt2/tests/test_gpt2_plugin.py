@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.config import load_config
 from lorapipe.context import RunContext
-from lorapipe.model.targets import check_names
+from lorapipe.model.targets import check_names, targets_are_transposed
 from lorapipe.models import resolve_model_path
 from lorapipe.pipeline import run_one_stage
 from lorapipe.registry import get_registry
@@ -60,7 +60,7 @@ def test_detector_picks_gpt2_layers_with_fan_in_fan_out(tiny_gpt2: Path) -> None
     model = load(tiny_gpt2)
     selection = Gpt2Targets().detect(model)
     assert selection.modules == ["c_attn", "c_proj", "c_fc"]
-    assert selection.fan_in_fan_out
+    assert targets_are_transposed(model, selection.modules)
     for preset, expected in {"attention": ["c_attn", "attn.c_proj"],
                              "mlp": ["c_fc", "mlp.c_proj"]}.items():
         chosen = Gpt2Targets(Gpt2Targets.Options(preset=preset)).detect(model)
@@ -78,8 +78,9 @@ def test_peft_applies_and_merges_the_selection_exactly(tiny_gpt2: Path) -> None:
     weights give the same logits as the unmerged adapter."""
     model = load(tiny_gpt2)
     selection = Gpt2Targets(Gpt2Targets.Options(preset="attention")).detect(model)
+    transposed = targets_are_transposed(model, selection.modules)
     config = LoraConfig(r=4, lora_alpha=8, target_modules=selection.modules,
-                        fan_in_fan_out=selection.fan_in_fan_out, task_type="CAUSAL_LM")
+                        fan_in_fan_out=transposed, task_type="CAUSAL_LM")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*fan_in_fan_out.*")
         peft_model = get_peft_model(model, config)
