@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from lorapipe.config import validate_config
+from lorapipe.context import RunContext
+from lorapipe.models import resolve_model_path
+from lorapipe.registry import get_registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -12,3 +18,48 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+SAMPLE = REPO / "configs" / "data" / "quickstart.jsonl"
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _make_context(output_dir: Path, **sections: Any) -> RunContext:
+    data = {
+        "model": {"name_or_path": "tiny-llama"},
+        "data": {"loader": {"name": "jsonl", "path": str(SAMPLE)}},
+        "output_dir": str(output_dir),
+        **sections,
+    }
+    registry = get_registry()
+    return RunContext(validate_config(data, registry), registry)
+
+
+def _save_adapter(path: Path, targets: list[str] = ALL_PROJECTIONS, seed: int = 0) -> None:
+    """A LoRA adapter on tiny-llama with non-zero B, so it changes the model visibly."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path("tiny-llama"), dtype=torch.float32
+    )
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(path)
+
+
+@pytest.fixture
+def make_context():  # noqa: ANN201
+    """``make_context(output_dir, **config_sections)`` → a RunContext on tiny-llama."""
+    return _make_context
+
+
+@pytest.fixture
+def save_adapter():  # noqa: ANN201
+    """``save_adapter(path, targets=..., seed=0)`` writes a non-trivial PEFT adapter."""
+    return _save_adapter

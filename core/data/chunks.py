@@ -3,39 +3,53 @@
 A process keeps every page of a memory-mapped Arrow file that it has read resident until
 the file is closed; these pages count in its RSS. So nothing here reads all the data in
 one process: the stage encodes chunk by chunk, keeps only small per-sample columns
-(lengths, flags) in memory, and ``write_splits`` gathers the rows of one chunk at a time.
+(lengths, flags) in memory and the chunks closed, and ``write_splits`` gathers the rows of
+one chunk at a time.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features
+from datasets.arrow_writer import ArrowWriter
 
 from lorapipe.atomic import atomic_directory
 
 # Splits bigger than this are written by worker processes (see ``write_splits``).
 SAVE_IN_PROCESS_BYTES = 128 << 20
+# Rows gathered into memory at once while writing a split.
+_TAKE_ROWS = 10_000
 
 
 class EncodedChunks:
-    """The encoded chunks of one source and, per chunk, the rows kept (not dropped)."""
+    """The encoded chunks of one source: per chunk its Arrow files and the rows kept (not
+    dropped), with the small per-sample columns the report and the split need held in
+    memory, so that the chunk itself is closed until its rows are written."""
 
-    def __init__(self) -> None:
-        self.parts: list[Dataset] = []
+    def __init__(self, columns: list[str]) -> None:
+        self.names = columns
+        self.files: list[list[str]] = []
         self.kept: list[np.ndarray] = []
+        self.columns: list[dict[str, np.ndarray]] = []
+
+    def add(self, encoded: Dataset, kept: np.ndarray) -> None:
+        self.files.append([f["filename"] for f in encoded.cache_files])
+        self.kept.append(kept)
+        self.columns.append({name: arrow_column(encoded, name).to_numpy(
+            zero_copy_only=False)[kept] for name in self.names})
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self.kept)
 
     def column(self, name: str) -> np.ndarray:
-        """A small per-sample column (lengths, flags, strata) of the kept samples, in order."""
-        values = [arrow_column(part, name).to_numpy(zero_copy_only=False)[rows]
-                  for part, rows in zip(self.parts, self.kept, strict=True)]
-        return np.concatenate(values) if values else np.array([])
+        """A small per-sample column of the kept samples, in order."""
+        return np.concatenate([columns[name] for columns in self.columns])
 
     def rows(self, positions: np.ndarray) -> list[np.ndarray]:
         """Sorted positions among the kept samples → row numbers within each chunk."""
@@ -52,37 +66,43 @@ def arrow_column(ds: Dataset, name: str) -> pa.ChunkedArray:
 Splits = dict[str, tuple[EncodedChunks, np.ndarray]]  # split → (source, its positions)
 
 
-def chunk_jobs(splits: Splits) -> list[tuple[Dataset, dict[str, np.ndarray]]]:
-    """Per encoded chunk: the rows of it each split takes."""
-    jobs: dict[int, tuple[Dataset, dict[str, np.ndarray]]] = {}
+def chunk_jobs(splits: Splits) -> list[tuple[list[str], dict[str, np.ndarray]]]:
+    """Per encoded chunk (its files): the rows of it each split takes."""
+    jobs: dict[str, tuple[list[str], dict[str, np.ndarray]]] = {}
     for split, (source, positions) in splits.items():
-        for part, rows in zip(source.parts, source.rows(positions), strict=True):
-            jobs.setdefault(id(part), (part, {}))[1][split] = rows
+        for files, rows in zip(source.files, source.rows(positions), strict=True):
+            if len(rows):
+                jobs.setdefault(files[0], (files, {}))[1][split] = rows
     return list(jobs.values())
 
 
-def write_splits(jobs: list[tuple[Dataset, dict[str, np.ndarray]]], directory: Path,
-                 columns: list[str]) -> None:
-    """Write each split (``columns`` of its rows of each chunk) to ``directory/<split>``
-    with ``save_to_disk``.
+def write_splits(jobs: list[tuple[list[str], dict[str, np.ndarray]]], directory: Path,
+                 features: Features, work: Path) -> None:
+    """Write each split (the ``features`` columns of its rows of each chunk) to
+    ``directory/<split>`` with ``save_to_disk``; ``work`` holds the intermediate files.
 
-    ``jobs`` must hold the only references to the chunks. Rows are gathered chunk by chunk
-    into contiguous files, and a chunk is closed before the next is read: gathering a
-    scattered 5% validation sample straight from all the data would touch, and keep
-    resident, nearly every page of it. The final copy reads those files in order; when
-    they are big, worker processes do it, one shard at a time, so those pages are never
-    resident here.
+    A split's rows are gathered chunk by chunk (Arrow ``take``) into one contiguous file,
+    and a chunk is closed before the next is opened: gathering a scattered 5% validation
+    sample straight from all the data would touch, and keep resident, nearly every page of
+    it. The final copy reads those files in order; when they are big, worker processes do
+    it, one shard at a time, so those pages are never resident here.
     """
-    pieces: dict[str, list[Dataset]] = {"train": [], "validation": []}
-    while jobs:
-        part, rows_by_split = jobs.pop(0)
-        for split, rows in rows_by_split.items():
-            if len(rows):
-                pieces[split].append(
-                    part.select(rows).select_columns(columns).flatten_indices())
-        del part
-    for split, parts in pieces.items():
-        ds = concatenate_datasets(parts)
+    files = {split: work / f"{split}-{uuid.uuid4().hex}.arrow"
+             for split in ("train", "validation")}
+    with ExitStack() as stack:
+        writers = {split: stack.enter_context(ArrowWriter(features=features, path=str(path)))
+                   for split, path in files.items()}
+        for chunk, rows_by_split in jobs:
+            table = pa.concat_tables([Dataset.from_file(f).data.table for f in chunk])
+            table = table.select(list(features))
+            for split, rows in rows_by_split.items():
+                for start in range(0, len(rows), _TAKE_ROWS):
+                    writers[split].write_table(table.take(rows[start:start + _TAKE_ROWS]))
+            del table
+        for writer in writers.values():
+            writer.finalize()
+    for split, path in files.items():
+        ds = Dataset.from_file(str(path))
         big = ds.data.nbytes > SAVE_IN_PROCESS_BYTES
         with atomic_directory(directory / split) as tmp:
             ds.save_to_disk(str(tmp), num_proc=max(2, os.cpu_count() or 1) if big else None,

@@ -227,7 +227,8 @@ def _encode(chunks: list[Path], template: ChatTemplate, tokenizer: Any, data: Da
     memory-mapped Arrow file it has read resident until the file is closed, so peak memory
     follows the chunk size, not the data size.
     """
-    out = EncodedChunks()
+    out = EncodedChunks(["n_tokens", "n_trainable", "truncated"]
+                        + (["stratum"] if data.validation.stratify_by else []))
     for path in chunks:
         raw = Dataset.from_file(str(path))
         encoded = raw.map(
@@ -244,8 +245,7 @@ def _encode(chunks: list[Path], template: ChatTemplate, tokenizer: Any, data: Da
                 np.flatnonzero(dropped))
             for row in rows:
                 log.drop(row["drop"], row["source"], row["detail"])
-        out.parts.append(encoded)
-        out.kept.append(np.flatnonzero(~dropped))
+        out.add(encoded, np.flatnonzero(~dropped))
     return out
 
 
@@ -354,10 +354,6 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
         report["validation_source"] = val_log.as_dict()
     report["dropped_list"] = "dropped.jsonl"
 
-    # Hand the chunks over to the writer, which closes each once written (see there).
-    jobs = chunk_jobs(splits)
-    del kept, splits
-    if val_loader is not None:
-        del validation
-    write_splits(jobs, paths.data, OUTPUT_COLUMNS)
+    output = Features({name: _ENCODED[name] for name in OUTPUT_COLUMNS})
+    write_splits(chunk_jobs(splits), paths.data, output, work)
     return report

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TINY_LLAMA = "tiny-llama"
 _CACHE_NAME = "tiny-llama-v3"
@@ -210,25 +211,38 @@ def corpus() -> list[str]:
     return texts
 
 
-def _train_tokenizer():
-    """Train the byte-level BPE and wrap it as a transformers fast tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def train_byte_level_bpe(pre_tokenizer: Any, vocab_size: int) -> Any:
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained on :func:`corpus`.
+
+    Deterministic, and shared with other tiny builders (contrib's GPT-2) so each only
+    chooses its pre-tokenizer and special tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    return tokenizer
+
+
+def _train_tokenizer():
+    """Train the byte-level BPE and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Regex, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    tokenizer = train_byte_level_bpe(pre_tokenizer, VOCAB_SIZE - len(SPECIAL_TOKENS))
     # As in Llama 3 and llama.cpp's "llama-bpe": a pre-token that is already in the vocab
     # is taken whole, so the GGUF export tokenizes exactly like this tokenizer.
     tokenizer.model.ignore_merges = True

@@ -32,21 +32,16 @@ CHAT_TEMPLATE = (
 
 
 def _train_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from lorapipe.models.tiny_llama import corpus  # the fixed BPE corpus tiny-llama uses
+    from lorapipe.models.tiny_llama import train_byte_level_bpe
 
-    tokenizer = Tokenizer(models.BPE())
     # GPT-2's pre-tokenizer: its regex split plus the byte-to-unicode mapping.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    tokenizer = train_byte_level_bpe(
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        VOCAB_SIZE - len(SPECIAL_TOKENS),
     )
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
