@@ -97,11 +97,8 @@ class ChatTemplate(Component):
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
     ) -> list[EncodedConversation]:
-        """``encode`` for many conversations; templates override it to batch tokenization."""
-        return [
-            self.encode(m, tokenizer, train_on=train_on, train_on_inputs=train_on_inputs)
-            for m in conversations
-        ]
+        """Encode many conversations at once: tokenizing in batches is what makes it fast."""
+        raise NotImplementedError
 
     def encode(
         self,
@@ -111,7 +108,9 @@ class ChatTemplate(Component):
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
     ) -> EncodedConversation:
-        raise NotImplementedError
+        return self.encode_batch(
+            [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
+        )[0]
 
     def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
         """Token ids of the conversation followed by the prompt that starts a reply."""

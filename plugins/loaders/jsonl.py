@@ -2,78 +2,27 @@
 
 from __future__ import annotations
 
-import glob
 import gzip
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from pydantic import field_validator
-
 from lorapipe import hookimpl
-from lorapipe.components import Loader, Options, RawRecord
-
-
-def expand_paths(patterns: list[str]) -> list[Path]:
-    """Files named by paths or glob patterns, in a stable order; each must match something."""
-    files: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True))
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise ValueError(
-                f"no file matches '{pattern}' (relative paths are read from the "
-                "directory lorapipe is run in)"
-            )
-        files += [Path(m) for m in matches if Path(m) not in files]
-    return files
-
-
-class JsonlOptions(Options):
-    path: list[str]
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _listify(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("give at least one file or glob pattern")
-        expand_paths(value)
-        return value
+from lorapipe.components import RawRecord
+from lorapipe.data.files import FileLoader
 
 
 def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-class JsonlLoader(Loader):
+class JsonlLoader(FileLoader):
     """JSON Lines files (.jsonl, .jsonl.gz); several files or globs; streamed line by line."""
 
     name = "jsonl"
-    Options = JsonlOptions
 
-    def records(self) -> Iterator[RawRecord]:
-        for path in expand_paths(self.options.path):
-            yield from self._read(path)
-
-    def fingerprint(self) -> str:
-        """SHA-256 over every matched file's name and bytes (read in 1 MiB chunks)."""
-        digest = hashlib.sha256()
-        for path in expand_paths(self.options.path):
-            digest.update(str(path).encode() + b"\0")
-            with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-        return digest.hexdigest()
-
-    @staticmethod
-    def _read(path: Path) -> Iterator[RawRecord]:
+    def read_file(self, path: Path) -> Iterator[RawRecord]:
         source = str(path)
         with _open(path) as handle:
             for number, raw in enumerate(handle, start=1):

@@ -11,67 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from lorapipe import hookimpl
-from lorapipe.components import ChatTemplate, EncodedConversation, UnrenderableConversation
-from lorapipe.data.masking import assemble, trained_turns
-from lorapipe.errors import UserError
-
-# A piece is token ids or text still to be tokenized, and whether it is trained.
-Piece = tuple[list[int] | str, bool]
-
-
-class PieceTemplate(ChatTemplate):
-    """A template defined by the pieces it emits; tokenizes the text pieces in one batch."""
-
-    def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
-               generation_prompt: bool = False) -> list[Piece]:
-        raise NotImplementedError
-
-    def _token_id(self, tokenizer: Any, token: str | None, what: str) -> int:
-        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
-        if token_id is None or token_id == tokenizer.unk_token_id:
-            raise UserError(
-                f"data.template: template '{self.name}' needs the {what} token "
-                f"{token or ''} but the model's tokenizer has none; use data.template: "
-                "tokenizer (the model's own chat template) or a template made for this model"
-            )
-        return token_id
-
-    def _tokenize_pieces(self, all_pieces: list[list[Piece]], tokenizer: Any,
-                         train_on_inputs: bool) -> list[EncodedConversation]:
-        texts = [p for pieces in all_pieces for p, _ in pieces if isinstance(p, str)]
-        ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
-        return [
-            assemble([(next(ids) if isinstance(p, str) else p, t) for p, t in pieces],
-                     train_on_inputs)
-            for pieces in all_pieces
-        ]
-
-    def encode_batch(
-        self,
-        conversations: list[list[dict[str, str]]],
-        tokenizer: Any,
-        *,
-        train_on: str = "all_assistant",
-        train_on_inputs: bool = False,
-    ) -> list[EncodedConversation]:
-        all_pieces = [self.pieces(m, tokenizer, trained_turns(m, train_on)) for m in conversations]
-        return self._tokenize_pieces(all_pieces, tokenizer, train_on_inputs)
-
-    def encode(
-        self,
-        messages: list[dict[str, str]],
-        tokenizer: Any,
-        *,
-        train_on: str = "all_assistant",
-        train_on_inputs: bool = False,
-    ) -> EncodedConversation:
-        return self.encode_batch(
-            [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
-        )[0]
-
-    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
-        pieces = self.pieces(messages, tokenizer, set(), generation_prompt=True)
-        return self._tokenize_pieces([pieces], tokenizer, False)[0].input_ids
+from lorapipe.components import UnrenderableConversation
+from lorapipe.data.piece_template import Piece, PieceTemplate
 
 
 class Llama3Template(PieceTemplate):
@@ -79,8 +20,13 @@ class Llama3Template(PieceTemplate):
 
     name = "llama3"
 
-    def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
-               generation_prompt: bool = False) -> list[Piece]:
+    def pieces(
+        self,
+        messages: list[dict[str, str]],
+        tokenizer: Any,
+        trained: set[int],
+        generation_prompt: bool = False,
+    ) -> list[Piece]:
         start = self._token_id(tokenizer, "<|start_header_id|>", "header start")
         end = self._token_id(tokenizer, "<|end_header_id|>", "header end")
         eot = self._token_id(tokenizer, "<|eot_id|>", "end-of-turn")
@@ -103,8 +49,13 @@ class Llama2Template(PieceTemplate):
 
     name = "llama2"
 
-    def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
-               generation_prompt: bool = False) -> list[Piece]:
+    def pieces(
+        self,
+        messages: list[dict[str, str]],
+        tokenizer: Any,
+        trained: set[int],
+        generation_prompt: bool = False,
+    ) -> list[Piece]:
         bos = self._token_id(tokenizer, tokenizer.bos_token, "BOS")
         eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
         offset = 1 if messages and messages[0]["role"] == "system" else 0

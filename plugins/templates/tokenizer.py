@@ -138,18 +138,6 @@ class TokenizerTemplate(ChatTemplate):
             out.append(EncodedConversation(encoding.ids, trainable))
         return out
 
-    def encode(
-        self,
-        messages: Conversation,
-        tokenizer: Any,
-        *,
-        train_on: str = "all_assistant",
-        train_on_inputs: bool = False,
-    ) -> EncodedConversation:
-        return self.encode_batch(
-            [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
-        )[0]
-
     def generation_prompt(self, messages: Conversation, tokenizer: Any) -> list[int]:
         self._check(tokenizer)
         text = _Renderer(tokenizer)(messages, True)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from prepare_helpers import write_jsonl
 
+from lorapipe.data.files import FileOptions as JsonlOptions
 from lorapipe.data.schemas import RecordError, check_columns, to_messages
 from lorapipe.errors import ConfigError
-from lorapipe.plugins.loaders.jsonl import JsonlLoader, JsonlOptions
+from lorapipe.plugins.loaders.jsonl import JsonlLoader
 
 CANONICAL = [{"role": "system", "content": "Be brief."},
              {"role": "user", "content": "Name a prime."},

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from pydantic import field_validator, model_validator
 
-from lorapipe.components import Loader, RawRecord
+from lorapipe.components import RawRecord
+from lorapipe.data.files import FileLoader, FileOptions
 from lorapipe.errors import UserError
-from lorapipe_tabular.files import FileOptions, expand_paths, fingerprint
 
 _UNDECODABLE = re.compile(r"[\udc80-\udcff]")
 
@@ -74,20 +74,14 @@ def _unlimited_fields() -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-class CsvLoader(Loader):
+class CsvLoader(FileLoader):
     """CSV/TSV files with a header row (or ``column_names``); every value is a string."""
 
     name = "csv"
     Options = CsvOptions
 
-    def records(self) -> Iterator[RawRecord]:
-        for path in expand_paths(self.options.path):
-            yield from self._read(path)
 
-    def fingerprint(self) -> str:
-        return fingerprint(self.options)
-
-    def _read(self, path: Path) -> Iterator[RawRecord]:
+    def read_file(self, path: Path) -> Iterator[RawRecord]:
         options = self.options
         delimiter = options.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
         source = str(path)

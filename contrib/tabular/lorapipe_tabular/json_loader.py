@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lorapipe.components import Loader, RawRecord
+from lorapipe.components import RawRecord
+from lorapipe.data.files import FileLoader, FileOptions
 from lorapipe.errors import UserError
-from lorapipe_tabular.files import FileOptions, expand_paths, fingerprint
 
 
 class JsonOptions(FileOptions):
@@ -75,25 +75,22 @@ def _records(document: Any, field: str | None, path: Path) -> list[Any]:
     return node
 
 
-class JsonLoader(Loader):
+class JsonLoader(FileLoader):
     """JSON files (.json) holding a list of objects, at the top or under ``field``."""
 
     name = "json"
     Options = JsonOptions
 
-    def records(self) -> Iterator[RawRecord]:
-        for path in expand_paths(self.options.path):
-            source = str(path)
-            items = _records(_parse(path), self.options.field, path)
-            for number, item in enumerate(items, start=1):
-                location = f"{source}:item {number}"
-                if isinstance(item, dict):
-                    yield RawRecord(source, location, data=item)
-                else:
-                    yield RawRecord(
-                        source, location,
-                        error=f"wrong_type: expected a JSON object, got {type(item).__name__}",
-                    )
+    def read_file(self, path: Path) -> Iterator[RawRecord]:
+        source = str(path)
+        items = _records(_parse(path), self.options.field, path)
+        for number, item in enumerate(items, start=1):
+            location = f"{source}:item {number}"
+            if isinstance(item, dict):
+                yield RawRecord(source, location, data=item)
+            else:
+                yield RawRecord(
+                    source, location,
+                    error=f"wrong_type: expected a JSON object, got {type(item).__name__}",
+                )
 
-    def fingerprint(self) -> str:
-        return fingerprint(self.options)

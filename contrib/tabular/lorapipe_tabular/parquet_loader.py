@@ -15,29 +15,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from lorapipe.components import Loader, RawRecord
+from lorapipe.components import RawRecord
+from lorapipe.data.files import FileLoader, FileOptions
 from lorapipe.errors import UserError
-from lorapipe_tabular.files import FileOptions, expand_paths, fingerprint
 
 
 class ParquetOptions(FileOptions):
     batch_size: int = Field(1024, ge=1)
 
 
-class ParquetLoader(Loader):
+class ParquetLoader(FileLoader):
     """Parquet files, streamed batch by batch; locations are 1-based row numbers."""
 
     name = "parquet"
     Options = ParquetOptions
 
-    def records(self) -> Iterator[RawRecord]:
-        for path in expand_paths(self.options.path):
-            yield from self._read(path)
 
-    def fingerprint(self) -> str:
-        return fingerprint(self.options)
-
-    def _read(self, path: Path) -> Iterator[RawRecord]:
+    def read_file(self, path: Path) -> Iterator[RawRecord]:
         source = str(path)
         try:
             # pre_buffer would read ahead many row groups at once (measured: half the file).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.plugins.templates.llama import Piece, PieceTemplate
+from lorapipe.data.piece_template import Piece, PieceTemplate
 from lorapipe_templates.turns import alternating
 
 SYSTEM = (

@@ -1,0 +1,68 @@
+"""Chat templates written as the pieces they emit: a base for named templates.
+
+A subclass returns, for a conversation, the pieces of its rendering in order — token ids
+or text still to be tokenized, each with whether it is trained — so the mask comes from
+the template's own structure. The built-in ``llama3``/``llama2`` and contrib's
+``chatml``, ``alpaca``, ``vicuna`` and ``mistral`` are written this way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorapipe.components import ChatTemplate, EncodedConversation
+from lorapipe.data.masking import assemble, trained_turns
+from lorapipe.errors import UserError
+
+# A piece is token ids or text still to be tokenized, and whether it is trained.
+Piece = tuple[list[int] | str, bool]
+
+
+class PieceTemplate(ChatTemplate):
+    """A template defined by the pieces it emits; tokenizes the text pieces in one batch."""
+
+    def pieces(
+        self,
+        messages: list[dict[str, str]],
+        tokenizer: Any,
+        trained: set[int],
+        generation_prompt: bool = False,
+    ) -> list[Piece]:
+        raise NotImplementedError
+
+    def _token_id(self, tokenizer: Any, token: str | None, what: str) -> int:
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise UserError(
+                f"data.template: template '{self.name}' needs the {what} token "
+                f"{token or ''} but the model's tokenizer has none; use data.template: "
+                "tokenizer (the model's own chat template) or a template made for this model"
+            )
+        return token_id
+
+    def _tokenize_pieces(
+        self, all_pieces: list[list[Piece]], tokenizer: Any, train_on_inputs: bool
+    ) -> list[EncodedConversation]:
+        texts = [p for pieces in all_pieces for p, _ in pieces if isinstance(p, str)]
+        ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        return [
+            assemble(
+                [(next(ids) if isinstance(p, str) else p, t) for p, t in pieces], train_on_inputs
+            )
+            for pieces in all_pieces
+        ]
+
+    def encode_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        tokenizer: Any,
+        *,
+        train_on: str = "all_assistant",
+        train_on_inputs: bool = False,
+    ) -> list[EncodedConversation]:
+        all_pieces = [self.pieces(m, tokenizer, trained_turns(m, train_on)) for m in conversations]
+        return self._tokenize_pieces(all_pieces, tokenizer, train_on_inputs)
+
+    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+        pieces = self.pieces(messages, tokenizer, set(), generation_prompt=True)
+        return self._tokenize_pieces([pieces], tokenizer, False)[0].input_ids
