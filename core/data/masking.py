@@ -47,3 +47,22 @@ def token_range(encoding: Any, start: int, end: int) -> tuple[int, int]:
     first = bisect_right(range(n), start, key=lambda t: encoding.token_to_chars(t)[1])
     stop = bisect_left(range(n), end, lo=first, key=lambda t: encoding.token_to_chars(t)[0])
     return first, stop
+
+
+def trained_text(encoded: EncodedConversation, tokenizer: Any) -> list[str]:
+    """The decoded text of each maximal run of trained tokens, in order.
+
+    What a chat template's test compares with the assistant replies (each followed by its
+    end-of-turn token), and a quick way to see what a sample teaches.
+    """
+    runs: list[list[int]] = []
+    current: list[int] = []
+    for token, trained in zip(encoded.input_ids, encoded.trainable, strict=True):
+        if trained:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]

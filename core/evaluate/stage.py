@@ -53,6 +53,8 @@ def _load_model(ctx: RunContext) -> tuple[Any, Any, Any]:
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
+    from lorapipe.model import record_memory
+
     refs = ctx.config.evaluate.evaluators
     if not refs:
         return {"evaluators": [], "note": "evaluate.evaluators is empty; nothing evaluated"}
@@ -64,6 +66,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     model, tokenizer, template = _load_model(ctx)
     eval_ctx = EvalContext(model, tokenizer, template, dataset, ctx)
     report = {evaluator.name: evaluator.evaluate(eval_ctx) for evaluator in evaluators}
+    record_memory(ctx.paths.metrics, "evaluation")
     atomic_write_json(ctx.paths.eval_report, report)
     print_report(report)
     return report

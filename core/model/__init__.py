@@ -10,7 +10,7 @@ from __future__ import annotations
 from lorapipe.model.adapters import build_trainable_model, lora_config
 from lorapipe.model.dtypes import default_device, resolve_dtype
 from lorapipe.model.loading import load_base_model, load_tokenizer, quantizer_for
-from lorapipe.model.memory import estimate_memory, memory_snapshot
+from lorapipe.model.memory import estimate_memory, memory_snapshot, record_memory
 from lorapipe.model.targets import adaptable_modules, select_targets
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "lora_config",
     "memory_snapshot",
     "quantizer_for",
+    "record_memory",
     "resolve_dtype",
     "select_targets",
 ]

@@ -8,10 +8,12 @@ of an out-of-memory error an hour later.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -238,6 +240,13 @@ def memory_snapshot() -> dict[str, Any]:
             cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
         )
     return snapshot
+
+
+def record_memory(metrics_path: Path, stage: str, snapshot: dict[str, Any] | None = None) -> None:
+    """Append a stage transition's memory to metrics.jsonl (taken now unless given)."""
+    record = {"event": "memory", "stage": stage, **(snapshot or memory_snapshot())}
+    with metrics_path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def _rss() -> dict[str, int]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from lorapipe.components import UnrenderableConversation
+from lorapipe.data.masking import trained_text
 from lorapipe.errors import UserError
 from lorapipe.plugins.templates.llama import Llama2Template, Llama3Template
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
@@ -28,20 +29,6 @@ def end_of_turn(template: type, tokenizer: Any) -> str:
     return tokenizer.eos_token if template is Llama2Template else "<|eot_id|>"
 
 
-def trained_runs(encoded: Any, tokenizer: Any) -> list[str]:
-    """Decoded text of each maximal run of trained tokens, in order."""
-    runs, current = [], []
-    for token, trained in zip(encoded.input_ids, encoded.trainable, strict=True):
-        if trained:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
-
-
 def replies(messages: list[dict[str, str]]) -> list[str]:
     return [m["content"] for m in messages if m["role"] == "assistant"]
 
@@ -52,7 +39,7 @@ def test_trained_tokens_are_exactly_the_replies(template: type, name: str, token
     messages = CONVERSATIONS[name]
     encoded = template().encode(messages, tokenizer)
     eot = end_of_turn(template, tokenizer)
-    assert trained_runs(encoded, tokenizer) == [r + eot for r in replies(messages)]
+    assert trained_text(encoded, tokenizer) == [r + eot for r in replies(messages)]
     assert encoded.input_ids[0] == tokenizer.bos_token_id
     assert encoded.input_ids[1] != tokenizer.bos_token_id  # BOS not doubled
 
@@ -61,7 +48,7 @@ def test_trained_tokens_are_exactly_the_replies(template: type, name: str, token
 def test_last_assistant_trains_only_the_final_reply(template: type, tokenizer: Any) -> None:
     messages = [SYSTEM, *MULTI]
     encoded = template().encode(messages, tokenizer, train_on="last_assistant")
-    assert trained_runs(encoded, tokenizer) == [replies(messages)[-1]
+    assert trained_text(encoded, tokenizer) == [replies(messages)[-1]
                                                 + end_of_turn(template, tokenizer)]
     assert encoded.input_ids == template().encode(messages, tokenizer).input_ids
 

@@ -61,6 +61,9 @@ def test_evaluate_stage_reports_base_and_finetuned(eval_run) -> None:
     assert result["base"] != result["finetuned"]
     n_response = sum(sum(1 for x in row[1:] if x != -100) for row in dataset["labels"])
     assert result["tokens"]["response"] == n_response
+    memory = [json.loads(line) for line in eval_run.paths.metrics.read_text().splitlines()]
+    assert memory[-1]["event"] == "memory" and memory[-1]["stage"] == "evaluation"
+    assert memory[-1]["rss_bytes"] > 0
 
 
 def test_empty_validation_set_is_a_user_error(tmp_path: Path, make_context) -> None:

@@ -14,6 +14,7 @@ from lorapipe_templates.vicuna import VicunaTemplate
 from transformers import AutoTokenizer
 
 from lorapipe.components import UnrenderableConversation
+from lorapipe.data.masking import trained_text
 from lorapipe.errors import UserError
 from lorapipe.models import resolve_model_path
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
@@ -43,19 +44,6 @@ def tokenizer(lorapipe_cache: Path) -> Any:
     return tok
 
 
-def trained_runs(encoded: Any, tokenizer: Any) -> list[str]:
-    runs, current = [], []
-    for token, trained in zip(encoded.input_ids, encoded.trainable, strict=True):
-        if trained:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
-
-
 def expected_runs(template: type, messages: list[dict[str, str]], tokenizer: Any) -> list[str]:
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     if template is ChatMLTemplate:
@@ -69,10 +57,10 @@ def expected_runs(template: type, messages: list[dict[str, str]], tokenizer: Any
 def test_trained_tokens_are_exactly_the_replies(template: type, name: str, tokenizer: Any) -> None:
     messages = CONVERSATIONS[name]
     encoded = template().encode(messages, tokenizer)
-    assert trained_runs(encoded, tokenizer) == expected_runs(template, messages, tokenizer)
+    assert trained_text(encoded, tokenizer) == expected_runs(template, messages, tokenizer)
     last = template().encode(messages, tokenizer, train_on="last_assistant")
     assert last.input_ids == encoded.input_ids
-    assert trained_runs(last, tokenizer) == expected_runs(template, messages, tokenizer)[-1:]
+    assert trained_text(last, tokenizer) == expected_runs(template, messages, tokenizer)[-1:]
     assert all(template().encode(messages, tokenizer, train_on_inputs=True).trainable)
 
 
