@@ -25,15 +25,27 @@ def trainable_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of the next-token cross-entropy over the batch's trainable tokens (fp32)."""
+    """Sum of the next-token cross-entropy over the batch's trainable tokens (fp32).
+
+    The output head only sees the hidden states of positions whose next token is
+    trained (a pre-hook selects them), so prompt and padding positions cost no head
+    matmul and no (batch, length, vocab) logits are held for backward. The hook runs
+    inside the model's forward, so DDP and PEFT wrappers see an ordinary call.
+    """
     inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
-    logits = model(**inputs, use_cache=False).logits
-    return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        batch["labels"][:, 1:].reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+
+    def trained_positions(_module: torch.nn.Module, args: tuple) -> tuple:
+        return (args[0][:, :-1][keep], *args[1:])
+
+    head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps it in .module
+    handle = head.register_forward_pre_hook(trained_positions)
+    try:
+        logits = model(**inputs, use_cache=False).logits  # (trained tokens, vocab)
+    finally:
+        handle.remove()
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
 def backward_scale(step_tokens: int, world_size: int) -> float:

@@ -7,6 +7,8 @@ from typing import Any
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
+from lorapipe.artifacts import RunPaths
+from lorapipe.atomic import atomic_write_json
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.train.loop import train
@@ -32,10 +34,10 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     set_seed(config.train.seed)  # adapter initialisation is part of the run's determinism
-    model, _report = build_trainable_model(
+    model, report = build_trainable_model(
         ctx, gradient_checkpointing=config.train.gradient_checkpointing
     )
-    return train(
+    summary = train(
         model,
         train_data,
         validation if validation is not None and len(validation) else None,
@@ -48,6 +50,23 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         allow_config_change=ctx.allow_config_change,
         memory=memory_snapshot,
     )
+    _record_memory(paths, report, memory_snapshot())
+    return summary
+
+
+def _record_memory(paths: RunPaths, report: dict[str, Any], peak: dict[str, Any]) -> None:
+    """Memory at each transition into metrics.jsonl, and beside the estimate in the report."""
+    from accelerate import PartialState
+
+    from lorapipe.model import record_memory
+
+    if not PartialState().is_main_process:
+        return
+    measured = report["memory"]["measured"]
+    measured["training_peak"] = peak
+    for stage, snapshot in measured.items():
+        record_memory(paths.metrics, stage, snapshot)
+    atomic_write_json(paths.model_report, report)
 
 
 def _check_same_tokenizer(prepared: Any, model_tokenizer: Any, paths: Any) -> None:

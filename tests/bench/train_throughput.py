@@ -1,6 +1,7 @@
 """Real (non-pad) trained tokens/s of lorapipe's loop vs TRL's SFTTrainer, same work.
 
 Run:  python tests/bench/train_throughput.py [--steps 30] [--rows 600]
+          [--no-gradient-checkpointing]
 
 Both train the same randomly initialised Llama (~4× the hidden size of tiny-llama, 6
 layers) with the same LoRA config, effective batch (micro 4 × accumulation 2 packed rows
@@ -9,6 +10,11 @@ with its best batching option: packing (lorapipe: worst-fit-decreasing rows with
 per-example position ids; TRL: ``packing=True``, best-fit-decreasing, padding-free). Each
 runs in its own process so peak RSS is its own. Tokens/s counts real input tokens of the
 batches trained, over the training loop's wall time.
+
+Like for like: ``SFTConfig`` defaults to ``bf16=True``, which on a CPU with bf16 units
+autocasts TRL's matmuls to bf16, so fp32 is set explicitly; gradient checkpointing (on
+by default in both tools) is switched the same way on both sides, on ours through the
+model stage's own helper since ``train()`` trains the model it is given as it is.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def build(workdir: Path, rows: int) -> None:
     Dataset.from_dict(data).save_to_disk(str(workdir / "data"))
 
 
-def run_lorapipe(workdir: Path, steps: int) -> dict:
+def run_lorapipe(workdir: Path, steps: int, checkpointing: bool) -> dict:
     import torch
     from datasets import load_from_disk
     from peft import LoraConfig, get_peft_model
@@ -64,13 +70,17 @@ def run_lorapipe(workdir: Path, steps: int) -> dict:
 
     from lorapipe.artifacts import RunPaths
     from lorapipe.config import TrainConfig
+    from lorapipe.model.prepare import enable_checkpointing
     from lorapipe.train import train
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
+    if checkpointing:  # what the model stage does for train.gradient_checkpointing
+        enable_checkpointing(model)
     model = get_peft_model(model, LoraConfig(**LORA))
     cfg = TrainConfig(max_steps=steps, micro_batch_size=MICRO, gradient_accumulation_steps=ACCUM,
-                      learning_rate=LR, warmup_steps=0, packing=True, gradient_checkpointing=False,
+                      learning_rate=LR, warmup_steps=0, packing=True,
+                      gradient_checkpointing=checkpointing,
                       logging_steps=steps, save_steps=10 * steps, max_grad_norm=1.0)
     summary = train(model, load_from_disk(str(workdir / "data")), None, config=cfg,
                     paths=RunPaths(workdir / "lorapipe"), pad_token_id=model.config.pad_token_id,
@@ -78,7 +88,7 @@ def run_lorapipe(workdir: Path, steps: int) -> dict:
     return {"tokens_per_s": summary["tokens_per_s"], "seconds": summary["seconds"]}
 
 
-def run_trl(workdir: Path, steps: int) -> dict:
+def run_trl(workdir: Path, steps: int, checkpointing: bool) -> dict:
     import torch
     from datasets import load_from_disk
     from peft import LoraConfig
@@ -92,7 +102,8 @@ def run_trl(workdir: Path, steps: int) -> dict:
         gradient_accumulation_steps=ACCUM, max_steps=steps, learning_rate=LR, warmup_steps=0,
         lr_scheduler_type="cosine", max_length=MAX_LENGTH, packing=True,
         completion_only_loss=True, logging_steps=steps, save_strategy="no", report_to="none",
-        use_cpu=True, dataloader_num_workers=0, max_grad_norm=1.0,
+        use_cpu=True, bf16=False, gradient_checkpointing=checkpointing,
+        dataloader_num_workers=0, max_grad_norm=1.0,
         include_num_input_tokens_seen="non_padding", seed=0, disable_tqdm=True,
     )
     data = load_from_disk(str(workdir / "data")).remove_columns("labels")
@@ -109,11 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                        default=True)
     parser.add_argument("--worker", choices=["lorapipe", "trl"])
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     if args.worker:
-        result = (run_lorapipe if args.worker == "lorapipe" else run_trl)(args.workdir, args.steps)
+        result = (run_lorapipe if args.worker == "lorapipe" else run_trl)(
+            args.workdir, args.steps, args.gradient_checkpointing)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(result))
         return
@@ -121,10 +135,13 @@ def main() -> None:
         workdir = Path(tmp)
         build(workdir, args.rows)
         results = {}
+        checkpointing_flag = ("--gradient-checkpointing" if args.gradient_checkpointing
+                              else "--no-gradient-checkpointing")
         for which in ("lorapipe", "trl"):
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", which, "--workdir", str(workdir),
-                 "--steps", str(args.steps)], capture_output=True, text=True, check=False)
+                 "--steps", str(args.steps), checkpointing_flag],
+                capture_output=True, text=True, check=False)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode or not line:
                 sys.exit(f"{which} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")

@@ -60,3 +60,21 @@ def test_packed_and_unpacked_give_the_same_loss() -> None:
     with torch.no_grad():
         expected, got = loss_sum(model, unpacked), loss_sum(model, packed)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_loss_sum_matches_cross_entropy_over_full_logits() -> None:
+    """The head sees only trained positions; the sum must equal the full-logits one."""
+    model = make_model()
+    model.eval()
+    batch = collate([[e] for e in load_examples(make_data(4, seed=5))], PAD)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+        expected = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+            ignore_index=-100, reduction="sum")
+        got = loss_sum(model, batch)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    # the hook is removed afterwards: a plain forward gives (batch, length, vocab) logits again
+    with torch.no_grad():
+        assert model(input_ids=batch["input_ids"]).logits.dim() == 3

@@ -35,6 +35,11 @@ def test_lorapipe_train_writes_a_peft_adapter_and_refuses_a_changed_resume(
     fields = {"epoch", "lr", "grad_norm", "trainable_tokens", "tokens_per_s", "memory"}
     assert fields <= set(steps[0])
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
+    transitions = [r["stage"] for r in records if r.get("event") == "memory"]
+    assert transitions == ["baseline", "model_loaded", "adapters_injected", "training_peak"]
+    report = json.loads((run / "model_report.json").read_text())
+    assert report["memory"]["measured"]["training_peak"]["peak_rss_bytes"] > 0
+    assert report["memory"]["estimate"]["total_bytes"] > 0
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
