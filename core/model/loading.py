@@ -53,7 +53,23 @@ def load_base_model(
     path = resolve_model_path(config.model.name_or_path)
     model = load_pretrained(AutoModelForCausalLM, path, kwargs)
     model.config.use_cache = False  # the KV cache only costs memory while training
+    if quantize and config.adapter.use_dora:
+        keep_4bit_layout(model)
     return model
+
+
+def keep_4bit_layout(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU kernel.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place at its first inference
+    forward on a CPU with AVX512-BF16; peft's DoRA then dequantizes the repacked bytes as
+    if they were the original layout, so its weight norms, and every output after the
+    first evaluation, are wrong (measured: |Δlogit| ≈ 1 at B = 0 on tiny-llama). Keeping
+    the layout costs inference speed on CPU only.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
