@@ -133,8 +133,7 @@ def cmd_components(args: argparse.Namespace) -> int:
         kinds = matches
     for kind in kinds:
         console.print(f"[bold]{PLURALS[kind]}[/]")
-        for name in registry.names(kind):
-            cls = registry.classes(kind)[registry.names(kind).index(name)]
+        for name, cls in zip(registry.names(kind), registry.classes(kind), strict=True):
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             provider = escape(registry.provider(kind, name))
             console.print(f"  {name:<16} {escape(doc)}  [dim]({provider})[/]", soft_wrap=True)

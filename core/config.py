@@ -296,7 +296,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 if last:
                     node[part] = value
                 else:
-                    if isinstance(node.get(part), str) and not last:
+                    if isinstance(node.get(part), str):
                         node[part] = {"name": node[part]}  # component shorthand → mapping
                     node = node.setdefault(part, {})
             else:

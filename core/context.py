@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.artifacts import RunPaths
@@ -16,7 +16,6 @@ class RunContext:
     registry: Registry
     resume: bool = False
     allow_config_change: bool = False
-    summary: dict[str, object] = field(default_factory=dict)
 
     @property
     def paths(self) -> RunPaths:

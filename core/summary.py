@@ -53,7 +53,7 @@ def _prepare_line(summary: dict[str, Any], paths: RunPaths) -> str:
     return line + (" [reused]" if summary.get("reused") else "")
 
 
-def _train_line(summary: dict[str, Any]) -> str:
+def _train_line(summary: dict[str, Any], _paths: RunPaths) -> str:
     line = (
         f"{summary['steps']} steps in {summary['seconds']:.0f} s, "
         f"{summary['tokens_per_s']:.0f} trained tokens/s"
@@ -67,7 +67,7 @@ def _train_line(summary: dict[str, Any]) -> str:
     return line
 
 
-def _evaluate_line(summary: dict[str, Any]) -> str:
+def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
     parts = []
     for evaluator, scores in summary.items():
         base, tuned = scores.get("base"), scores.get("finetuned")
@@ -80,7 +80,7 @@ def _evaluate_line(summary: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _merge_line(summary: dict[str, Any]) -> str:
+def _merge_line(summary: dict[str, Any], _paths: RunPaths) -> str:
     if summary.get("skipped"):
         return "skipped"
     return (
@@ -89,14 +89,17 @@ def _merge_line(summary: dict[str, Any]) -> str:
     )
 
 
+def _export_line(summary: dict[str, Any], _paths: RunPaths) -> str:
+    return ", ".join(f"{a['exporter']}: {Path(a['path']).name}" for a in summary["artifacts"])
+
+
+# One line per stage, from its summary (and, for prepare, data/report.json's reasons).
 LINES = {
-    "prepare": lambda s, paths: _prepare_line(s, paths),
-    "train": lambda s, _paths: _train_line(s),
-    "evaluate": lambda s, _paths: _evaluate_line(s),
-    "merge": lambda s, _paths: _merge_line(s),
-    "export": lambda s, _paths: ", ".join(
-        f"{a['exporter']}: {Path(a['path']).name}" for a in s["artifacts"]
-    ),
+    "prepare": _prepare_line,
+    "train": _train_line,
+    "evaluate": _evaluate_line,
+    "merge": _merge_line,
+    "export": _export_line,
 }
 
 

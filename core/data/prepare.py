@@ -28,7 +28,6 @@ from datasets import Dataset, Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from rich.console import Console
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_directory, atomic_write_json
@@ -43,7 +42,6 @@ from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import RecordError, check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
-from lorapipe.models import resolve_model_path
 
 OUTPUT_COLUMNS = ["input_ids", "attention_mask", "labels", "messages", "source"]
 _RAW = Features({"messages": Value("string"), "source": Value("string"),
@@ -63,17 +61,6 @@ _CHUNK_CHARS = 32 << 20
 _RECORDS_PER_WORKER = 5000
 
 console = Console(highlight=False)
-
-
-def load_tokenizer(model: Any) -> Any:
-    path = resolve_model_path(model.name_or_path)
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"model.name_or_path: cannot load a tokenizer from '{model.name_or_path}': "
-            f"{str(err).splitlines()[0]}"
-        ) from None
 
 
 def _component(ctx: RunContext, kind: str, field: str, ref: ComponentRef) -> Any:
@@ -275,7 +262,10 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     val_loader = (_component(ctx, "loader", "data.validation.loader", data.validation.loader)
                   if data.validation.loader is not None else None)
     template = _component(ctx, "chat_template", "data.template", data.template)
-    tokenizer = load_tokenizer(config.model)
+    # Imported here: worker processes import this module and need not load peft.
+    from lorapipe.model import load_tokenizer
+
+    tokenizer = load_tokenizer(config)  # the model's own; data/tokenizer/ keeps a copy
 
     paths.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=paths.data))

@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import field_validator
-
 from lorapipe import hookimpl
-from lorapipe.components import Loader, Options, RawRecord
+from lorapipe.components import RawRecord
+from lorapipe.data.files import FileLoader
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 
-class DialogueOptions(Options):
-    path: str
-
-    @field_validator("path")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        if not Path(value).is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
-
-
-class DialogueLoader(Loader):
+class DialogueLoader(FileLoader):
     """Plain-text dialogues: 'User:' / 'Assistant:' / 'System:' lines, blank line between."""
 
-    name = "dialogue"
-    Options = DialogueOptions
+    name = "dialogue"  # its options are FileOptions: ``path``, a file, glob or list
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(Path(self.options.path).read_bytes()).hexdigest()
-
-    def records(self) -> Iterator[RawRecord]:
-        path = Path(self.options.path)
+    def read_file(self, path: Path) -> Iterator[RawRecord]:
         block: list[tuple[int, str]] = []
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
