@@ -2,9 +2,9 @@
 
 A process keeps every page of a memory-mapped Arrow file that it has read resident until
 the file is closed; these pages count in its RSS. So nothing here reads all the data in
-one process: the stage encodes chunk by chunk, keeps only small per-sample columns
-(lengths, flags) in memory and the chunks closed, and ``write_splits`` gathers the rows of
-one chunk at a time.
+one process: worker processes encode batch by batch into Arrow files, the stage keeps only
+small per-sample columns (lengths, flags) in memory and the files closed, and
+``write_splits`` gathers the rows of one chunk (consecutive files) at a time.
 """
 
 from __future__ import annotations
@@ -21,46 +21,64 @@ from datasets.arrow_writer import ArrowWriter
 
 from lorapipe.atomic import atomic_directory
 
-# Splits bigger than this are written by worker processes (see ``write_splits``).
-SAVE_IN_PROCESS_BYTES = 128 << 20
+# Splits bigger than this are copied to their final files by worker processes (see
+# ``write_splits``); those are spawned and import datasets anew, seconds of CPU each, so
+# smaller splits are copied here: their pages stay resident here until the copy ends.
+SAVE_IN_PROCESS_BYTES = 512 << 20
+# Most bytes a file of a saved split holds.
+_SHARD_BYTES = 128 << 20
 # Rows gathered into memory at once while writing a split.
 _TAKE_ROWS = 10_000
 
 
 class EncodedChunks:
-    """The encoded chunks of one source: per chunk its Arrow files and the rows kept (not
-    dropped), with the small per-sample columns the report and the split need held in
-    memory, so that the chunk itself is closed until its rows are written."""
+    """The encoded samples of one source as chunks of about ``chunk_bytes``, each a list
+    of Arrow files (read in order, a chunk's files are its samples in order), with the
+    small per-sample columns the report and the split need held in memory, so that no
+    file is open until its rows are written."""
 
-    def __init__(self, columns: list[str]) -> None:
+    def __init__(self, columns: list[str], chunk_bytes: int) -> None:
         self.names = columns
+        self.chunk_bytes = chunk_bytes
         self.files: list[list[str]] = []
-        self.kept: list[np.ndarray] = []
+        self.sizes: list[int] = []
         self.columns: list[dict[str, np.ndarray]] = []
+        self._open: tuple[list[str], list[dict[str, np.ndarray]]] = ([], [])
+        self._open_bytes = 0
 
-    def add(self, encoded: Dataset, kept: np.ndarray) -> None:
-        self.files.append([f["filename"] for f in encoded.cache_files])
-        self.kept.append(kept)
-        self.columns.append({name: arrow_column(encoded, name).to_numpy(
-            zero_copy_only=False)[kept] for name in self.names})
+    def add(self, path: str | None, nbytes: int, columns: dict[str, np.ndarray]) -> None:
+        """The next file (``None`` for none: no samples) and its samples' ``columns``."""
+        if path is not None:
+            self._open[0].append(path)
+            self._open[1].append(columns)
+            self._open_bytes += nbytes
+        if self._open_bytes >= self.chunk_bytes:
+            self.end_chunk()
+
+    def end_chunk(self) -> None:
+        files, columns = self._open
+        if files:
+            self.files.append(files)
+            self.columns.append({name: np.concatenate([c[name] for c in columns])
+                                 for name in self.names})
+            self.sizes.append(len(self.columns[-1][self.names[0]]))
+        self._open = ([], [])
+        self._open_bytes = 0
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in self.kept)
+        return sum(self.sizes)
 
     def column(self, name: str) -> np.ndarray:
-        """A small per-sample column of the kept samples, in order."""
+        """A small per-sample column, in order."""
+        if not self.columns:  # every record dropped
+            return np.zeros(0, dtype=np.int64)
         return np.concatenate([columns[name] for columns in self.columns])
 
     def rows(self, positions: np.ndarray) -> list[np.ndarray]:
-        """Sorted positions among the kept samples → row numbers within each chunk."""
-        starts = np.cumsum([0] + [len(rows) for rows in self.kept])
-        return [rows[positions[(positions >= lo) & (positions < hi)] - lo]
-                for rows, lo, hi in zip(self.kept, starts[:-1], starts[1:], strict=True)]
-
-
-def arrow_column(ds: Dataset, name: str) -> pa.ChunkedArray:
-    """One column as Arrow: one slice, not a per-row iteration; touches only its pages."""
-    return ds.select_columns([name]).with_format("arrow")[:][name]
+        """Sorted positions among the samples → row numbers within each chunk."""
+        starts = np.cumsum([0] + self.sizes)
+        return [positions[(positions >= lo) & (positions < hi)] - lo
+                for lo, hi in zip(starts[:-1], starts[1:], strict=True)]
 
 
 Splits = dict[str, tuple[EncodedChunks, np.ndarray]]  # split → (source, its positions)
@@ -106,4 +124,4 @@ def write_splits(jobs: list[tuple[list[str], dict[str, np.ndarray]]], directory:
         big = ds.data.nbytes > SAVE_IN_PROCESS_BYTES
         with atomic_directory(directory / split) as tmp:
             ds.save_to_disk(str(tmp), num_proc=max(2, os.cpu_count() or 1) if big else None,
-                            max_shard_size=SAVE_IN_PROCESS_BYTES)
+                            max_shard_size=_SHARD_BYTES)

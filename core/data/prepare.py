@@ -1,30 +1,35 @@
 """The ``prepare`` stage: loader records → canonical conversations → cleaned, deduplicated,
 templated, length-limited, split, and saved as Arrow datasets with a report.
 
-Memory stays bounded whatever the input size: reading streams the loader into Arrow
-files of ``_CHUNK`` rows (only the dedupe index grows with the data, by ~200 bytes a
-record); each chunk is templated and tokenized by a batched ``Dataset.map`` in worker
-processes; the splits are written by worker processes too (see ``_encode`` for why that
-matters). Every record read is accounted for: kept, or dropped with a reason in
-``data/report.json`` and ``data/dropped.jsonl``.
+Memory stays bounded whatever the input size: this process streams the loader in batches
+of ``_BATCH`` records to worker processes that template and tokenize them while it reads on,
+with only a few batches in flight; each worker writes the batch's samples to an Arrow file
+and sends back only small per-sample columns, so the encoded data is never resident here
+(only the dedupe index grows with the data, by ~200 bytes a record). The splits are
+written chunk by chunk (see ``chunks.py``). Every record read is accounted for: kept, or
+dropped with a reason in ``data/report.json`` and ``data/dropped.jsonl``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from contextlib import ExitStack
 from itertools import chain, islice
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from datasets import Dataset, Features, Sequence, Value
+from datasets import Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from rich.console import Console
 from tqdm.auto import tqdm
@@ -35,30 +40,25 @@ from lorapipe.components import ChatTemplate, Loader, UnrenderableConversation
 from lorapipe.config import ComponentRef, DataConfig
 from lorapipe.context import RunContext
 from lorapipe.data.cache import fingerprint
-from lorapipe.data.chunks import EncodedChunks, Splits, arrow_column, chunk_jobs, write_splits
+from lorapipe.data.chunks import EncodedChunks, Splits, chunk_jobs, write_splits
 from lorapipe.data.cleaning import dedupe_key, validate
 from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import RecordError, check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
+from lorapipe.pretrained import load_tokenizer
 
-OUTPUT_COLUMNS = ["input_ids", "attention_mask", "labels", "messages", "source"]
-_RAW = Features({"messages": Value("string"), "source": Value("string"),
-                 "stratum": Value("string")})
-_ENCODED = Features({
+_OUTPUT = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
-    "labels": Sequence(Value("int32")), "messages": Value("string"),
-    "source": Value("string"), "stratum": Value("string"), "drop": Value("string"),
-    "detail": Value("string"), "truncated": Value("bool"), "n_tokens": Value("int32"),
-    "n_trainable": Value("int32"),
+    "labels": Sequence(Value("int32")), "messages": Value("string"), "source": Value("string"),
 })
-_READ_BATCH = 10_000
-# Conversation text per Arrow chunk of the read data (see ``_encode``); encoded, a chunk
-# takes about three times as much (token ids, labels, mask and the messages).
-_CHUNK_CHARS = 32 << 20
-# Below this many records a worker pool costs more than it saves.
-_RECORDS_PER_WORKER = 5000
+# Records a worker templates and tokenizes at once (one task, one Arrow file): big enough
+# that the per-task cost (pickling the batch, opening a file) is small, small enough that
+# the last tasks leave no core idle for long.
+_BATCH = 2000
+# Encoded bytes per chunk of the encoded data (see ``chunks.py``).
+_CHUNK_BYTES = 96 << 20
 
 console = Console(highlight=False)
 
@@ -74,7 +74,8 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
               seen: dict[bytes, str]) -> Iterator[dict[str, str]]:
     """Canonical, valid, not-yet-seen conversations; everything else goes to ``log``."""
     field = data.validation.stratify_by
-    for record in tqdm(loader.records(), desc="reading records", unit=" rec"):
+    # Workers tokenize at most a few batches behind the reading, so this bar shows both.
+    for record in tqdm(loader.records(), desc="reading + tokenizing", unit=" rec"):
         log.read += 1
         if record.error is not None:
             reason, _, detail = record.error.partition(": ")
@@ -99,33 +100,7 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
 
 def _batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[dict[str, list[str]]]:
     while chunk := list(islice(rows, size)):
-        yield {name: [row[name] for row in chunk] for name in _RAW}
-
-
-def _read(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
-          work: Path) -> list[Path]:
-    """Stream the accepted conversations into Arrow files of about ``_CHUNK_CHARS`` of
-    conversation text each (see ``_encode``).
-
-    Memory holds one batch of ``_READ_BATCH`` rows; datasets' column-wise ``write_batch``
-    costs far less per record than ``Dataset.from_generator``'s per-example encoding.
-    """
-    rows = _raw_rows(loader, data, log, seen)
-    chunks: list[Path] = []
-    while True:
-        path = work / f"raw-{uuid.uuid4().hex}.arrow"
-        chars = 0
-        with ArrowWriter(features=_RAW, path=str(path)) as writer:
-            for batch in _batches(rows, _READ_BATCH):
-                writer.write_batch(batch)
-                chars += sum(map(len, batch["messages"]))
-                if chars >= _CHUNK_CHARS:
-                    break
-            writer.finalize()
-        if chars or not chunks:
-            chunks.append(path)
-        if chars < _CHUNK_CHARS:
-            return chunks
+        yield {name: [row[name] for row in chunk] for name in ("messages", "source", "stratum")}
 
 
 # --- templating -----------------------------------------------------------------------
@@ -135,11 +110,17 @@ def _list_array(rows: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows))
 
 
-def _encode_batch(batch: dict[str, list], template: ChatTemplate, tokenizer: Any,
-                  data: DataConfig) -> pa.Table:
-    """Template and tokenize one batch; returns Arrow columns built from flat numpy arrays
-    (converting per-token Python lists to Arrow one by one would cost as much as
-    tokenizing)."""
+Drop = tuple[str, str, str]  # reason, location, detail
+
+
+def _encode_batch(batch: dict[str, list[str]], template: ChatTemplate, tokenizer: Any,
+                  data: DataConfig) -> tuple[pa.Table, dict[str, np.ndarray], list[Drop]]:
+    """Template and tokenize one batch: the kept samples as an Arrow table, their small
+    per-sample columns (lengths, flags), and the drops in order.
+
+    The Arrow columns are built from flat numpy arrays: converting per-token Python lists
+    to Arrow one by one would cost as much as tokenizing.
+    """
     options = {"train_on": data.train_on, "train_on_inputs": data.train_on_inputs}
     conversations = [json.loads(m) for m in batch["messages"]]
 
@@ -155,11 +136,10 @@ def _encode_batch(batch: dict[str, list], template: ChatTemplate, tokenizer: Any
                 encoded.append(encode_one(messages))
             except UnrenderableConversation as err:
                 encoded.append(err)
-    ids_rows, trainable_rows = [], []
-    columns: dict[str, list] = {"messages": [], "drop": [], "detail": [], "truncated": []}
+    kept: list[int] = []
+    ids_rows, trainable_rows, texts, truncated_rows = [], [], [], []
+    drops: list[Drop] = []
     for i, (messages, enc) in enumerate(zip(conversations, encoded, strict=True)):
-        drop = detail = ""
-        truncated = False
         try:
             if isinstance(enc, UnrenderableConversation):
                 raise RecordError("unrenderable", str(enc))
@@ -167,16 +147,15 @@ def _encode_batch(batch: dict[str, list], template: ChatTemplate, tokenizer: Any
                                            data.max_length, data.length_strategy)
             if not any(enc.trainable):
                 raise RecordError("no_trainable_tokens", "no token of this sample is trained")
-            ids, trainable = enc.input_ids, enc.trainable
         except RecordError as err:
-            drop, detail, ids, trainable = err.reason, err.detail, [], []
-        ids_rows.append(ids)
-        trainable_rows.append(trainable)
-        columns["messages"].append(json.dumps(messages, ensure_ascii=False) if truncated
-                                   else batch["messages"][i])
-        columns["drop"].append(drop)
-        columns["detail"].append(detail)
-        columns["truncated"].append(truncated)
+            drops.append((err.reason, batch["source"][i], err.detail))
+            continue
+        kept.append(i)
+        ids_rows.append(enc.input_ids)
+        trainable_rows.append(enc.trainable)
+        texts.append(json.dumps(messages, ensure_ascii=False) if truncated
+                     else batch["messages"][i])
+        truncated_rows.append(truncated)
     lengths = np.fromiter(map(len, ids_rows), dtype=np.int32, count=len(ids_rows))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -184,55 +163,116 @@ def _encode_batch(batch: dict[str, list], template: ChatTemplate, tokenizer: Any
     ids = np.fromiter(chain.from_iterable(ids_rows), dtype=np.int32, count=total)
     trained = np.fromiter(chain.from_iterable(trainable_rows), dtype=bool, count=total)
     trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int32)])
-    arrays = {
+    table = pa.Table.from_pydict({
         "input_ids": _list_array(ids, offsets),
         "attention_mask": _list_array(np.ones(total, dtype=np.int8), offsets),
         "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
-        "messages": pa.array(columns["messages"], pa.string()),
-        "source": pa.array(batch["source"], pa.string()),
-        "stratum": pa.array(batch["stratum"], pa.string()),
-        "drop": pa.array(columns["drop"], pa.string()),
-        "detail": pa.array(columns["detail"], pa.string()),
-        "truncated": pa.array(columns["truncated"], pa.bool_()),
-        "n_tokens": pa.array(lengths),
-        "n_trainable": pa.array(trained_before[offsets[1:]] - trained_before[offsets[:-1]]),
+        "messages": pa.array(texts, pa.string()),
+        "source": pa.array([batch["source"][i] for i in kept], pa.string()),
+    }, schema=_OUTPUT.arrow_schema)
+    columns = {
+        "n_tokens": lengths,
+        "n_trainable": trained_before[offsets[1:]] - trained_before[offsets[:-1]],
+        "truncated": np.array(truncated_rows, dtype=bool),
     }
-    return pa.Table.from_pydict(arrays, schema=_ENCODED.arrow_schema)
+    if data.validation.stratify_by:
+        columns["stratum"] = np.array([batch["stratum"][i] for i in kept], dtype=object)
+    return table, columns, drops
 
 
-def _workers(n: int) -> int | None:
-    """Worker processes for ``n`` records; ``None`` (this process) when few."""
-    workers = min(os.cpu_count() or 1, n // _RECORDS_PER_WORKER)
-    return workers if workers > 1 else None
+class _Encoded(NamedTuple):
+    """What encoding one batch gives back: the Arrow file of its kept samples (``None``
+    when none was kept) and its size, their small per-sample columns, and the drops."""
+
+    path: str | None
+    nbytes: int
+    columns: dict[str, np.ndarray]
+    drops: list[Drop]
 
 
-def _encode(chunks: list[Path], template: ChatTemplate, tokenizer: Any, data: DataConfig,
-            log: DropLog) -> EncodedChunks:
-    """Template and tokenize; record the drops in ``log``.
+class _Encoder:
+    """Encodes one batch and writes its kept samples to an Arrow file in ``work``.
 
-    One chunk at a time, each by a fresh worker pool: a process keeps the pages of a
-    memory-mapped Arrow file it has read resident until the file is closed, so peak memory
-    follows the chunk size, not the data size.
+    Built before the worker processes fork, so they inherit the tokenizer and template
+    instead of unpickling them for every batch.
+    """
+
+    def __init__(self, template: ChatTemplate, tokenizer: Any, data: DataConfig,
+                 work: Path) -> None:
+        self.template, self.tokenizer, self.data, self.work = template, tokenizer, data, work
+
+    def __call__(self, batch: dict[str, list[str]]) -> _Encoded:
+        table, columns, drops = _encode_batch(batch, self.template, self.tokenizer, self.data)
+        if not len(table):
+            return _Encoded(None, 0, columns, drops)
+        path = str(self.work / f"encoded-{uuid.uuid4().hex}.arrow")
+        with ArrowWriter(features=_OUTPUT, path=path) as writer:
+            writer.write_table(table)
+            writer.finalize()
+        return _Encoded(path, table.nbytes, columns, drops)
+
+
+_worker_encoder: _Encoder | None = None  # set in each worker process by _start_worker
+
+
+def _start_worker(encoder: _Encoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+    # What the worker inherited (torch, transformers: a million objects) lives as long as
+    # it does; the cyclic GC need not scan it again at every full collection.
+    gc.freeze()
+
+
+def _encode_in_worker(batch: dict[str, list[str]]) -> _Encoded:
+    assert _worker_encoder is not None
+    return _worker_encoder(batch)
+
+
+def _in_order(pool: Pool, workers: int, batches: Iterator[dict[str, list[str]]]
+              ) -> Iterator[_Encoded]:
+    """The batches encoded by ``pool``, in order, with just enough of them in flight to
+    keep every worker busy: this process reads the next batches meanwhile, and memory
+    holds a few batches, not the data (``Pool.imap`` would read all input ahead)."""
+    pending: deque[AsyncResult] = deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_encode_in_worker, (batch,)))
+        if len(pending) > 2 * workers:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def _encode(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
+            encoder: _Encoder) -> EncodedChunks:
+    """Read, template and tokenize one source; record its drops in ``log``.
+
+    This process reads and validates (the only part that needs every record in one place:
+    the dedupe index) while forked workers encode the batches already read, so reading
+    costs no wall time. The drops found while encoding are kept in a file and logged after
+    reading, so ``dropped.jsonl`` and strict mode see them in the same order as a
+    read-then-encode loop would.
     """
     out = EncodedChunks(["n_tokens", "n_trainable", "truncated"]
-                        + (["stratum"] if data.validation.stratify_by else []))
-    for path in chunks:
-        raw = Dataset.from_file(str(path))
-        encoded = raw.map(
-            _encode_batch, batched=True, batch_size=1000, features=_ENCODED,
-            remove_columns=raw.column_names, num_proc=_workers(len(raw)),
-            fn_kwargs={"template": template, "tokenizer": tokenizer, "data": data},
-            new_fingerprint=uuid.uuid4().hex, desc="templating + tokenizing",
-        )
-        del raw
-        dropped = pc.not_equal(arrow_column(encoded, "drop"), "").to_numpy(
-            zero_copy_only=False)
-        if dropped.any():
-            rows = encoded.select_columns(["drop", "detail", "source"]).select(
-                np.flatnonzero(dropped))
-            for row in rows:
-                log.drop(row["drop"], row["source"], row["detail"])
-        out.add(encoded, np.flatnonzero(~dropped))
+                        + (["stratum"] if data.validation.stratify_by else []), _CHUNK_BYTES)
+    batches = _batches(_raw_rows(loader, data, log, seen), _BATCH)
+    head = list(islice(batches, 2))
+    workers = os.cpu_count() or 1
+    with ExitStack() as stack:
+        deferred = stack.enter_context(
+            tempfile.TemporaryFile("w+", encoding="utf-8", dir=encoder.work))
+        if workers > 1 and len(head) > 1:  # workers pay off once each gets a batch
+            context = multiprocessing.get_context("fork")
+            pool = stack.enter_context(context.Pool(workers, _start_worker, (encoder,)))
+            results = _in_order(pool, workers, chain(head, batches))
+        else:
+            results = map(encoder, chain(head, batches))
+        for result in results:
+            deferred.writelines(json.dumps(drop) + "\n" for drop in result.drops)
+            out.add(result.path, result.nbytes, result.columns)
+        out.end_chunk()
+        deferred.seek(0)
+        for line in deferred:
+            log.drop(*json.loads(line))
     return out
 
 
@@ -262,9 +302,6 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     val_loader = (_component(ctx, "loader", "data.validation.loader", data.validation.loader)
                   if data.validation.loader is not None else None)
     template = _component(ctx, "chat_template", "data.template", data.template)
-    # Imported here: worker processes import this module and need not load peft.
-    from lorapipe.model import load_tokenizer
-
     tokenizer = load_tokenizer(config)  # the model's own; data/tokenizer/ keeps a copy
 
     paths.data.mkdir(parents=True, exist_ok=True)
@@ -314,12 +351,12 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     seen: dict[bytes, str] = {}
     with (work / "dropped.jsonl").open("w", encoding="utf-8") as sink:
         log = DropLog(data.strict, sink)
-        kept = _encode(_read(loader, data, log, seen, work), template, tokenizer, data, log)
+        encoder = _Encoder(template, tokenizer, data, work)
+        kept = _encode(loader, data, log, seen, encoder)
         val_log = None
         if val_loader is not None:
             val_log = DropLog(data.strict, sink)
-            validation = _encode(_read(val_loader, data, val_log, seen, work), template,
-                                 tokenizer, data, val_log)
+            validation = _encode(val_loader, data, val_log, seen, encoder)
             if len(kept) == 0 or len(validation) == 0:
                 which = "data.loader" if len(kept) == 0 else "data.validation.loader"
                 raise UserError(f"{which}: no usable records after cleaning "
@@ -344,6 +381,5 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
         report["validation_source"] = val_log.as_dict()
     report["dropped_list"] = "dropped.jsonl"
 
-    output = Features({name: _ENCODED[name] for name in OUTPUT_COLUMNS})
-    write_splits(chunk_jobs(splits), paths.data, output, work)
+    write_splits(chunk_jobs(splits), paths.data, _OUTPUT, work)
     return report

@@ -1,17 +1,14 @@
-"""Loading the base model and its tokenizer, with the quantizer checked first."""
+"""Loading the base model, with the quantizer checked first."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
 from lorapipe.config import PipelineConfig
-from lorapipe.errors import ConfigError
 from lorapipe.model.dtypes import default_device, resolve_dtype
 from lorapipe.models import resolve_model_path
+from lorapipe.pretrained import load_pretrained, load_tokenizer  # noqa: F401 - re-export
 from lorapipe.registry import Registry
 
 
@@ -20,13 +17,6 @@ def quantizer_for(config: PipelineConfig, registry: Registry) -> Quantizer:
     ref = config.model.quantizer
     cls = registry.get("quantizer", ref.name, "model.quantizer.name")
     return cls(ref.options)
-
-
-def load_tokenizer(config: PipelineConfig) -> PreTrainedTokenizerBase:
-    """The base model's own tokenizer, unchanged (the data stage decides padding)."""
-    trust = config.model.trust_remote_code
-    path = resolve_model_path(config.model.name_or_path)
-    return load_pretrained(AutoTokenizer, path, {"trust_remote_code": trust})
 
 
 def load_base_model(
@@ -70,28 +60,3 @@ def keep_4bit_layout(model: PreTrainedModel) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-
-
-def load_pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
-    """``from_pretrained`` with the user's mistakes turned into one clear line."""
-    try:
-        return auto.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise ConfigError(
-            "model.name_or_path",
-            f"cannot load '{path}': {_first_line(err)}. Give a local Hugging Face model "
-            "directory, a hub id, or tiny-llama",
-        ) from None
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
-            raise ConfigError(
-                "model.trust_remote_code",
-                f"'{path}' ships its own model code; set model.trust_remote_code: true "
-                "only if you trust its author",
-            ) from None
-        raise
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

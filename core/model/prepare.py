@@ -11,15 +11,16 @@ CHECKPOINTING_KWARGS = {"use_reentrant": False}
 def enable_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in backward instead of storing them.
 
-    Input gradients are switched on too: with every base weight frozen, a checkpointed
-    block whose input needs no grad would otherwise not be recomputed for the adapters.
+    Non-reentrant checkpointing recomputes a block for the adapters inside it even when
+    its input needs no gradient, so the embedding output is left without one (the
+    reentrant kind needs ``enable_input_require_grads``, which costs a backward through
+    the first block's frozen input projections).
     """
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x
     if enable is not None:
         enable(activation_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
-    model.enable_input_require_grads()
 
 
 def freeze(model: PreTrainedModel) -> None:

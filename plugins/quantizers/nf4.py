@@ -92,15 +92,12 @@ class Nf4Quantizer(Quantizer):
 
         from lorapipe.model.prepare import CHECKPOINTING_KWARGS
 
-        model = prepare_model_for_kbit_training(
+        # Non-reentrant: no input gradients needed (see enable_checkpointing)
+        return prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
-        if gradient_checkpointing:
-            # peft skips this for non-reentrant checkpointing; see enable_checkpointing
-            model.enable_input_require_grads()
-        return model
 
     def weight_bytes(self, quantizable: int, other: int, dtype: Any) -> int:
         double = self.options.double_quant

@@ -10,9 +10,9 @@ than masked by guesswork.
 
 Speed: a conversation with ``k`` trained turns needs up to ``2k + 1`` renders. Through
 ``apply_chat_template`` each render pays input normalisation and bookkeeping that cost
-more than the render itself, so we render with the template transformers compiled (same
-sandbox, filters and globals, hence the same text; tests pin that) and tokenize the
-batch in one call to the Rust tokenizer.
+more than the render itself, so we render with the template transformers compiled, its
+globals merged into the variables once (same sandbox, filters and globals, hence the same
+text; tests pin that), and tokenize the batch in one call to the Rust tokenizer.
 """
 
 from __future__ import annotations
@@ -42,13 +42,19 @@ class _Renderer:
     def __init__(self, tokenizer: Any) -> None:
         # get_chat_template picks "default" when a tokenizer ships several named templates
         self.template: Template = _compile_jinja_template(tokenizer.get_chat_template())
-        self.variables = {"tools": None, "documents": None, **tokenizer.special_tokens_map}
+        # What render() puts in each context, merged once: render() merges the template's
+        # globals (a ChainMap, slow per key) into a new dict at every call.
+        self.variables = {**self.template.globals, "tools": None, "documents": None,
+                          **tokenizer.special_tokens_map}
 
     def __call__(self, messages: Conversation, add_generation_prompt: bool) -> str:
+        context = self.template.new_context(
+            {**self.variables, "messages": messages,
+             "add_generation_prompt": add_generation_prompt},
+            shared=True,  # the variables already hold the globals
+        )
         try:
-            return self.template.render(messages=messages,
-                                        add_generation_prompt=add_generation_prompt,
-                                        **self.variables)
+            return self.template.environment.concat(self.template.root_render_func(context))
         except TemplateError as err:  # e.g. raise_exception('roles must alternate')
             raise UnrenderableConversation(f"the chat template refused it: {err}") from None
 
@@ -130,12 +136,13 @@ class TokenizerTemplate(ChatTemplate):
         encodings = backend.encode_batch([text for text, _ in rendered], add_special_tokens=False)
         out = []
         for encoding, (_, spans) in zip(encodings, rendered, strict=True):
-            trainable = [train_on_inputs] * len(encoding.ids)
+            ids = encoding.ids  # a new Python list at each access
+            trainable = [train_on_inputs] * len(ids)
             if not train_on_inputs:
                 for start, end in spans:
-                    first, stop = token_range(encoding, start, end)
+                    first, stop = token_range(encoding, start, end, len(ids))
                     trainable[first:stop] = [True] * (stop - first)
-            out.append(EncodedConversation(encoding.ids, trainable))
+            out.append(EncodedConversation(ids, trainable))
         return out
 
     def generation_prompt(self, messages: Conversation, tokenizer: Any) -> list[int]:

@@ -4,6 +4,8 @@ length strategies and the output contract."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,23 +174,36 @@ def test_second_run_reuses_and_changes_redo(tmp_path: Path, prepare: Any) -> Non
 
 def test_chunked_reading_gives_the_same_result(tmp_path: Path, prepare: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Big inputs are read, encoded and written in chunks (bounded memory) by worker
-    processes; chunk and worker boundaries must not change a sample, drop or count."""
+    """Big inputs are encoded batch by batch by worker processes while this process reads
+    on, and written in chunks (bounded memory); batch, chunk and worker boundaries must not
+    change a sample, a drop, its place in dropped.jsonl, or a count."""
     data = tmp_path / "mixed.jsonl"
-    write_mixed(data)  # the duplicate's original and the bad lines land in other chunks
-    _, whole = prepare(data, output="whole")
-    monkeypatch.setattr(prepare_module, "_READ_BATCH", 4)
-    monkeypatch.setattr(prepare_module, "_CHUNK_CHARS", 2000)  # ~12 records a chunk
-    monkeypatch.setattr(prepare_module, "_RECORDS_PER_WORKER", 5)  # 2 workers per chunk
+    write_mixed(data)  # the duplicate's original and the bad lines land in other batches
+    # ~1/3 of the records are too long: dropped by the workers, after reading
+    _, whole = prepare(data, output="whole", max_length=72)
+    monkeypatch.setattr(prepare_module, "_BATCH", 4)
+    monkeypatch.setattr(prepare_module, "_CHUNK_BYTES", 6000)  # a few batches a chunk
     monkeypatch.setattr(chunks_module, "SAVE_IN_PROCESS_BYTES", 4096)  # save by workers
-    _, chunked = prepare(data, output="chunked")
+    _, chunked = prepare(data, output="chunked", max_length=72)
     assert len(list((chunked / "data" / "train").glob("data-*.arrow"))) > 1  # by workers
     for split in ("train", "validation"):
         assert (load_from_disk(str(chunked / "data" / split)).to_dict()
                 == load_from_disk(str(whole / "data" / split)).to_dict())
     drop_lists = [(out / "data" / "dropped.jsonl").read_text() for out in (whole, chunked)]
     assert drop_lists[0] == drop_lists[1]
+    reasons = [json.loads(line)["reason"] for line in drop_lists[0].splitlines()]
+    assert reasons.count("too_long") > 5
+    assert reasons[-reasons.count("too_long"):] == ["too_long"] * reasons.count("too_long")
     reports = [read_report(out) for out in (whole, chunked)]
     for report in reports:
         report.pop("fingerprint")
     assert reports[0] == reports[1]
+
+
+def test_prepare_does_not_import_peft() -> None:
+    """The stage needs the tokenizer only; peft and bitsandbytes take seconds to import."""
+    code = ("import sys, lorapipe.data.prepare; "
+            "print(sorted({'peft', 'bitsandbytes'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

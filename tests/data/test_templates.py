@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lorapipe.components import UnrenderableConversation
-from lorapipe.data.masking import trained_text
+from lorapipe.data.masking import token_range, trained_text
 from lorapipe.errors import UserError
 from lorapipe.plugins.templates.llama import Llama2Template, Llama3Template
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
@@ -158,8 +158,9 @@ def test_direct_rendering_matches_apply_chat_template(chat_template: str | None,
 def test_token_spans_match_character_overlap(chat_template: str | None,
                                              messages: list[dict[str, str]],
                                              tokenizer: Any) -> None:
-    """The mask bisects token offsets; it must train exactly the tokens whose characters
-    overlap a reply's span, also where one character's bytes are split over tokens."""
+    """The mask maps spans through token offsets; it must train exactly the tokens whose
+    characters overlap a reply's span, also where one character's bytes are split over
+    tokens."""
     tok = _with_template(tokenizer, chat_template)
     full = tok.apply_chat_template(messages, tokenize=False)
     spans = []
@@ -182,3 +183,17 @@ def test_a_template_error_makes_the_conversation_unrenderable(tokenizer: Any) ->
     two_users = [SINGLE[0], SINGLE[0], SINGLE[1]]
     with pytest.raises(UnrenderableConversation, match="roles must alternate"):
         TokenizerTemplate().encode(two_users, _with_template(tokenizer, STRICT))
+
+
+def test_token_range_is_the_tokens_overlapping_the_span(tokenizer: Any) -> None:
+    """token_range starts from the tokens holding a span's first and last characters; it
+    must give exactly the tokens whose offsets overlap the span, also where one
+    character's bytes are split over several tokens."""
+    text = "naïve 😀🎉 café ✓<|eot_id|>日本 👩‍👩‍👧!"
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    offsets, n = encoding.offsets, len(encoding.ids)
+    assert n > len(text) // 2
+    for start in range(len(text)):
+        for end in range(start + 1, len(text) + 1):
+            overlap = [t for t, (s, e) in enumerate(offsets) if s < end and e > start]
+            assert token_range(encoding, start, end, n) == (overlap[0], overlap[-1] + 1)
