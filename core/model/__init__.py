@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from lorapipe.model.adapters import build_trainable_model, lora_config
 from lorapipe.model.dtypes import default_device, resolve_dtype
-from lorapipe.model.loading import load_base_model, load_tokenizer, quantizer_for
+from lorapipe.model.loading import load_base_model, quantizer_for
 from lorapipe.model.memory import estimate_memory, memory_snapshot, record_memory
 from lorapipe.model.targets import adaptable_modules, select_targets
+from lorapipe.pretrained import load_tokenizer
 
 __all__ = [
     "adaptable_modules",

@@ -14,7 +14,7 @@ from lorapipe.atomic import atomic_write_json
 from lorapipe.config import PipelineConfig
 from lorapipe.context import RunContext
 from lorapipe.model.dtypes import default_device, dtype_name, resolve_dtype
-from lorapipe.model.loading import load_base_model, load_pretrained, quantizer_for
+from lorapipe.model.loading import load_base_model, quantizer_for
 from lorapipe.model.memory import estimate_memory, format_bytes, memory_snapshot, print_estimate
 from lorapipe.model.targets import (
     ChosenTargets,
@@ -23,6 +23,7 @@ from lorapipe.model.targets import (
     targets_are_transposed,
 )
 from lorapipe.models import resolve_model_path
+from lorapipe.pretrained import load_pretrained
 
 console = Console(highlight=False)
 

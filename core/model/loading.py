@@ -8,7 +8,7 @@ from lorapipe.components import Quantizer
 from lorapipe.config import PipelineConfig
 from lorapipe.model.dtypes import default_device, resolve_dtype
 from lorapipe.models import resolve_model_path
-from lorapipe.pretrained import load_pretrained, load_tokenizer  # noqa: F401 - re-export
+from lorapipe.pretrained import load_pretrained
 from lorapipe.registry import Registry
 
 
