@@ -1,11 +1,14 @@
 """Real (non-pad) trained tokens/s of lorapipe's loop vs TRL's SFTTrainer, same work.
 
-Run:  python tests/bench/train_throughput.py [--steps 30] [--rows 600]
+Run:  python tests/bench/train_throughput.py [--steps 30] [--rows 600] [--vocab-size N]
           [--gradient-checkpointing | --no-gradient-checkpointing]
 
 Both train the same randomly initialised Llama (~4× the hidden size of tiny-llama, 6
-layers) with the same LoRA config, effective batch (micro 4 × accumulation 2 packed rows
-of up to max_length tokens), optimizer steps, precision (fp32) and learning rate, each
+layers, a 32,000-token vocabulary like Llama 2's or Mistral's: the output head's share of
+the work and memory is then the one a real model has, which tiny-llama's 2,048 tokens
+would hide; ``--vocab-size 2048`` measures that case) with the same LoRA config,
+effective batch (micro 4 × accumulation 2 packed rows of up to max_length tokens),
+optimizer steps, precision (fp32) and learning rate, each
 with its best batching option: packing (lorapipe: worst-fit-decreasing rows with
 per-example position ids; TRL: ``packing=True``, best-fit-decreasing, padding-free). Each
 runs in its own process so peak RSS is its own. Tokens/s counts real input tokens of the
@@ -38,8 +41,9 @@ LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
             task_type="CAUSAL_LM")
 
 
-def build(workdir: Path, rows: int) -> None:
-    """The model (random, seeded) and a pre-tokenized dataset with masked prompts."""
+def build(workdir: Path, rows: int, vocab_size: int) -> None:
+    """The model (random, seeded; embedding and output head of ``vocab_size`` rows) and a
+    pre-tokenized dataset with masked prompts (ids from tiny-llama's range)."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -48,9 +52,10 @@ def build(workdir: Path, rows: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1376,
-                         num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(vocab_size=max(vocab_size, len(tokenizer)), hidden_size=512,
+                         intermediate_size=1376, num_hidden_layers=6, num_attention_heads=8,
+                         num_key_value_heads=4, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(workdir / "model")
     tokenizer.save_pretrained(workdir / "model")
     rng = np.random.default_rng(0)
@@ -136,6 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--vocab-size", type=int, default=32_000,
+                        help="rows of the output head (tiny-llama's tokenizer has 2,048)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
                         default=None, help="only this setting (default: both)")
     parser.add_argument("--worker", choices=["lorapipe", "trl"])
@@ -152,7 +159,7 @@ def main() -> None:
     results: dict[tuple[str, bool], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        build(workdir, args.rows)
+        build(workdir, args.rows, args.vocab_size)
         for checkpointing in settings:
             for which in ("lorapipe", "trl"):
                 results[which, checkpointing] = run_worker(workdir, which, args.steps,
