@@ -34,16 +34,17 @@ def assemble(pieces: list[tuple[list[int], bool]], train_on_inputs: bool) -> Enc
     return EncodedConversation(input_ids, trainable)
 
 
-def token_range(encoding: Any, start: int, end: int, n: int) -> tuple[int, int]:
-    """Tokens ``[first, stop)`` of a fast-tokenizer ``Encoding`` of ``n`` tokens whose
-    characters overlap ``[start, end)``; a token that straddles a boundary counts, so no
-    character of a trained span is lost.
+def token_range(encoding: Any, start: int, end: int) -> tuple[int, int]:
+    """Tokens ``[first, stop)`` of a fast-tokenizer ``Encoding`` whose characters overlap
+    ``[start, end)``; a token that straddles a boundary counts, so no character of a
+    trained span is lost.
 
     The character offsets of one sequence never decrease from token to token (bytes of one
     character split over several tokens share its offsets), so the range is contiguous:
     the tokens holding its first and last characters, widened over neighbours that share
     them, bound it. Two bisections find it where a character is in no token.
     """
+    n = len(encoding)  # not len(encoding.ids), which copies the ids into a new list
     if start < end:
         first = encoding.char_to_token(start)
         last = encoding.char_to_token(end - 1)

@@ -140,7 +140,7 @@ class TokenizerTemplate(ChatTemplate):
             trainable = [train_on_inputs] * len(ids)
             if not train_on_inputs:
                 for start, end in spans:
-                    first, stop = token_range(encoding, start, end, len(ids))
+                    first, stop = token_range(encoding, start, end)
                     trainable[first:stop] = [True] * (stop - first)
             out.append(EncodedConversation(ids, trainable))
         return out
