@@ -1,9 +1,11 @@
-"""The run directory layout (DESIGN.md §3): a contract read by tests, users and tools."""
+"""The run directory layout (ARCHITECTURE.md): a contract read by tests, users and tools."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from lorapipe.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,13 @@ class RunPaths:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    def require_adapter(self, action: str) -> Path:
+        """``adapter/``, or a user error saying which stage makes it (``action``: what
+        needed it, e.g. "evaluate")."""
+        if not (self.adapter / "adapter_config.json").is_file():
+            raise UserError(f"{self.adapter}: no adapter to {action}; run `lorapipe train` first")
+        return self.adapter
 
     @property
     def metrics(self) -> Path:

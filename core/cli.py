@@ -73,20 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202 - returns (config, registry)
-    from lorapipe.config import load_config
-    from lorapipe.registry import get_registry
-
-    registry = get_registry()
-    return load_config(args.config, args.overrides, registry), registry
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
-    config, _ = _load(args)
+    from lorapipe.plan import load_plan
+
+    plan = load_plan(args.config, args.overrides)
     console.print(f"[green]✓[/] {args.config} is valid")
-    for kind, field, ref in config.component_refs():
-        console.print(f"  {field}: {kind.replace('_', ' ')} '{ref.name}'")
-    console.print(f"  output_dir: {config.output_dir}")
+    for component in plan.configured():
+        console.print(f"  {component.field}: {component.kind.replace('_', ' ')} "
+                      f"'{component.name}'")
+    console.print(f"  output_dir: {plan.config.output_dir}")
     return 0
 
 
@@ -143,11 +138,10 @@ def cmd_components(args: argparse.Namespace) -> int:
 def cmd_stage(args: argparse.Namespace) -> int:
     from lorapipe.context import RunContext
     from lorapipe.pipeline import run_one_stage
+    from lorapipe.plan import load_plan
 
-    config, registry = _load(args)
     ctx = RunContext(
-        config,
-        registry,
+        load_plan(args.config, args.overrides),
         resume=getattr(args, "resume", False),
         allow_config_change=getattr(args, "allow_config_change", False),
     )
@@ -158,14 +152,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from lorapipe.context import RunContext
     from lorapipe.pipeline import run_pipeline
+    from lorapipe.plan import load_plan
     from lorapipe.summary import print_run_summary
 
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
-    config, registry = _load(args)
-    ctx = RunContext(
-        config, registry, resume=args.resume, allow_config_change=args.allow_config_change
-    )
+    ctx = RunContext(load_plan(args.config, args.overrides), resume=args.resume,
+                     allow_config_change=args.allow_config_change)
     summaries = run_pipeline(ctx, overwrite=args.overwrite)
     print_run_summary(summaries, ctx.paths, console)
     return 0

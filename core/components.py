@@ -1,19 +1,37 @@
-"""Base classes of the six component kinds (DESIGN.md §2).
+"""Base classes of the six component kinds, and the typed objects components receive.
 
-A component class carries its YAML ``name`` and an ``Options`` pydantic model; the engine
-validates the user's options against ``Options`` as soon as the name is resolved, so a
-typo fails at ``lorapipe validate``. Stages instantiate a component with its validated
-options and call the methods its kind defines here.
+A component class carries its YAML ``name`` and an ``Options`` pydantic model. The run
+plan (``plan.py``) looks each configured name up once, validates the user's options
+against ``Options`` and instantiates the class with them and its YAML ``field``, so a
+typo fails at ``lorapipe validate`` and every message a component raises can name the
+field it was configured at. What a subclass must implement is marked abstract: the
+registry refuses a class that leaves one out, naming the methods.
+
+Plugin authors import these through ``lorapipe.plugin``; this module is the engine's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from lorapipe.artifacts import RunPaths
+from lorapipe.errors import ConfigError
+
+if TYPE_CHECKING:  # the heavy libraries are imported by the stages that use them
+    import torch
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Conversation = list[dict[str, str]]
+"""Canonical messages: ``{"role": "system" | "user" | "assistant", "content": str}``."""
 
 
 class Options(BaseModel):
@@ -22,30 +40,49 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Component:
+class Component(ABC):
     """Something a user picks by name in YAML."""
 
     kind: ClassVar[str]
     name: ClassVar[str]
-    Options: ClassVar[type[BaseModel]] = Options
+    Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, options: BaseModel | None = None) -> None:
+    def __init__(self, options: Options | None = None, *, field: str | None = None) -> None:
         self.options = options if options is not None else self.Options()
+        # The dotted YAML path this instance was configured at (``data.validation.loader``).
+        self.field = field or self.kind
+
+    def config_error(self, message: str, option: str | None = None) -> ConfigError:
+        """An error naming this component's YAML field (or one of its options): exit 2."""
+        return ConfigError(f"{self.field}.{option}" if option else self.field, message)
+
+
+# --- loaders --------------------------------------------------------------------------
+
+
+class RecordError(ValueError):
+    """A record that cannot become a training example; ``reason`` is its report key
+    (``malformed_json``, ``wrong_type`` ...), ``detail`` says what is wrong with it."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 @dataclass(frozen=True)
 class RawRecord:
     """One record as a loader read it: the parsed object, or why it could not be parsed.
 
-    ``location`` is what a user needs to find it again (``path:line``, ``path:row 7``).
-    ``error`` is ``"<reason>: <detail>"``; the reason (e.g. ``malformed_json``) is the key
-    the record is counted under in ``data/report.json``.
+    ``location`` is what a user needs to find it again (``path:line``, ``path:row 7``);
+    an unreadable record carries a ``RecordError`` and is counted under its reason in
+    ``data/report.json``.
     """
 
     source: str
     location: str
     data: dict[str, Any] | None = None
-    error: str | None = None
+    error: RecordError | None = None
 
 
 class Loader(Component):
@@ -53,13 +90,19 @@ class Loader(Component):
 
     kind = "loader"
 
+    @abstractmethod
     def records(self) -> Iterator[RawRecord]:
-        raise NotImplementedError
+        """Every record of the source in order; a bad one as a ``RawRecord`` with an
+        ``error``, never by raising (a source that cannot be read at all raises
+        ``self.config_error(...)``)."""
 
     def fingerprint(self) -> str | None:
         """A hash of everything ``records`` would read, so ``prepare`` can reuse its last
         result; ``None`` (the default) means "cannot tell", and the data is always re-read."""
         return None
+
+
+# --- chat templates -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -83,27 +126,27 @@ class ChatTemplate(Component):
     ``train_on`` picks the assistant turns whose content and closing end-of-turn token(s)
     are trainable (``all_assistant`` or ``last_assistant``); ``train_on_inputs`` makes every
     token trainable. A template whose structure cannot give a reliable mask raises
-    ``UserError`` naming itself; one conversation it cannot render raises
+    ``self.config_error(...)``; one conversation it cannot render raises
     ``UnrenderableConversation``.
     """
 
     kind = "chat_template"
 
+    @abstractmethod
     def encode_batch(
         self,
-        conversations: list[list[dict[str, str]]],
-        tokenizer: Any,
+        conversations: list[Conversation],
+        tokenizer: PreTrainedTokenizerBase,
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
     ) -> list[EncodedConversation]:
         """Encode many conversations at once: tokenizing in batches is what makes it fast."""
-        raise NotImplementedError
 
     def encode(
         self,
-        messages: list[dict[str, str]],
-        tokenizer: Any,
+        messages: Conversation,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
@@ -112,9 +155,14 @@ class ChatTemplate(Component):
             [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
         )[0]
 
-    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    @abstractmethod
+    def generation_prompt(
+        self, messages: Conversation, tokenizer: PreTrainedTokenizerBase
+    ) -> list[int]:
         """Token ids of the conversation followed by the prompt that starts a reply."""
-        raise NotImplementedError
+
+
+# --- target detectors -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -128,15 +176,23 @@ class TargetSelection:
 class TargetDetector(Component):
     """Names the modules of a model that get LoRA adapters.
 
-    Detectors are asked in ascending ``priority`` until one answers; ``detect`` returns
-    ``None`` for a model it does not recognise. Generic fallbacks use a high priority.
+    Unless ``adapter.target_detector`` names one, detectors are asked in ascending
+    ``priority`` until one answers; generic fallbacks use a high priority. In that
+    automatic mode a detector is built with its default options, so one whose options
+    have required fields is only used when named.
     """
 
     kind = "target_detector"
     priority: ClassVar[int] = 100
 
-    def detect(self, model: Any) -> TargetSelection | None:
-        raise NotImplementedError
+    @abstractmethod
+    def detect(self, model: torch.nn.Module) -> TargetSelection | None:
+        """The targets for ``model``, or ``None`` for a model this detector does not
+        recognise. ``model`` may be weightless (on the ``meta`` device): look at module
+        names and types, not at weights."""
+
+
+# --- quantizers -----------------------------------------------------------------------
 
 
 class Quantizer(Component):
@@ -144,26 +200,83 @@ class Quantizer(Component):
 
     kind = "quantizer"
 
+    @property
+    @abstractmethod
+    def quantized(self) -> bool:
+        """Whether the loaded linear weights differ from the checkpoint's (rounded to
+        fewer bits). Merging then reloads the base without this quantizer, and reports how
+        far the merged model is from the quantized one that was trained."""
+
+    @abstractmethod
+    def storage_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the frozen linear weights are stored in for a base loaded in ``dtype``."""
+
     def check_available(self, device: str) -> None:
-        """Raise ``UserError`` if this quantizer cannot run on ``device``; called before any
-        weight is loaded, so a bad choice fails in seconds, not after a long download."""
+        """Raise ``self.config_error(...)`` if this quantizer cannot run on ``device``;
+        called before any weight is loaded, so a bad choice fails in seconds."""
 
-    def from_pretrained_kwargs(self, dtype: Any, device: str) -> dict[str, Any]:
+    @abstractmethod
+    def from_pretrained_kwargs(self, dtype: torch.dtype, device: str) -> dict[str, Any]:
         """Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` (``dtype`` included)."""
-        raise NotImplementedError
 
-    def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
+    @abstractmethod
+    def prepare_for_training(
+        self, model: PreTrainedModel, *, gradient_checkpointing: bool
+    ) -> PreTrainedModel:
         """Freeze the base and set it up for adapter training; returns the model."""
-        raise NotImplementedError
 
-    def weight_bytes(self, quantizable: int, other: int, dtype: Any) -> int:
+    @abstractmethod
+    def weight_bytes(self, quantizable: int, other: int, dtype: torch.dtype) -> int:
         """Bytes the loaded, prepared base takes: ``quantizable`` parameters of linear
         layers, ``other`` parameters (embeddings, head, norms) — for the memory estimate."""
-        raise NotImplementedError
 
-    def activation_dtype(self, dtype: Any) -> Any:
+    def activation_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype hidden states are kept in while training a base loaded in ``dtype``."""
         return dtype
+
+
+# --- evaluators -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a component may know about the run it is part of."""
+
+    paths: RunPaths  # the run directory's layout (read it; write only under your own dir)
+    base_model: str  # model.name_or_path
+    config_hash: str  # hash of the resolved config, as in run.json
+    quantizer: str  # name of the quantizer training used
+
+
+@dataclass
+class EvalContext:
+    """What an evaluator scores: the fine-tuned model (a ``PeftModel``), its tokenizer and
+    chat template, the held-out set (columns input_ids, attention_mask, labels, messages,
+    source), and where it may write files.
+
+    The base model is the same object with the adapter switched off (``base()``), so only
+    one copy of the weights is ever in memory. ``shared`` lives as long as one evaluation
+    and is shared by all evaluators, for work several of them need (generated replies).
+    """
+
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    template: ChatTemplate
+    dataset: Dataset
+    pad_token_id: int
+    output_dir: Path | None = None  # eval/ of the run; None outside a run
+    run: RunInfo | None = None
+    shared: dict[Any, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def base(self) -> Iterator[Any]:
+        """The model with every adapter disabled, for the base-model score."""
+        with self.model.disable_adapter():
+            yield self.model
+
+    def conversations(self) -> list[Conversation]:
+        """The held-out conversations as message lists (stored as JSON strings)."""
+        return [json.loads(text) for text in self.dataset["messages"]]
 
 
 class Evaluator(Component):
@@ -171,14 +284,14 @@ class Evaluator(Component):
 
     kind = "evaluator"
 
-    def evaluate(self, context: Any) -> dict[str, Any]:
-        """Score ``context`` (a ``lorapipe.evaluate.EvalContext``).
+    @abstractmethod
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
+        """Return ``{"base": {...}, "finetuned": {...}, "change": {...}}`` (metric →
+        number) plus any extra JSON-able detail; it becomes this evaluator's entry in
+        ``eval/report.json``. Files go under ``context.output_dir / self.name``."""
 
-        Return ``{"base": {...}, "finetuned": {...}, "change": {...}}`` (metric → number)
-        plus any extra JSON-able detail; it becomes this evaluator's entry in
-        ``eval/report.json``.
-        """
-        raise NotImplementedError
+
+# --- exporters ------------------------------------------------------------------------
 
 
 class Exporter(Component):
@@ -187,14 +300,15 @@ class Exporter(Component):
     kind = "exporter"
 
     def check(self, model_dir: Path) -> None:
-        """Raise ``UserError`` if this exporter cannot handle the model; no work done yet."""
+        """Raise ``self.config_error(...)`` if this exporter cannot handle the model in
+        ``model_dir`` (the base before training, ``merged/`` before export); no work yet."""
 
-    def export(self, merged_dir: Path, out_dir: Path, context: Any) -> list[Path]:
+    @abstractmethod
+    def export(self, merged_dir: Path, out_dir: Path, run: RunInfo | None) -> list[Path]:
         """Write the artifacts into ``out_dir`` and return their paths.
 
-        ``context`` is the ``RunContext`` (for provenance), or ``None`` outside a run.
+        ``run`` says where the weights came from (for provenance); ``None`` outside a run.
         """
-        raise NotImplementedError
 
 
 KINDS: dict[str, type[Component]] = {

@@ -1,16 +1,14 @@
 """The pipeline config: pydantic models per section, loading, overrides and resolution.
 
-Validation happens in two passes. Pydantic checks the structure and every value's type
-and range; then each component reference (``{name: jsonl, path: ...}``) is resolved in
-the registry and its remaining keys are validated against that plugin's ``Options``.
+Pydantic checks the structure and every value's type and range; a component reference
+(``{name: jsonl, path: ...}``) keeps its plugin's options unchecked here, because only
+the plugin knows them: ``plan.py`` resolves each reference and validates its options.
 Every failure becomes a ``ConfigError`` naming the dotted YAML field.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,14 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from lorapipe.errors import ConfigError
-from lorapipe.registry import Registry
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -46,7 +42,6 @@ class ComponentRef(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
-    _options: BaseModel | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -57,17 +52,6 @@ class ComponentRef(BaseModel):
     def raw_options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    @property
-    def options(self) -> BaseModel:
-        """The plugin's validated ``Options``; available once the config is resolved."""
-        if self._options is None:
-            raise RuntimeError(f"component '{self.name}' has not been resolved")
-        return self._options
-
-    def resolved_dict(self) -> dict[str, Any]:
-        if self._options is None:
-            return {"name": self.name, **self.raw_options}
-        return {"name": self.name, **self._options.model_dump(mode="json")}
 
 
 class ModelConfig(Section):
@@ -202,51 +186,6 @@ class PipelineConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     output_dir: Annotated[str, Field(min_length=1)]
 
-    def component_refs(self) -> list[tuple[str, str, ComponentRef]]:
-        """Every component reference as (kind, dotted YAML field, ref)."""
-        refs = [
-            ("quantizer", "model.quantizer", self.model.quantizer),
-            ("loader", "data.loader", self.data.loader),
-            ("chat_template", "data.template", self.data.template),
-        ]
-        if self.adapter.target_detector is not None:
-            refs.append(
-                ("target_detector", "adapter.target_detector", self.adapter.target_detector)
-            )
-        if self.data.validation.loader is not None:
-            refs.append(("loader", "data.validation.loader", self.data.validation.loader))
-        refs += [
-            ("evaluator", f"evaluate.evaluators.{i}", ref)
-            for i, ref in enumerate(self.evaluate.evaluators)
-        ]
-        refs += [
-            ("exporter", f"export.exporters.{i}", ref)
-            for i, ref in enumerate(self.export.exporters)
-        ]
-        return refs
-
-    def resolved_dict(self) -> dict[str, Any]:
-        """The config with every default and every plugin option filled in."""
-        data = self.model_dump(mode="json")
-        for _kind, field, ref in self.component_refs():
-            _set_path(data, field.split("."), ref.resolved_dict())
-        return data
-
-    def hash(self) -> str:
-        """Stable hash of the resolved config, recorded in run.json and checkpoints."""
-        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _set_path(data: Any, keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        data = data[int(key)] if isinstance(data, list) else data[key]
-    last = keys[-1]
-    if isinstance(data, list):
-        data[int(last)] = value
-    else:
-        data[last] = value
-
 
 # --- loading --------------------------------------------------------------------------
 
@@ -304,43 +243,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(
-    path: str | Path, overrides: list[str] | None = None, registry: Registry | None = None
-) -> PipelineConfig:
-    """Read, override, validate and resolve a pipeline config."""
-    data = apply_overrides(read_yaml(Path(path)), overrides or [])
-    return validate_config(data, registry)
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline config (plugin options: see ``plan.py``)."""
+    return validate_config(apply_overrides(read_yaml(Path(path)), overrides or []))
 
 
-def validate_config(data: dict[str, Any], registry: Registry | None = None) -> PipelineConfig:
+def validate_config(data: dict[str, Any]) -> PipelineConfig:
     try:
-        config = PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data)
     except ValidationError as err:
-        raise _config_error(err, PipelineConfig) from None
-    if registry is None:
-        from lorapipe.registry import get_registry
-
-        registry = get_registry()
-    for kind, field, ref in config.component_refs():
-        resolve_component(registry, kind, field, ref)
-    return config
-
-
-def resolve_component(registry: Registry, kind: str, field: str, ref: ComponentRef) -> None:
-    """Look ``ref`` up and validate its options against the plugin's ``Options``."""
-    cls = registry.get(kind, ref.name, f"{field}.name")
-    try:
-        ref._options = cls.Options.model_validate(ref.raw_options)
-    except ValidationError as err:
-        raise _config_error(
-            err, cls.Options, prefix=field, owner=f"{kind.replace('_', ' ')} '{ref.name}'"
-        ) from None
+        raise config_error(err, PipelineConfig) from None
 
 
 # --- error messages -------------------------------------------------------------------
 
 
-def _config_error(
+def config_error(
     err: ValidationError, model: type[BaseModel], prefix: str = "", owner: str | None = None
 ) -> ConfigError:
     """The first pydantic error as one line naming the field, with a did-you-mean."""
@@ -398,7 +316,3 @@ def _did_you_mean(name: str, known: list[str]) -> str:
         return f"Did you mean '{close[0]}'?"
     return f"Valid keys: {', '.join(known)}." if known else "Remove it."
 
-
-def dump_resolved(config: PipelineConfig) -> str:
-    """The resolved config as YAML, for ``config.resolved.yaml``."""
-    return yaml.safe_dump(config.resolved_dict(), sort_keys=False)

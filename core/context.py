@@ -1,22 +1,55 @@
-"""What every stage receives: the resolved config, the registry and the run's paths."""
+"""What every stage receives: the run plan, the run's paths, and how the run was started."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorapipe.artifacts import RunPaths
+from lorapipe.components import RunInfo
 from lorapipe.config import PipelineConfig
-from lorapipe.registry import Registry
+from lorapipe.plan import RunPlan
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class RunContext:
-    config: PipelineConfig
-    registry: Registry
+    plan: RunPlan
     resume: bool = False
     allow_config_change: bool = False
 
     @property
+    def config(self) -> PipelineConfig:
+        return self.plan.config
+
+    @cached_property
     def paths(self) -> RunPaths:
         return RunPaths(Path(self.config.output_dir))
+
+    @cached_property
+    def config_hash(self) -> str:
+        return self.plan.config_hash()
+
+    @cached_property
+    def device(self) -> str:
+        """The device this process trains and evaluates on."""
+        from lorapipe.model.dtypes import default_device
+
+        return default_device()
+
+    @cached_property
+    def dtype(self) -> torch.dtype:
+        """``model.dtype`` resolved for ``device`` (``auto``: bf16 where the hardware has it)."""
+        from lorapipe.model.dtypes import resolve_dtype
+
+        return resolve_dtype(self.config.model.dtype, device=self.device)
+
+    @cached_property
+    def run_info(self) -> RunInfo:
+        """What components may know about this run (provenance, where to write)."""
+        return RunInfo(paths=self.paths, base_model=self.config.model.name_or_path,
+                       config_hash=self.config_hash, quantizer=self.plan.quantizer.name)

@@ -1,4 +1,4 @@
-"""Errors that end a command, split by whose fault they are (DESIGN.md §3 exit codes)."""
+"""Errors that end a command, split by whose fault they are (ARCHITECTURE.md, "Errors")."""
 
 
 class UserError(Exception):

@@ -1,4 +1,4 @@
-"""Runs stages in order and records them in run.json (DESIGN.md §3).
+"""Runs stages in order and records them in run.json (ARCHITECTURE.md, "The run directory").
 
 Stages talk only through files in ``output_dir``, so each one can run alone
 (``lorapipe train``) or as part of ``lorapipe run``, which skips the ones run.json marks
@@ -18,7 +18,6 @@ from typing import Any
 
 from lorapipe import __version__
 from lorapipe.atomic import atomic_write_json, atomic_write_text
-from lorapipe.config import dump_resolved
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.models import resolve_model_path
@@ -58,14 +57,14 @@ def _read_run_json(ctx: RunContext) -> dict[str, Any]:
 
 
 def _write_run_json(ctx: RunContext, record: dict[str, Any]) -> None:
-    record.update(config_hash=ctx.config.hash(), versions=_versions())
+    record.update(config_hash=ctx.config_hash, versions=_versions())
     atomic_write_json(ctx.paths.run_json, record)
 
 
 def start_run_dir(ctx: RunContext) -> None:
     """Create ``output_dir`` and write the resolved config every stage reads."""
     ctx.paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ctx.paths.resolved_config, dump_resolved(ctx.config))
+    atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
 
 
 def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
@@ -99,9 +98,8 @@ def check_exporters(ctx: RunContext) -> None:
     model_dir = Path(resolve_model_path(ctx.config.model.name_or_path))
     if not model_dir.is_dir():
         return  # a hub id: the exporter checks merged/ before it writes anything
-    for index, ref in enumerate(ctx.config.export.exporters):
-        exporter = ctx.registry.get("exporter", ref.name, f"export.exporters.{index}.name")
-        exporter(ref.options).check(model_dir)
+    for exporter in ctx.plan.exporters:
+        exporter.check(model_dir)
 
 
 def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str, Any]]:
@@ -117,7 +115,7 @@ def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str
                 f"output_dir {root} already holds a run; pass --resume to continue it "
                 "or --overwrite to start again"
             )
-        elif record.get("config_hash") != ctx.config.hash() and not ctx.allow_config_change:
+        elif record.get("config_hash") != ctx.config_hash and not ctx.allow_config_change:
             raise UserError(
                 f"the config differs from the one {root} was run with "
                 f"(see {ctx.paths.resolved_config}); pass --allow-config-change to "

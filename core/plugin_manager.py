@@ -1,6 +1,6 @@
 """Builds the plugin manager: hook specs + plugin modules found through entry points.
 
-Named ``plugin_manager`` (DESIGN.md says ``plugins``) because ``lorapipe.plugins`` is the
+Named ``plugin_manager``, not ``plugins``, because ``lorapipe.plugins`` is the
 built-ins package; one import name cannot be both.
 
 Discovery goes entry point (group ``lorapipe.plugins``) → stevedore (imports the module,

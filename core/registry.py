@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from lorapipe.components import KINDS, Component
@@ -62,7 +63,13 @@ class Registry:
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise UserError(
                     f"{provider} registered {cls!r} as a {kind}, "
-                    f"but it is not a subclass of lorapipe.components.{base.__name__}"
+                    f"but it is not a subclass of lorapipe.plugin.{base.__name__}"
+                )
+            if inspect.isabstract(cls):
+                missing = ", ".join(sorted(cls.__abstractmethods__))
+                raise UserError(
+                    f"{provider} registered {cls.__name__} as a {kind}, but it does not "
+                    f"implement {missing} (see lorapipe.plugin.{base.__name__})"
                 )
             name = getattr(cls, "name", None)
             if not isinstance(name, str) or not name:

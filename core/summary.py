@@ -68,8 +68,12 @@ def _train_line(summary: dict[str, Any], _paths: RunPaths) -> str:
 
 
 def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
+    if "note" in summary:  # nothing configured
+        return summary["note"]
     parts = []
     for evaluator, scores in summary.items():
+        if not isinstance(scores, dict):
+            continue
         base, tuned = scores.get("base"), scores.get("finetuned")
         if not isinstance(base, dict) or not isinstance(tuned, dict):
             continue
@@ -90,6 +94,8 @@ def _merge_line(summary: dict[str, Any], _paths: RunPaths) -> str:
 
 
 def _export_line(summary: dict[str, Any], _paths: RunPaths) -> str:
+    if "note" in summary:  # nothing configured
+        return summary["note"]
     return ", ".join(f"{a['exporter']}: {Path(a['path']).name}" for a in summary["artifacts"])
 
 

@@ -10,7 +10,7 @@ import pytest
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.models import resolve_model_path
-from lorapipe.registry import get_registry
+from lorapipe.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +31,7 @@ def _make_context(output_dir: Path, **sections: Any) -> RunContext:
         "output_dir": str(output_dir),
         **sections,
     }
-    registry = get_registry()
-    return RunContext(validate_config(data, registry), registry)
+    return RunContext(build_plan(validate_config(data)))
 
 
 def _save_adapter(path: Path, targets: list[str] = ALL_PROJECTIONS, seed: int = 0) -> None:

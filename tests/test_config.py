@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from lorapipe.cli import main
-from lorapipe.config import apply_overrides, load_config
+from lorapipe.config import apply_overrides
+from lorapipe.plan import load_plan
 
 VALID: dict[str, Any] = {
     "model": {"name_or_path": "tiny-llama", "quantizer": {"name": "nf4"}},
@@ -161,8 +162,8 @@ def test_missing_config_file(capsys, tmp_path: Path) -> None:  # noqa: ANN001
 
 
 def test_valid_config_resolves_plugin_defaults(write_config) -> None:  # noqa: ANN001
-    config = load_config(write_config())
-    resolved = config.resolved_dict()
+    plan = load_plan(write_config())
+    resolved = plan.resolved_dict()
     assert resolved["model"]["quantizer"] == {
         "name": "nf4",
         "quant_type": "nf4",
@@ -173,16 +174,16 @@ def test_valid_config_resolves_plugin_defaults(write_config) -> None:  # noqa: A
     assert resolved["adapter"]["r"] == 16 and resolved["adapter"]["alpha"] == 32
     assert resolved["train"]["learning_rate"] == 2e-4
     assert resolved["train"]["lr_scheduler"] == "cosine"
-    assert len(config.hash()) == 16
+    assert len(plan.config_hash()) == 16
 
 
 def test_set_overrides_and_changes_the_hash(write_config) -> None:  # noqa: ANN001
     path = write_config()
-    base = load_config(path)
-    changed = load_config(path, ["train.learning_rate=1e-4", "model.quantizer.quant_type=fp4"])
-    assert changed.train.learning_rate == 1e-4
-    assert changed.model.quantizer.options.quant_type == "fp4"
-    assert changed.hash() != base.hash()
+    base = load_plan(path)
+    changed = load_plan(path, ["train.learning_rate=1e-4", "model.quantizer.quant_type=fp4"])
+    assert changed.config.train.learning_rate == 1e-4
+    assert changed.quantizer.options.quant_type == "fp4"
+    assert changed.config_hash() != base.config_hash()
 
 
 def test_set_turns_a_component_shorthand_into_a_mapping() -> None:
@@ -222,5 +223,5 @@ def test_reference_config_documents_every_option(repo_root: Path, monkeypatch) -
     monkeypatch.chdir(repo_root)
     path = repo_root / "configs" / "reference.yaml"
     documented = _key_paths(yaml.safe_load(path.read_text()))
-    resolved = _key_paths(load_config(path).resolved_dict())
+    resolved = _key_paths(load_plan(path).resolved_dict())
     assert resolved - documented == set()

@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 GOOD_PLUGIN = '''
-from lorapipe import hookimpl
-from lorapipe.components import Loader, Options
+from lorapipe.plugin import Loader, Options, RawRecord, hookimpl
 
 
 class WordlistOptions(Options):
@@ -26,6 +25,12 @@ class WordlistLoader(Loader):
 
     name = "wordlist"
     Options = WordlistOptions
+
+    def records(self):
+        with open(self.options.path, encoding="utf-8") as handle:
+            for number, word in enumerate(handle, start=1):
+                yield RawRecord(self.options.path, f"{self.options.path}:{number}",
+                                data={"prompt": word.strip(), "response": word.strip()})
 
 
 @hookimpl

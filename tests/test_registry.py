@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from lorapipe import hookimpl
-from lorapipe.components import Loader, Options
-from lorapipe.errors import ConfigError
+from lorapipe.errors import ConfigError, UserError
+from lorapipe.plugin import Loader, Options, RawRecord, hookimpl
 from lorapipe.plugin_manager import build_plugin_manager
 from lorapipe.registry import DuplicateComponentError, Registry
 
@@ -22,6 +23,11 @@ class WordsLoader(Loader):
 
     name = "words"
     Options = WordsOptions
+
+    def records(self) -> Iterator[RawRecord]:
+        path = Path(self.options.path)
+        for number, word in enumerate(path.read_text().split(), start=1):
+            yield RawRecord(str(path), f"{path}:{number}", data={"prompt": word, "response": word})
 
 
 def _plugin(name: str, *classes: type) -> types.ModuleType:
@@ -48,7 +54,7 @@ def test_registered_plugin_resolves_and_unregisters() -> None:
 def test_duplicate_name_names_both_providers() -> None:
     pm = build_plugin_manager(load_entry_points=False)
 
-    class OtherWords(Loader):
+    class OtherWords(WordsLoader):
         name = "words"
 
     pm.register(_plugin("first_pkg", WordsLoader), name="first_pkg")
@@ -74,7 +80,7 @@ def test_unknown_name_lists_available_and_field() -> None:
 def test_registering_a_non_component_is_refused() -> None:
     pm = build_plugin_manager(load_entry_points=False)
     pm.register(_plugin("bad", dict), name="bad")
-    with pytest.raises(Exception, match="not a subclass of lorapipe.components.Loader"):
+    with pytest.raises(Exception, match="not a subclass of lorapipe.plugin.Loader"):
         Registry(pm)
 
 
@@ -87,3 +93,16 @@ def test_builtins_are_all_registered_through_entry_points() -> None:
     assert "perplexity" in registry.names("evaluator")
     assert "gguf" in registry.names("exporter")
     assert "lorapipe" in registry.provider("loader", "jsonl")
+
+
+def test_component_missing_an_abstract_method_is_refused_by_name() -> None:
+    """A plugin that forgets part of its kind's contract fails when it registers, naming
+    what is missing, instead of failing (or silently doing less) mid-run."""
+
+    class Incomplete(Loader):
+        name = "incomplete"
+
+    pm = build_plugin_manager(load_entry_points=False)
+    pm.register(_plugin("half_done", Incomplete), name="half_done")
+    with pytest.raises(UserError, match=r"half_done.*Incomplete.*does not implement records"):
+        Registry(pm)

@@ -14,7 +14,7 @@ from typing import Any
 
 from lorapipe import __version__
 from lorapipe.components import Loader
-from lorapipe.config import PipelineConfig
+from lorapipe.plan import RunPlan
 
 # Bump when the stage writes different output for the same inputs.
 OUTPUT_VERSION = 1
@@ -28,14 +28,15 @@ def hash_directory(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(config: PipelineConfig, loaders: list[Loader], tokenizer_dir: Path) -> str | None:
+def fingerprint(plan: RunPlan, loaders: list[Loader], tokenizer_dir: Path) -> str | None:
+    config = plan.config
     data_hashes = [loader.fingerprint() for loader in loaders]
     if any(h is None for h in data_hashes):
         return None
     relevant: dict[str, Any] = {
         "output_version": OUTPUT_VERSION,
         "lorapipe": __version__,
-        "data": config.resolved_dict()["data"],
+        "data": plan.resolved_dict()["data"],
         "model": {"name_or_path": config.model.name_or_path,
                   "trust_remote_code": config.model.trust_remote_code},
         "seed": config.train.seed,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from lorapipe.data.schemas import Message, RecordError
+from lorapipe.components import RecordError
+from lorapipe.data.schemas import Message
 
 # C0/C1 control characters other than tab and newlines, and lone surrogates (a JSON
 # "\ud800" escape decodes to one; it cannot be encoded back to UTF-8).

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lorapipe.components import EncodedConversation
-from lorapipe.data.schemas import Message, RecordError
+from lorapipe.components import EncodedConversation, RecordError
+from lorapipe.data.schemas import Message
 
 Encode = Callable[[list[Message]], EncodedConversation]
 

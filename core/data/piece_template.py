@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.components import ChatTemplate, EncodedConversation
+from lorapipe.components import (
+    ChatTemplate,
+    Conversation,
+    EncodedConversation,
+    UnrenderableConversation,
+)
 from lorapipe.data.masking import assemble, trained_turns
 from lorapipe.errors import UserError
 
@@ -66,3 +71,28 @@ class PieceTemplate(ChatTemplate):
     def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
         pieces = self.pieces(messages, tokenizer, set(), generation_prompt=True)
         return self._tokenize_pieces([pieces], tokenizer, False)[0].input_ids
+
+
+def alternating_turns(messages: Conversation, template: str, generation_prompt: bool = False
+                      ) -> tuple[str | None, Conversation]:
+    """The optional leading system prompt and the user/assistant turns after it.
+
+    Templates with one slot per user and per assistant turn (Llama 2, Alpaca, Vicuna,
+    Mistral) need a conversation that alternates starting with the user; a generation
+    prompt needs the user to have the last word. Raises ``UnrenderableConversation``
+    (named after ``template``) otherwise.
+    """
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    turns = messages[1:] if system is not None else messages
+    for k, message in enumerate(turns):
+        expected = "user" if k % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            offset = 1 if system is not None else 0
+            raise UnrenderableConversation(
+                f"{template} needs an optional first system message, then user and "
+                f"assistant turns alternating; message {k + offset + 1} is "
+                f"'{message['role']}' where '{expected}' belongs"
+            )
+    if generation_prompt and (not turns or turns[-1]["role"] != "user"):
+        raise UnrenderableConversation("a generation prompt needs a final user turn")
+    return system, turns

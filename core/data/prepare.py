@@ -36,15 +36,15 @@ from tqdm.auto import tqdm
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_directory, atomic_write_json
-from lorapipe.components import ChatTemplate, Loader, UnrenderableConversation
-from lorapipe.config import ComponentRef, DataConfig
+from lorapipe.components import ChatTemplate, Loader, RecordError, UnrenderableConversation
+from lorapipe.config import DataConfig
 from lorapipe.context import RunContext
 from lorapipe.data.cache import fingerprint
 from lorapipe.data.chunks import EncodedChunks, Splits, chunk_jobs, write_splits
 from lorapipe.data.cleaning import dedupe_key, validate
 from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
-from lorapipe.data.schemas import RecordError, check_columns, to_messages
+from lorapipe.data.schemas import check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
 from lorapipe.pretrained import load_tokenizer
@@ -63,10 +63,6 @@ _CHUNK_BYTES = 96 << 20
 console = Console(highlight=False)
 
 
-def _component(ctx: RunContext, kind: str, field: str, ref: ComponentRef) -> Any:
-    return ctx.registry.get(kind, ref.name, f"{field}.name")(ref.options)
-
-
 # --- reading --------------------------------------------------------------------------
 
 
@@ -78,8 +74,7 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
     for record in tqdm(loader.records(), desc="reading + tokenizing", unit=" rec"):
         log.read += 1
         if record.error is not None:
-            reason, _, detail = record.error.partition(": ")
-            log.drop(reason, record.location, detail)
+            log.drop(record.error.reason, record.location, record.error.detail)
             continue
         try:
             messages = to_messages(record.data, data.format, data.columns)
@@ -298,18 +293,15 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     config, paths = ctx.config, ctx.paths
     data = config.data
     check_columns(data.columns)
-    loader = _component(ctx, "loader", "data.loader", data.loader)
-    val_loader = (_component(ctx, "loader", "data.validation.loader", data.validation.loader)
-                  if data.validation.loader is not None else None)
-    template = _component(ctx, "chat_template", "data.template", data.template)
-    tokenizer = load_tokenizer(config)  # the model's own; data/tokenizer/ keeps a copy
+    loader, val_loader, template = ctx.plan.loader, ctx.plan.validation_loader, ctx.plan.template
+    tokenizer = load_tokenizer(config.model)  # the model's own; data/tokenizer/ keeps a copy
 
     paths.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=paths.data))
     try:
         tokenizer.save_pretrained(work / "tokenizer")
         loaders = [loader] + ([val_loader] if val_loader else [])
-        fp = fingerprint(config, loaders, work / "tokenizer")
+        fp = fingerprint(ctx.plan, loaders, work / "tokenizer")
         previous = _reuse(paths, fp)
         if previous is not None:
             console.print(f"[green]prepare:[/] data, config and tokenizer unchanged; reusing "
@@ -358,7 +350,7 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
             val_log = DropLog(data.strict, sink)
             validation = _encode(val_loader, data, val_log, seen, encoder)
             if len(kept) == 0 or len(validation) == 0:
-                which = "data.loader" if len(kept) == 0 else "data.validation.loader"
+                which = (loader if len(kept) == 0 else val_loader).field
                 raise UserError(f"{which}: no usable records after cleaning "
                                 f"(see {paths.data / 'dropped.jsonl'})")
             splits: Splits = {"train": (kept, np.arange(len(kept))),

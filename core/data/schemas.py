@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorapipe.components import RecordError
 from lorapipe.errors import ConfigError
 
 Message = dict[str, str]
@@ -32,15 +33,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant"}
-
-
-class RecordError(ValueError):
-    """A record that cannot become a training example; ``reason`` is its report key."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 def check_columns(columns: dict[str, str]) -> None:

@@ -1,8 +1,7 @@
-"""The ``evaluate`` stage and what evaluators are handed to score base vs fine-tuned."""
+"""The ``evaluate`` stage and what evaluators use to score base vs fine-tuned."""
 
-from lorapipe.evaluate.context import EvalContext
 from lorapipe.evaluate.generate import generate
 from lorapipe.evaluate.nll import NllTotals, token_nll
 from lorapipe.evaluate.stage import run_stage
 
-__all__ = ["EvalContext", "NllTotals", "generate", "run_stage", "token_nll"]
+__all__ = ["NllTotals", "generate", "run_stage", "token_nll"]

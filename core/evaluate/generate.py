@@ -15,8 +15,8 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, template: Any,
-             conversations: list[list[dict[str, str]]], max_new_tokens: int,
-             batch_size: int = 8) -> list[str]:
+             conversations: list[list[dict[str, str]]], *, max_new_tokens: int,
+             pad_token_id: int, batch_size: int = 8) -> list[str]:
     """The model's greedy reply to each conversation's prompt, in order.
 
     The prompt is the conversation before its last assistant message, rendered by
@@ -25,7 +25,7 @@ def generate(model: Any, tokenizer: Any, template: Any,
     """
     model.eval()
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id
     prompts = [template.generation_prompt(_prompt(conv), tokenizer) for conv in conversations]
     replies: list[str] = []
     for start in range(0, len(prompts), batch_size):

@@ -11,9 +11,9 @@ import json
 from typing import Any
 
 from lorapipe.atomic import atomic_write_json
+from lorapipe.components import EvalContext
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
-from lorapipe.evaluate.context import EvalContext
 
 
 def load_validation(ctx: RunContext) -> Any:
@@ -35,36 +35,32 @@ def load_validation(ctx: RunContext) -> Any:
     return dataset
 
 
-def _load_model(ctx: RunContext) -> tuple[Any, Any, Any]:
+def _load_model(ctx: RunContext) -> Any:
+    """The model as it was trained: the quantized base with ``adapter/``."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    from lorapipe.model import load_base_model, load_tokenizer
+    from lorapipe.model import load_base_model
 
-    adapter = ctx.paths.adapter
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter to evaluate; run `lorapipe train` first")
-    tokenizer = (AutoTokenizer.from_pretrained(ctx.paths.tokenizer)
-                 if ctx.paths.tokenizer.is_dir() else load_tokenizer(ctx.config))
-    model = PeftModel.from_pretrained(load_base_model(ctx.config, ctx.registry), adapter)
-    ref = ctx.config.data.template
-    template = ctx.registry.get("chat_template", ref.name, "data.template.name")(ref.options)
-    return model, tokenizer, template
+    adapter = ctx.paths.require_adapter("evaluate")
+    base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=ctx.device,
+                           quantizer=ctx.plan.quantizer,
+                           keep_4bit_layout=ctx.config.adapter.use_dora)
+    return PeftModel.from_pretrained(base, adapter)
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from lorapipe.model import record_memory
+    from lorapipe.pretrained import pad_token_id, prepared_tokenizer
 
-    refs = ctx.config.evaluate.evaluators
-    if not refs:
+    evaluators = ctx.plan.evaluators
+    if not evaluators:
         return {"evaluators": [], "note": "evaluate.evaluators is empty; nothing evaluated"}
-    evaluators = [
-        ctx.registry.get("evaluator", ref.name, f"evaluate.evaluators.{i}.name")(ref.options)
-        for i, ref in enumerate(refs)
-    ]
     dataset = load_validation(ctx)
-    model, tokenizer, template = _load_model(ctx)
-    eval_ctx = EvalContext(model, tokenizer, template, dataset, ctx)
+    tokenizer = prepared_tokenizer(ctx.paths, ctx.config.model)
+    eval_ctx = EvalContext(model=_load_model(ctx), tokenizer=tokenizer,
+                           template=ctx.plan.template, dataset=dataset,
+                           pad_token_id=pad_token_id(tokenizer),
+                           output_dir=ctx.paths.eval_dir, run=ctx.run_info)
     report = {evaluator.name: evaluator.evaluate(eval_ctx) for evaluator in evaluators}
     record_memory(ctx.paths.metrics, "evaluation")
     atomic_write_json(ctx.paths.eval_report, report)

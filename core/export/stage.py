@@ -13,8 +13,8 @@ from lorapipe.errors import UserError
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-    refs = ctx.config.export.exporters
-    if not refs:
+    exporters = ctx.plan.exporters
+    if not exporters:
         return {"exporters": [], "note": "export.exporters is empty; nothing exported"}
     merged = ctx.paths.merged
     if not (merged / "config.json").is_file():
@@ -22,15 +22,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             f"{merged}: no merged model to export; run `lorapipe merge` first "
             "(and keep merge.enabled: true when export.exporters is set)"
         )
-    exporters = []
-    for i, ref in enumerate(refs):
-        cls = ctx.registry.get("exporter", ref.name, f"export.exporters.{i}.name")
-        exporter = cls(ref.options)
+    for exporter in exporters:
         exporter.check(merged)
-        exporters.append(exporter)
     artifacts = []
     for exporter in exporters:
-        for path in exporter.export(merged, ctx.paths.export_dir(exporter.name), ctx):
+        for path in exporter.export(merged, ctx.paths.export_dir(exporter.name), ctx.run_info):
             artifacts.append({"exporter": exporter.name, "path": str(path),
                               "bytes": path.stat().st_size})
     return {"artifacts": artifacts}

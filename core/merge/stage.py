@@ -13,7 +13,6 @@ from typing import Any
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
 from lorapipe.context import RunContext
-from lorapipe.errors import UserError
 from lorapipe.merge.merging import logits, max_abs_diff, merge_adapter, refuse_quantized_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
@@ -27,26 +26,22 @@ _SAMPLES, _SAMPLE_TOKENS = 4, 64
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from peft import PeftModel
 
-    from lorapipe.model import default_device, load_base_model, resolve_dtype
+    from lorapipe.model import load_base_model, resolve_dtype
     from lorapipe.model.dtypes import dtype_name
     from lorapipe.models import resolve_model_path
+    from lorapipe.pretrained import prepared_tokenizer
 
-    config = ctx.config
+    config, device = ctx.config, ctx.device
     if not config.merge.enabled:
         return {"skipped": "merge.enabled is false"}
-    adapter = ctx.paths.adapter
-    if not (adapter / "adapter_config.json").is_file():
-        raise UserError(f"{adapter}: no adapter to merge; run `lorapipe train` first")
+    adapter = ctx.paths.require_adapter("merge")
     refuse_quantized_checkpoint(resolve_model_path(config.model.name_or_path))
 
-    device = default_device()
-    dtype_key = config.merge.dtype or config.model.dtype
-    dtype = resolve_dtype(dtype_key, device=device)
-    full = config.model_copy(update={"model": config.model.model_copy(update={"dtype": dtype_key})})
+    dtype = resolve_dtype(config.merge.dtype, device=device) if config.merge.dtype else ctx.dtype
     started = time.perf_counter()
-    base = load_base_model(full, ctx.registry, quantize=False, device=device)
+    base = load_base_model(config.model, dtype=dtype, device=device)  # exact weights
     model = PeftModel.from_pretrained(base, adapter)
-    tokenizer = _tokenizer(ctx)
+    tokenizer = prepared_tokenizer(ctx.paths, config.model)
     samples = _verification_samples(ctx, tokenizer)
     merged, report = merge_adapter(model, samples)
     merged_logits = report.pop("_merged_logits")
@@ -79,17 +74,6 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     return report
 
 
-def _tokenizer(ctx: RunContext) -> Any:
-    """The tokenizer that produced the training ids (its chat template included)."""
-    from transformers import AutoTokenizer
-
-    from lorapipe.model import load_tokenizer
-
-    if ctx.paths.tokenizer.is_dir():
-        return AutoTokenizer.from_pretrained(ctx.paths.tokenizer)
-    return load_tokenizer(ctx.config)
-
-
 def _verification_samples(ctx: RunContext, tokenizer: Any) -> list[list[int]]:
     """A few validation sequences (or a fixed text when there are none) to compare on."""
     path = ctx.paths.validation_data
@@ -108,16 +92,18 @@ def _diff_vs_training_model(ctx: RunContext, samples: list[list[int]], merged_lo
                             device: str) -> float | None:
     """For information: how far merged/ is from the (quantized) model that was trained.
 
-    ``None`` when training used no quantization (the in-precision check covers it) or
-    the quantizer leaves the weights as they are.
+    ``None`` when the quantizer leaves the weights as they are (the in-precision check
+    covers it).
     """
     from peft import PeftModel
 
     from lorapipe.model import load_base_model
 
-    if ctx.config.model.quantizer.name == "none":
+    quantizer = ctx.plan.quantizer
+    if not quantizer.quantized:
         return None
-    base = load_base_model(ctx.config, ctx.registry, quantize=True, device=device)
+    base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=device,
+                           quantizer=quantizer, keep_4bit_layout=ctx.config.adapter.use_dora)
     model = PeftModel.from_pretrained(base, ctx.paths.adapter)
     model.eval()
     diff = max_abs_diff(logits(model, samples), merged_logits)

@@ -1,4 +1,4 @@
-"""Model preparation: from a base checkpoint to a model ready to train (DESIGN.md §2).
+"""Model preparation: from a base checkpoint to a model ready to train.
 
 The quantizer decides how the frozen base is loaded, a target detector names the layers
 that get adapters, peft injects them, and a report says what is trainable and how much
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from lorapipe.model.adapters import build_trainable_model, lora_config
 from lorapipe.model.dtypes import default_device, resolve_dtype
-from lorapipe.model.loading import load_base_model, quantizer_for
+from lorapipe.model.loading import load_base_model
 from lorapipe.model.memory import estimate_memory, memory_snapshot, record_memory
 from lorapipe.model.targets import adaptable_modules, select_targets
-from lorapipe.pretrained import load_tokenizer
 
 __all__ = [
     "adaptable_modules",
@@ -20,10 +19,8 @@ __all__ = [
     "default_device",
     "estimate_memory",
     "load_base_model",
-    "load_tokenizer",
     "lora_config",
     "memory_snapshot",
-    "quantizer_for",
     "record_memory",
     "resolve_dtype",
     "select_targets",

@@ -8,22 +8,21 @@ from typing import Any
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from rich.console import Console
-from transformers import AutoConfig
 
 from lorapipe.atomic import atomic_write_json
-from lorapipe.config import PipelineConfig
+from lorapipe.config import AdapterConfig
 from lorapipe.context import RunContext
-from lorapipe.model.dtypes import default_device, dtype_name, resolve_dtype
-from lorapipe.model.loading import load_base_model, quantizer_for
-from lorapipe.model.memory import estimate_memory, format_bytes, memory_snapshot, print_estimate
-from lorapipe.model.targets import (
-    ChosenTargets,
-    check_modules_to_save,
-    select_targets,
-    targets_are_transposed,
+from lorapipe.model.dtypes import dtype_name
+from lorapipe.model.loading import load_base_model
+from lorapipe.model.memory import (
+    count_parameters,
+    estimate_memory,
+    format_bytes,
+    memory_snapshot,
+    print_estimate,
+    weightless_model,
 )
-from lorapipe.models import resolve_model_path
-from lorapipe.pretrained import load_pretrained
+from lorapipe.model.targets import ChosenTargets, select_targets, targets_are_transposed
 
 console = Console(highlight=False)
 
@@ -32,14 +31,13 @@ _INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa"
 
 
 def lora_config(
-    config: PipelineConfig, target_modules: list[str], *, fan_in_fan_out: bool = False
+    adapter: AdapterConfig, target_modules: list[str], *, fan_in_fan_out: bool = False
 ) -> LoraConfig:
     """The peft ``LoraConfig`` for ``adapter.*`` and the chosen targets.
 
     ``fan_in_fan_out`` when the targets store weights as (in, out) (GPT-2's ``Conv1D``),
     so peft applies and merges the update transposed.
     """
-    adapter = config.adapter
     return LoraConfig(
         fan_in_fan_out=fan_in_fan_out,
         r=adapter.r,
@@ -56,31 +54,31 @@ def lora_config(
 
 
 def build_trainable_model(
-    ctx: RunContext, *, gradient_checkpointing: bool, device: str | None = None
+    ctx: RunContext, *, gradient_checkpointing: bool
 ) -> tuple[PeftModel, dict[str, Any]]:
-    """Estimate memory, load the (quantized) base, prepare it, inject LoRA and report.
+    """Choose targets and estimate memory before loading anything, then load the
+    (quantized) base, prepare it, inject LoRA and report.
 
     Writes ``model_report.json`` and prints its summary; returns the model and the report.
     """
-    config, registry = ctx.config, ctx.registry
-    device = device or default_device()
+    config, quantizer, device = ctx.config, ctx.plan.quantizer, ctx.device
     measured = {"baseline": memory_snapshot()}
-    estimate = _estimate_or_reason(ctx, device)
+    targets, estimate = _targets_and_estimate(ctx)
     if "total_bytes" in estimate:
         print_estimate(estimate, console)
 
-    quantizer = quantizer_for(config, registry)
-    model = load_base_model(config, registry, device=device)
+    model = load_base_model(config.model, dtype=ctx.dtype, device=device, quantizer=quantizer,
+                            keep_4bit_layout=config.adapter.use_dora)
     measured["model_loaded"] = memory_snapshot()
     model = quantizer.prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
 
-    targets = select_targets(model, config, registry)
-    check_modules_to_save(model, config.adapter.modules_to_save)
+    if targets is None:  # the architecture could not be built without weights
+        targets = select_targets(model, ctx.plan)
     transposed = targets_are_transposed(model, targets.modules)
     peft_model = get_peft_model(
-        model, lora_config(config, targets.modules, fan_in_fan_out=transposed)
+        model, lora_config(config.adapter, targets.modules, fan_in_fan_out=transposed)
     )
-    check_only_adapters_train(peft_model, config)
+    check_only_adapters_train(peft_model, config.adapter)
     measured["adapters_injected"] = memory_snapshot()
 
     report = {
@@ -88,12 +86,14 @@ def build_trainable_model(
             "name_or_path": config.model.name_or_path,
             "model_type": getattr(model.config, "model_type", None),
             "architecture": type(model).__name__,
-            "dtype": dtype_name(resolve_dtype(config.model.dtype, device=device)),
+            "dtype": dtype_name(ctx.dtype),
             "device": device,
         },
-        "quantizer": config.model.quantizer.resolved_dict(),
+        "quantizer": {"name": quantizer.name, **quantizer.options.model_dump(mode="json"),
+                      "quantized": quantizer.quantized,
+                      "storage_dtype": dtype_name(quantizer.storage_dtype(ctx.dtype))},
         "adapter": {**config.adapter.model_dump(mode="json", exclude={"target_detector"}),
-                    "scaling": _scaling(config)},
+                    "scaling": _scaling(config.adapter)},
         "targets": targets.as_dict(),
         "gradient_checkpointing": gradient_checkpointing,
         "parameters": parameter_counts(peft_model, targets),
@@ -104,37 +104,39 @@ def build_trainable_model(
     return peft_model, report
 
 
-def _estimate_or_reason(ctx: RunContext, device: str) -> dict[str, Any]:
-    """The memory estimate; an architecture that cannot be built weightless is reported,
-    not fatal, because the estimate only advises."""
-    model = ctx.config.model
-    model_config = load_pretrained(AutoConfig, resolve_model_path(model.name_or_path),
-                                   {"trust_remote_code": model.trust_remote_code})
+def _targets_and_estimate(ctx: RunContext) -> tuple[ChosenTargets | None, dict[str, Any]]:
+    """The adapter targets and the memory estimate, from the weightless model.
+
+    An architecture that cannot be built weightless is reported, not fatal, because the
+    estimate only advises; the targets are then chosen on the loaded model (``None``).
+    """
     try:
-        return estimate_memory(ctx.config, model_config, registry=ctx.registry, device=device)
+        meta = weightless_model(ctx.config.model)
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
         console.print(f"[yellow]warning:[/] no memory estimate for this model: {err}")
-        return {"unavailable": str(err)}
+        return None, {"unavailable": str(err)}
+    targets = select_targets(meta, ctx.plan)
+    counts = count_parameters(meta, ctx.config.adapter, targets.modules)
+    return targets, estimate_memory(ctx.plan, counts, device=ctx.device)
 
 
-def _scaling(config: PipelineConfig) -> float:
-    adapter = config.adapter
+def _scaling(adapter: AdapterConfig) -> float:
     return adapter.alpha / (math.sqrt(adapter.r) if adapter.use_rslora else adapter.r)
 
 
-def _is_adapter_param(name: str, config: PipelineConfig) -> bool:
+def _is_adapter_param(name: str, adapter: AdapterConfig) -> bool:
     if "lora_" in name or "modules_to_save." in name:
         return True
     # peft trains biases too when asked: all of them, or those of adapted layers.
-    return config.adapter.bias != "none" and name.endswith(".bias")
+    return adapter.bias != "none" and name.endswith(".bias")
 
 
-def check_only_adapters_train(model: PeftModel, config: PipelineConfig) -> None:
+def check_only_adapters_train(model: PeftModel, adapter: AdapterConfig) -> None:
     """Verify, rather than assume, that exactly the adapter weights (and
     ``modules_to_save``) require grad: a frozen adapter trains nothing and a trainable
     base weight silently turns LoRA into full fine-tuning."""
     wrong = [n for n, p in model.named_parameters() if p.requires_grad
-             and not _is_adapter_param(n, config)]
+             and not _is_adapter_param(n, adapter)]
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad
               and ("lora_A" in n or "lora_B" in n)]
     if wrong or frozen or not any(p.requires_grad for p in model.parameters()):

@@ -1,54 +1,44 @@
-"""Loading the base model, with the quantizer checked first."""
+"""Loading the base model: quantized for training, or exact for merging."""
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
-from lorapipe.config import PipelineConfig
-from lorapipe.model.dtypes import default_device, resolve_dtype
+from lorapipe.config import ModelConfig
 from lorapipe.models import resolve_model_path
 from lorapipe.pretrained import load_pretrained
-from lorapipe.registry import Registry
-
-
-def quantizer_for(config: PipelineConfig, registry: Registry) -> Quantizer:
-    """The configured quantizer, instantiated with its validated options."""
-    ref = config.model.quantizer
-    cls = registry.get("quantizer", ref.name, "model.quantizer.name")
-    return cls(ref.options)
 
 
 def load_base_model(
-    config: PipelineConfig,
-    registry: Registry,
+    model: ModelConfig,
     *,
-    quantize: bool = True,
-    device: str | None = None,
+    dtype: torch.dtype,
+    device: str,
+    quantizer: Quantizer | None = None,
+    keep_4bit_layout: bool = False,
 ) -> PreTrainedModel:
-    """The base model on ``device``: quantized by ``model.quantizer``, or with
-    ``quantize=False`` in full ``model.dtype`` (evaluation and merging need exact weights).
+    """The base model on ``device``: as ``quantizer`` loads it, or without one in plain
+    ``dtype`` (merging needs the exact weights).
 
-    The quantizer's ``check_available`` runs before any weight is read.
+    The quantizer's ``check_available`` runs before any weight is read. ``keep_4bit_layout``
+    (for DoRA, see below) applies to bitsandbytes 4-bit layers only.
     """
-    device = device or default_device()
-    dtype = resolve_dtype(config.model.dtype, device=device)
-    if quantize:
-        quantizer = quantizer_for(config, registry)
+    if quantizer is not None:
         quantizer.check_available(device)
         kwargs = quantizer.from_pretrained_kwargs(dtype, device)
     else:
         kwargs = {"dtype": dtype}
-    kwargs.update(device_map={"": device}, trust_remote_code=config.model.trust_remote_code)
-    path = resolve_model_path(config.model.name_or_path)
-    model = load_pretrained(AutoModelForCausalLM, path, kwargs)
-    model.config.use_cache = False  # the KV cache only costs memory while training
-    if quantize and config.adapter.use_dora:
-        keep_4bit_layout(model)
-    return model
+    kwargs.update(device_map={"": device}, trust_remote_code=model.trust_remote_code)
+    loaded = load_pretrained(AutoModelForCausalLM, resolve_model_path(model.name_or_path), kwargs)
+    loaded.config.use_cache = False  # the KV cache only costs memory while training
+    if keep_4bit_layout:
+        _keep_4bit_layout(loaded)
+    return loaded
 
 
-def keep_4bit_layout(model: PreTrainedModel) -> None:
+def _keep_4bit_layout(model: PreTrainedModel) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU kernel.
 
     bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place at its first inference

@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
-from lorapipe.config import PipelineConfig
-from lorapipe.model.dtypes import default_device, resolve_dtype
-from lorapipe.registry import Registry
+from lorapipe.config import AdapterConfig, ModelConfig, PipelineConfig
+from lorapipe.model.dtypes import resolve_dtype
+from lorapipe.model.targets import adaptable_modules, matches_target
+from lorapipe.models import resolve_model_path
+from lorapipe.plan import RunPlan
+from lorapipe.pretrained import load_pretrained
 
 # AdamW keeps two fp32 moments per trainable weight; the 8-bit variants two bytes.
 _OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
@@ -53,33 +56,38 @@ class ParamCounts:
     vocab_size: int
 
 
-def count_parameters(config: PipelineConfig, registry: Registry,
-                     model_config: PretrainedConfig) -> ParamCounts:
-    """Exact counts from a weightless (``meta``) instance of the model's architecture."""
+def weightless_model(model: ModelConfig) -> PreTrainedModel:
+    """The base model's architecture on the ``meta`` device: every module, no weights.
+
+    Raises what transformers raises for an architecture it cannot build this way.
+    """
     from accelerate import init_empty_weights
 
-    from lorapipe.model.targets import _matches, adaptable_modules, select_targets
-
+    trust = {"trust_remote_code": model.trust_remote_code}
+    model_config = load_pretrained(AutoConfig, resolve_model_path(model.name_or_path), trust)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(
-            model_config, trust_remote_code=config.model.trust_remote_code
-        )
+        return AutoModelForCausalLM.from_config(model_config, **trust)
+
+
+def count_parameters(model: PreTrainedModel, adapter_config: AdapterConfig,
+                     targets: list[str]) -> ParamCounts:
+    """Exact counts from a (weightless) instance of the model and the chosen targets."""
+    model_config = model.config
     linear = adaptable_modules(model)
     quantizable = sum(m.weight.numel() for m in linear.values())
     total = sum(p.numel() for p in model.parameters())
-    targets = select_targets(model, config, registry).modules
-    r, dora = config.adapter.r, config.adapter.use_dora
+    r, dora = adapter_config.r, adapter_config.use_dora
     adapter = 0
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2 and any(
-            _matches(name, key) for key in targets
+            matches_target(name, key) for key in targets
         ):
             adapter += r * sum(weight.shape) + (_out_features(module) if dora else 0)
     saved = sum(
         p.numel()
         for name, module in model.named_modules()
-        if any(_matches(name, key) for key in config.adapter.modules_to_save)
+        if any(matches_target(name, key) for key in adapter_config.modules_to_save)
         for p in module.parameters()
     )
     hidden = model_config.hidden_size
@@ -102,28 +110,17 @@ def _out_features(module: nn.Module) -> int:
     return weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0]
 
 
-def estimate_memory(
-    config: PipelineConfig,
-    model: PretrainedConfig | ParamCounts,
-    *,
-    registry: Registry,
-    device: str | None = None,
-) -> dict[str, Any]:
+def estimate_memory(plan: RunPlan, counts: ParamCounts, *, device: str) -> dict[str, Any]:
     """Bytes for weights, adapters, gradients, optimizer state and activations of one
     micro batch of ``train.micro_batch_size`` × ``data.max_length`` tokens, with and
     without gradient checkpointing; plus the device's capacity, whether the configured
     run fits, and single changes that would make it fit when it does not."""
-    from lorapipe.model.loading import quantizer_for
-
-    device = device or default_device()
-    counts = model if isinstance(model, ParamCounts) else count_parameters(config, registry, model)
-    quantizer = quantizer_for(config, registry)
-    estimate = _estimate(config, counts, quantizer, device)
+    estimate = _estimate(plan.config, counts, plan.quantizer, device)
     capacity = device_capacity(device)
     estimate["capacity"] = capacity
     estimate["fits"] = estimate["total_bytes"] <= capacity["available_bytes"]
     estimate["suggestions"] = [] if estimate["fits"] else _suggestions(
-        config, counts, registry, device, capacity["available_bytes"]
+        plan, counts, device, capacity["available_bytes"]
     )
     estimate["params"] = asdict(counts)
     return estimate
@@ -160,16 +157,15 @@ def _estimate(config: PipelineConfig, counts: ParamCounts, quantizer: Quantizer,
     }
 
 
-def _suggestions(config: PipelineConfig, counts: ParamCounts, registry: Registry,
-                 device: str, available: int) -> list[str]:
+def _suggestions(plan: RunPlan, counts: ParamCounts, device: str, available: int) -> list[str]:
     """Single config changes, each with what the run would then need."""
-    from lorapipe.model.loading import quantizer_for
-
+    config, quantizer = plan.config, plan.quantizer
     train, data = config.train, config.data
-    changes: list[tuple[str, PipelineConfig]] = []
+    changes: list[tuple[str, PipelineConfig, Quantizer]] = []
     if not train.gradient_checkpointing:
         changes.append(("train.gradient_checkpointing: true",
-                        _with(config, train=_update(train, gradient_checkpointing=True))))
+                        _with(config, train=_update(train, gradient_checkpointing=True)),
+                        quantizer))
     if train.micro_batch_size > 1:
         accumulation = train.gradient_accumulation_steps * train.micro_batch_size
         changes.append((
@@ -177,26 +173,38 @@ def _suggestions(config: PipelineConfig, counts: ParamCounts, registry: Registry
             "(same effective batch)",
             _with(config, train=_update(train, micro_batch_size=1,
                                               gradient_accumulation_steps=accumulation)),
+            quantizer,
         ))
     if data.max_length >= 32:
         changes.append((f"data.max_length: {data.max_length // 2}",
-                        _with(config, data=_update(data, max_length=data.max_length // 2))))
-    if config.model.quantizer.name != "nf4" and "nf4" in registry.names("quantizer"):
-        nf4 = config.model.model_copy(deep=True)
-        nf4.quantizer = type(nf4.quantizer)(name="nf4")
-        from lorapipe.config import resolve_component
-
-        resolve_component(registry, "quantizer", "model.quantizer", nf4.quantizer)
-        changes.append(("model.quantizer: nf4", _with(config, model=nf4)))
+                        _with(config, data=_update(data, max_length=data.max_length // 2)),
+                        quantizer))
+    if not quantizer.quantized:
+        changes += [(f"model.quantizer: {other.name}", config, other)
+                    for other in _weight_quantizers(plan)]
     if device.startswith("cuda") and train.optimizer == "adamw":
         changes.append(("train.optimizer: paged_adamw_8bit",
-                        _with(config, train=_update(train, optimizer="paged_adamw_8bit"))))
+                        _with(config, train=_update(train, optimizer="paged_adamw_8bit")),
+                        quantizer))
     lines = []
-    for text, variant in changes:
-        total = _estimate(variant, counts, quantizer_for(variant, registry), device)["total_bytes"]
+    for text, variant, variant_quantizer in changes:
+        total = _estimate(variant, counts, variant_quantizer, device)["total_bytes"]
         verdict = "fits" if total <= available else "still too much"
         lines.append(f"{text}: needs {format_bytes(total)} ({verdict})")
     return lines
+
+
+def _weight_quantizers(plan: RunPlan) -> list[Quantizer]:
+    """Every installed quantizer that quantizes weights, with its default options."""
+    found = []
+    for cls in plan.registry.classes("quantizer"):
+        try:
+            quantizer = cls(cls.Options(), field="model.quantizer")
+        except ValueError:  # pydantic's ValidationError: it has required options
+            continue
+        if quantizer.quantized:
+            found.append(quantizer)
+    return found
 
 
 def _update(section: Any, **changes: Any) -> Any:

@@ -13,10 +13,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from lorapipe.components import TargetDetector, TargetSelection
-from lorapipe.config import PipelineConfig
+from lorapipe.components import TargetSelection
 from lorapipe.errors import ConfigError
-from lorapipe.registry import Registry
+from lorapipe.plan import RunPlan
 
 # bitsandbytes' Linear4bit and Linear8bitLt subclass nn.Linear, so they are covered too.
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
@@ -53,48 +52,45 @@ def short_names(model: nn.Module, chosen: dict[str, nn.Module]) -> list[str]:
     all_names = [name for name, _ in model.named_modules()]
     for name in chosen:
         leaf = name.rsplit(".", 1)[-1]
-        clashes = any(_matches(other, leaf) and other not in chosen for other in all_names)
+        clashes = any(matches_target(other, leaf) and other not in chosen for other in all_names)
         key = name if clashes else leaf
         if key not in names:
             names.append(key)
     return names
 
 
-def _matches(module_name: str, key: str) -> bool:
+def matches_target(module_name: str, key: str) -> bool:
     """peft's rule for a target name given as a string in a list."""
     return module_name == key or module_name.endswith("." + key)
 
 
-def select_targets(model: nn.Module, config: PipelineConfig, registry: Registry) -> ChosenTargets:
-    """The adapter targets for ``model``: checked explicit names, the configured detector,
-    or the first registered detector (lowest ``priority``) that recognises the model."""
-    adapter = config.adapter
+def select_targets(model: nn.Module, plan: RunPlan) -> ChosenTargets:
+    """The adapter targets for ``model``: checked explicit names, the named detector, or
+    the first detector (lowest ``priority``) that recognises the model.
+
+    Called once per run, on the weightless model when it can be built, so the memory
+    estimate and the injection use the same decision.
+    """
+    adapter = plan.config.adapter
     if adapter.target_modules is not None:
         check_names(model, adapter.target_modules)
+        check_modules_to_save(model, adapter.modules_to_save)
         return ChosenTargets(list(adapter.target_modules), None, "adapter.target_modules")
-    if adapter.target_detector is not None:
-        ref = adapter.target_detector
-        cls = registry.get("target_detector", ref.name, "adapter.target_detector.name")
-        detector = cls(ref.options)
-        selection = detector.detect(model)
-        if selection is None:
-            raise ConfigError(
-                "adapter.target_detector",
-                f"detector '{ref.name}' does not recognise this {_kind(model)} model; remove "
-                "adapter.target_detector to try every detector, or list "
-                f"adapter.target_modules (candidates: {', '.join(candidate_names(model))})",
-            )
-        return _chosen(model, ref.name, selection)
-    classes = sorted(registry.classes("target_detector"), key=lambda c: (c.priority, c.name))
-    for cls in classes:
-        detector: TargetDetector = cls()
+    for detector in plan.detectors:
         selection = detector.detect(model)
         if selection is not None:
-            return _chosen(model, cls.name, selection)
+            check_modules_to_save(model, adapter.modules_to_save)
+            return _chosen(model, detector.name, selection)
+    if plan.detector_named:
+        raise plan.detectors[0].config_error(
+            f"detector '{plan.detectors[0].name}' does not recognise this {_kind(model)} "
+            "model; remove adapter.target_detector to try every detector, or list "
+            f"adapter.target_modules (candidates: {', '.join(candidate_names(model))})"
+        )
     raise ConfigError(
         "adapter.target_modules",
         f"no target detector recognises this {_kind(model)} model (tried: "
-        f"{', '.join(c.name for c in classes) or 'none'}); list the modules to adapt, "
+        f"{', '.join(d.name for d in plan.detectors) or 'none'}); list the modules to adapt, "
         f"candidates: {', '.join(candidate_names(model))}",
     )
 
@@ -111,7 +107,7 @@ def targets_are_transposed(model: nn.Module, names: list[str]) -> bool:
     matched = [
         module for name, module in model.named_modules()
         if isinstance(module, LINEAR_TYPES + OTHER_LORA_TYPES)
-        and any(_matches(name, key) for key in names)
+        and any(matches_target(name, key) for key in names)
     ]
     return bool(matched) and all(isinstance(module, Conv1D) for module in matched)
 
@@ -132,7 +128,7 @@ def check_names(model: nn.Module, names: list[str], field: str = "adapter.target
     wrappable = [name for name, module in model.named_modules()
                  if isinstance(module, LINEAR_TYPES + OTHER_LORA_TYPES)]
     for key in names:
-        if not any(_matches(name, key) for name in wrappable):
+        if not any(matches_target(name, key) for name in wrappable):
             raise ConfigError(
                 field,
                 f"'{key}' matches no adaptable layer of this {_kind(model)} model. "
@@ -145,7 +141,7 @@ def check_modules_to_save(model: nn.Module, names: list[str]) -> None:
     all_names = [name for name, module in model.named_modules()
                  if any(True for _ in module.parameters(recurse=False))]
     for key in names:
-        if not any(_matches(name, key) for name in all_names):
+        if not any(matches_target(name, key) for name in all_names):
             leaves = dict.fromkeys(name.rsplit(".", 1)[-1] for name in all_names)
             raise ConfigError(
                 "adapter.modules_to_save",

@@ -4,7 +4,7 @@ No machine lorapipe is developed or tested on can reach a model hub, so the
 engine ships one built-in model, ``tiny-llama``, that is built on first use and
 cached. :func:`resolve_model_path` is the single place that knows about it:
 everything downstream sees an ordinary Hugging Face model directory and must
-not special-case the tiny model (DESIGN.md §5).
+not special-case the tiny model.
 """
 
 from __future__ import annotations

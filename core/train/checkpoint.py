@@ -4,10 +4,14 @@
 
     adapter/            the adapter in PEFT format (save_pretrained)
     optimizer.pt        optimizer state_dict (loaded with weights_only=True)
-    scheduler.json      LR scheduler state_dict (incl. base_lrs after any halving)
     rng.pt              python / numpy / torch (/ cuda) RNG states, one entry per process
-    state.json          TrainState: step, epoch, position in the epoch, best metric, ...
+    state.json          TrainState: step, epoch, position in the epoch, best metric,
+                        rollbacks, ... (also the learning-rate schedule's state, see below)
     manifest.json       sha256 of every file above, written last
+
+There is no scheduler file: the learning rate is a pure function of ``step`` and
+``TrainState.lr_scale`` (0.5 per rollback; schedule.py), so state.json alone puts the
+schedule where it was, the halving of every rollback included.
 
 The directory is built under a temporary name and renamed into place, so a crash leaves
 either a complete checkpoint or a dot-prefixed temp directory that is ignored. On resume
@@ -53,6 +57,15 @@ class TrainState:
     config_hash: str = ""
     world_size: int = 1
 
+    @property
+    def lr_scale(self) -> float:
+        """Multiplier of the scheduled learning rate: each rollback halves it.
+
+        Derived from ``rollbacks`` rather than stored beside it, so the two cannot disagree
+        and a checkpoint's state.json restores the scale with the count.
+        """
+        return 0.5 ** self.rollbacks
+
 
 def capture_rng() -> dict[str, Any]:
     state = np.random.get_state()
@@ -85,13 +98,11 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, state: TrainState,
-                    rng_states: list[dict[str, Any]]) -> None:
+                    state: TrainState, rng_states: list[dict[str, Any]]) -> None:
     """Write a complete checkpoint at ``directory`` (replacing one that exists)."""
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp / "adapter")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
         torch.save(rng_states, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -136,15 +147,13 @@ def newest_valid(root: Path) -> tuple[Path | None, list[str]]:
 
 
 def load_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler,
                     ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Load weights and optimizer/scheduler state in place; return the counters and RNG states."""
+    """Load weights and optimizer state in place; return the counters and RNG states."""
     weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"{directory}: adapter does not fit the model: {result.unexpected_keys}")
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(json.loads((directory / "scheduler.json").read_text()))
     state = TrainState(**json.loads((directory / "state.json").read_text()))
     return state, torch.load(directory / "rng.pt", weights_only=True)
 

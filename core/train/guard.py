@@ -13,20 +13,25 @@ import torch
 
 
 class NonFiniteGuard:
+    """Counts non-finite steps in a row (the run's total lives in ``TrainState``)."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_a_row = 0
-        self.total = 0
 
     def record(self, loss: float, grad_norm: float) -> bool:
         """Count this step; True if it is finite and its update may be applied."""
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         self.in_a_row = 0 if finite else self.in_a_row + 1
-        self.total += 0 if finite else 1
         return finite
+
+    def reset(self) -> None:
+        """Start a new streak: after a rollback the restored weights deserve the full limit."""
+        self.in_a_row = 0
 
     @property
     def must_roll_back(self) -> bool:
+        """The streak reached ``max_nonfinite_steps``: skipping alone no longer helps."""
         return self.in_a_row >= self.limit
 
 

@@ -1,7 +1,7 @@
 """SIGINT / SIGTERM ask the loop to stop after the current step, not in the middle of it.
 
 A half-done step would leave gradients accumulated and no consistent state to save; the
-loop instead finishes the step, writes a checkpoint and then exits (DESIGN.md §3: exit
+loop instead finishes the step, writes a checkpoint and then exits (exit
 130 with a message saying how to resume). A second Ctrl-C stops at once.
 """
 

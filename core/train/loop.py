@@ -1,16 +1,16 @@
 """The training loop: one optimizer step at a time, with the state it saves spelled out.
 
-Each step: build this process's micro-batches from the (seed, epoch)-determined plan,
-count the step's trainable tokens on all processes, backpropagate every micro-batch's
-loss sum divided by that count (syncing gradients only on the last one), clip, and
-apply the update unless the loss or gradient is non-finite. Then log, evaluate, stop
-early, checkpoint, or stop on a signal. ``TrainState`` (checkpoint.py) plus the config
-is everything the loop needs to continue exactly where it left off.
+``Trainer.run`` reads top to bottom: take one optimizer step (``Trainer.step``, which
+returns a ``StepResult``), count it in the state, handle a skipped non-finite update
+(rolling back after a streak), log, evaluate / stop early, checkpoint, stop on a signal.
+``TrainState`` (checkpoint.py) plus the config is everything the loop needs to continue
+exactly where it left off, the learning rate included (schedule.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -46,7 +46,7 @@ from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
 from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
 from lorapipe.train.metrics import MetricsLog
 from lorapipe.train.optim import build_optimizer
-from lorapipe.train.schedule import build_scheduler, scale_learning_rate, sync_learning_rate
+from lorapipe.train.schedule import LearningRateSchedule
 
 MAX_ROLLBACKS = 5
 
@@ -76,7 +76,55 @@ def _mixed_precision(model: torch.nn.Module) -> str:
     return "bf16" if torch.bfloat16 in dtypes else "fp16" if torch.float16 in dtypes else "no"
 
 
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did, summed over all processes (the same on every one)."""
+
+    loss: float  # mean over the step's trainable tokens
+    grad_norm: float  # before clipping
+    lr: float  # the update's lr; the lowest group's (LoRA+ B groups get a multiple)
+    applied: bool  # False: the loss or gradient was non-finite and the update skipped
+    trainable_tokens: int  # prediction targets: what the loss is averaged over
+    real_tokens: int  # non-pad tokens: what throughput counts
+    batch_tokens: int  # incl. padding: what the padding fraction compares with
+
+
+@dataclasses.dataclass
+class LogWindow:
+    """The steps since the last log line, summed; closed into one metrics.jsonl record."""
+
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0  # token-weighted, so the record's loss is the window's token mean
+    trainable_tokens: int = 0
+    real_tokens: int = 0
+    batch_tokens: int = 0
+
+    def add(self, result: StepResult) -> None:
+        self.loss_sum += result.loss * result.trainable_tokens
+        self.trainable_tokens += result.trainable_tokens
+        self.real_tokens += result.real_tokens
+        self.batch_tokens += result.batch_tokens
+
+    def record(self, *, step: int, epoch: float, last: StepResult,
+               memory: dict[str, Any]) -> dict[str, Any]:
+        """The metrics.jsonl line: window means and throughput, the last step's lr and norm."""
+        seconds = time.perf_counter() - self.started
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": self.loss_sum / max(self.trainable_tokens, 1),
+            "lr": last.lr,
+            "grad_norm": last.grad_norm,
+            "trainable_tokens": self.trainable_tokens,
+            "tokens_per_s": self.real_tokens / max(seconds, 1e-9),
+            "padding_fraction": 1 - self.real_tokens / max(self.batch_tokens, 1),
+            "memory": memory,
+        }
+
+
 class Trainer:
+    """One training run: the prepared model, optimizer and data order, and its ``TrainState``."""
+
     def __init__(self, model, train_data, validation_data, *, config: TrainConfig,  # noqa: ANN001
                  paths: RunPaths, pad_token_id: int, max_length: int, config_hash: str,
                  memory: Callable[[], dict]) -> None:
@@ -104,7 +152,7 @@ class Trainer:
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.val_examples = load_examples(validation_data) if validation_data else []
         optimizer = build_optimizer(model, config)
-        self.scheduler = build_scheduler(optimizer, config, self.total_steps)
+        self.schedule = LearningRateSchedule(optimizer, config, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.guard = NonFiniteGuard(config.max_nonfinite_steps)
@@ -146,10 +194,66 @@ class Trainer:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
-    # --- one optimizer step -----------------------------------------------------------
+    # --- the run ----------------------------------------------------------------------
 
-    def _train_step(self, batches: list[dict[str, torch.Tensor]], real: int) -> dict[str, Any]:
-        acc = self.accelerator
+    def run(self, *, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
+        """Train to the last step, an early stop or a signal; return the run's summary."""
+        self._start(resume, allow_config_change)
+        cfg = self.config
+        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        window, started, run_tokens = LogWindow(), time.perf_counter(), 0
+        stopped_early = False
+        self.model.train()
+        with stop_on_signals() as stop:
+            while self.state.step < self.total_steps and not stopped_early:
+                try:
+                    result = self.step()
+                except torch.OutOfMemoryError as err:
+                    self._halve_micro_batch(err)  # or explain what to change, and stop
+                    continue  # the same step again, split finer
+                self._count(result)
+                window.add(result)
+                run_tokens += result.real_tokens
+                if not result.applied:
+                    self._log({"step": self.state.step, "event": "nonfinite_skip",
+                               "loss": result.loss, "grad_norm": result.grad_norm})
+                    if self.guard.must_roll_back:
+                        self.roll_back()  # continue from the checkpoint, at half the lr
+                        window, bar.n = LogWindow(), self.state.step
+                        continue
+                bar.update(1)
+                step, last = self.state.step, self.state.step >= self.total_steps
+                if step % cfg.logging_steps == 0 or last:
+                    record = window.record(step=step, epoch=self._epoch(), last=result,
+                                           memory=self.memory())
+                    self._log(record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
+                    window = LogWindow()
+                improved = False
+                if self.val_examples and (last or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+                    improved, stopped_early = self._after_eval(self.evaluate())
+                interrupted = bool(self._sum(float(bool(stop)))[0])  # every process stops
+                due = step % cfg.save_steps == 0 or last or stopped_early or interrupted
+                if due or improved:  # the best step always has a checkpoint to publish
+                    self.save()
+                if interrupted:
+                    bar.close()
+                    raise self._interrupted(stop.signal_name or "signal")
+        bar.close()
+        return self._finish(time.perf_counter() - started, run_tokens, stopped_early)
+
+    def step(self) -> StepResult:
+        """One optimizer step on the next effective batch; the caller counts it (``_count``).
+
+        Backpropagates every micro-batch's loss sum divided by the step's trainable tokens
+        on all processes (loss.py), syncing gradients only on the last micro-batch; clips;
+        sets the scheduled lr from the state; applies the update unless the loss or the
+        gradient is non-finite. The gradients are cleared either way.
+        """
+        acc, state = self.accelerator, self.state
+        batches, real = self._next_micro_batches()
         step_tokens = int(self._sum(sum(trainable_tokens(b) for b in batches))[0])
         scale = backward_scale(step_tokens, self.world)
         total = 0.0
@@ -166,14 +270,26 @@ class Trainer:
         loss = total / max(step_tokens, 1)
         grad_norm = float(acc.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
         applied = self.guard.record(loss, grad_norm)
-        lr = min(group["lr"] for group in self.optimizer.param_groups)  # LoRA+ B groups: higher
+        lr = self.schedule.apply(self.optimizer, state.step, state.lr_scale)
         if applied:
             self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss, "grad_norm": grad_norm, "applied": applied, "lr": lr,
-                "trainable_tokens": step_tokens, "real_tokens": int(real),
-                "batch_tokens": int(padded)}
+        return StepResult(loss=loss, grad_norm=grad_norm, lr=lr, applied=applied,
+                          trainable_tokens=step_tokens, real_tokens=int(real),
+                          batch_tokens=int(padded))
+
+    def _count(self, result: StepResult) -> None:
+        """Advance the state past a step; a skipped update still consumes its batch."""
+        state = self.state
+        state.step += 1
+        state.step_in_epoch += 1
+        state.trained_tokens += result.trainable_tokens
+        if not result.applied:
+            state.nonfinite_steps += 1
+
+    def _epoch(self) -> float:
+        """Epochs done, fractional: the ``epoch`` of metrics.jsonl's records."""
+        return round(self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch, 4)
 
     # --- evaluation, checkpoints, rollback ---------------------------------------------
 
@@ -200,6 +316,25 @@ class Trainer:
         total, tokens = self._sum(total, tokens)
         return total / max(tokens, 1)
 
+    def _after_eval(self, eval_loss: float) -> tuple[bool, bool]:
+        """Record an evaluation; return (improved on the best, patience exhausted)."""
+        state, rule = self.state, self.config.early_stopping
+        min_delta = rule.min_delta if rule else 0.0
+        best = state.best_eval_loss
+        improved = math.isfinite(eval_loss) and (best is None or eval_loss < best - min_delta)
+        if improved:
+            state.best_eval_loss, state.best_step = eval_loss, state.step
+            state.evals_without_improvement = 0
+        else:
+            state.evals_without_improvement += 1
+        stop = rule is not None and state.evals_without_improvement >= rule.patience
+        self._log({"step": state.step, "epoch": self._epoch(),
+                   "eval_loss": eval_loss, "best_eval_loss": state.best_eval_loss})
+        if stop:
+            self._log({"step": state.step, "event": "early_stop",
+                       "best_step": state.best_step, "patience": rule.patience})
+        return improved, stop
+
     def save(self) -> None:
         """Checkpoint the current step (all processes take part; the main one writes)."""
         rng = capture_rng()
@@ -208,40 +343,72 @@ class Trainer:
             model = self.accelerator.unwrap_model(self.model)
             assert_finite(model)
             save_checkpoint(self.paths.checkpoint(self.state.step), model=model,
-                            optimizer=self.optimizer, scheduler=self.scheduler,
-                            state=self.state, rng_states=rng_states)
+                            optimizer=self.optimizer, state=self.state, rng_states=rng_states)
             rotate(self.paths.checkpoints, self.config.save_total_limit, self.state.best_step)
         self.accelerator.wait_for_everyone()
 
     def restore(self, directory: Path) -> None:
+        """Load a checkpoint's weights, optimizer, RNG and state (the lr follows the state)."""
         state, rng_states = load_checkpoint(
-            directory, model=self.accelerator.unwrap_model(self.model),
-            optimizer=self.optimizer, scheduler=self.scheduler)
-        sync_learning_rate(self.scheduler)
+            directory, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer)
         restore_rng(rng_states[self.rank] if len(rng_states) == self.world else rng_states[0])
         state.world_size = self.world
         self.state = state
 
     def roll_back(self) -> None:
-        """Restore the newest valid checkpoint and halve the learning rate in effect."""
-        state = self.state
-        if state.rollbacks >= MAX_ROLLBACKS:
+        """Restore the newest valid checkpoint and halve the learning rate in effect.
+
+        The checkpoint's state replaces the current one except for the run's tallies of
+        non-finite steps and rollbacks, which carry on; one more rollback halves
+        ``state.lr_scale``, so the schedule's next ``apply`` uses half the lr.
+        """
+        before = self.state
+        if before.rollbacks >= MAX_ROLLBACKS:
             raise RuntimeError(
                 f"training diverged: {MAX_ROLLBACKS} rollbacks did not help; lower "
                 "train.learning_rate or check the data for broken samples")
         path, problems = newest_valid(self.paths.checkpoints)
         if path is None:
             raise RuntimeError("non-finite steps and no valid checkpoint to roll back to")
-        lr_now = list(self.scheduler.base_lrs)
         self.restore(path)
-        self.scheduler.base_lrs = lr_now
-        scale_learning_rate(self.scheduler, 0.5)
-        self.state.rollbacks = state.rollbacks + 1
-        self.state.nonfinite_steps = state.nonfinite_steps
-        self.guard.in_a_row = 0
-        self._log({"step": self.state.step, "event": "rollback", "from_step": state.step,
-                   "checkpoint": path.name, "lr": min(self.scheduler.get_last_lr()),
-                   "problems": problems})
+        state = self.state
+        state.rollbacks, state.nonfinite_steps = before.rollbacks + 1, before.nonfinite_steps
+        self.guard.reset()
+        lr = min(self.schedule.lrs(state.step, state.lr_scale))  # the next update's
+        self._log({"step": state.step, "event": "rollback", "from_step": before.step,
+                   "checkpoint": path.name, "lr": lr, "problems": problems})
+
+    def _halve_micro_batch(self, err: torch.OutOfMemoryError) -> None:
+        """auto_batch: retry the step with a smaller micro batch and more accumulation.
+
+        The micro batch is divided by its smallest factor (4 → 2, 3 → 1) and accumulation
+        multiplied by it, so the effective batch is unchanged; steps are planned as effective
+        batches before they are split (batching.py), so the retried step trains on the same
+        samples with the same loss normalisation. Without auto_batch, or at a micro batch of
+        1, raises a RuntimeError (from ``err``) that says what to change instead.
+        """
+        if not self.config.auto_batch or self.micro_batch_size == 1:
+            raise RuntimeError(self._oom_advice()) from err
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        factor = next(f for f in range(2, self.micro_batch_size + 1)
+                      if self.micro_batch_size % f == 0)
+        self.micro_batch_size //= factor
+        self.accumulation *= factor
+        self._planned = (-1, [])
+        self._log({"step": self.state.step + 1, "event": "auto_batch",
+                   "micro_batch_size": self.micro_batch_size,
+                   "gradient_accumulation_steps": self.accumulation})
+
+    def _oom_advice(self) -> str:
+        return (
+            f"out of memory at step {self.state.step + 1} (the last checkpoint is intact). Try: "
+            f"a smaller train.micro_batch_size (now {self.micro_batch_size}) with a larger "
+            f"train.gradient_accumulation_steps (now {self.accumulation}) for the same "
+            "effective batch, train.gradient_checkpointing: true, a lower adapter.r, a "
+            "shorter data.max_length, or model.quantizer: nf4 if not used (or set "
+            "train.auto_batch: true to do the first automatically); then --resume")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -249,7 +416,7 @@ class Trainer:
             if "event" in record:
                 tqdm.write(f"step {record['step']}: {record['event']} {record}")
 
-    # --- the run ----------------------------------------------------------------------
+    # --- start and end ----------------------------------------------------------------
 
     def _start(self, resume: bool, allow_config_change: bool) -> None:
         root = self.paths.checkpoints
@@ -281,138 +448,6 @@ class Trainer:
         if path is None:
             set_seed(self.config.seed)
             self.save()  # step 0: a rollback target before the first scheduled checkpoint
-
-    def run(self, *, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
-        self._start(resume, allow_config_change)
-        cfg = self.config
-        bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
-                   disable=not self.accelerator.is_main_process)
-        self.window, started, run_tokens = _fresh_window(), time.perf_counter(), 0
-        self.model.train()
-        stopped_early = False
-        with stop_on_signals() as stop:
-            while self.state.step < self.total_steps and not stopped_early:
-                out = self._step()
-                run_tokens += out["real_tokens"]
-                if not out["applied"] and self._skipped(out):  # rolled back: continue from there
-                    bar.n = self.state.step
-                    continue
-                bar.update(1)
-                step, last = self.state.step, self.state.step >= self.total_steps
-                if step % cfg.logging_steps == 0 or last:
-                    record = self._log_window(out)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                improved = False
-                if self.val_examples and (last or (cfg.eval_steps and step % cfg.eval_steps == 0)):
-                    improved, stopped_early = self._after_eval(self.evaluate())
-                interrupted = bool(self._sum(float(bool(stop)))[0])  # every process stops
-                due = step % cfg.save_steps == 0 or last or stopped_early or interrupted
-                if due or improved:  # the best step always has a checkpoint to publish
-                    self.save()
-                if interrupted:
-                    bar.close()
-                    raise self._interrupted(stop.signal_name or "signal")
-        bar.close()
-        return self._finish(time.perf_counter() - started, run_tokens, stopped_early)
-
-    def _step(self) -> dict[str, Any]:
-        """One optimizer step, counted in the state and the logging window."""
-        while True:
-            try:
-                out = self._train_step(*self._next_micro_batches())
-                break
-            except torch.OutOfMemoryError as err:
-                if not self.config.auto_batch or self.micro_batch_size == 1:
-                    raise RuntimeError(self._oom_advice()) from err
-                self._halve_micro_batch()
-        state = self.state
-        state.step += 1
-        state.step_in_epoch += 1
-        state.trained_tokens += out["trainable_tokens"]
-        for key in ("trainable_tokens", "real_tokens", "batch_tokens"):
-            self.window[key] += out[key]
-        self.window["loss"] += out["loss"] * out["trainable_tokens"]
-        return out
-
-    def _skipped(self, out: dict[str, Any]) -> bool:
-        """Count a skipped update; True if it ended a streak and the run was rolled back."""
-        self.state.nonfinite_steps += 1
-        self._log({"step": self.state.step, "event": "nonfinite_skip",
-                   "loss": out["loss"], "grad_norm": out["grad_norm"]})
-        if not self.guard.must_roll_back:
-            return False
-        self.roll_back()
-        self.window = _fresh_window()
-        return True
-
-    def _log_window(self, out: dict[str, Any]) -> dict[str, Any]:
-        """Write the metrics of the steps since the last log line; start a new window."""
-        window, state = self.window, self.state
-        seconds = time.perf_counter() - window["started"]
-        record = {
-            "step": state.step,
-            "epoch": round(state.epoch + state.step_in_epoch / self.steps_per_epoch, 4),
-            "loss": window["loss"] / max(window["trainable_tokens"], 1),
-            "lr": out["lr"],
-            "grad_norm": out["grad_norm"],
-            "trainable_tokens": int(window["trainable_tokens"]),
-            "tokens_per_s": window["real_tokens"] / max(seconds, 1e-9),
-            "padding_fraction": 1 - window["real_tokens"] / max(window["batch_tokens"], 1),
-            "memory": self.memory(),
-        }
-        self._log(record)
-        self.window = _fresh_window()
-        return record
-
-    def _halve_micro_batch(self) -> None:
-        """auto_batch: retry the step with a smaller micro batch and more accumulation.
-
-        The micro batch is divided by its smallest factor (4 → 2, 3 → 1) and accumulation
-        multiplied by it, so the effective batch is unchanged; steps are planned as effective
-        batches before they are split (batching.py), so the retried step trains on the same
-        samples with the same loss normalisation.
-        """
-        self.optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        factor = next(f for f in range(2, self.micro_batch_size + 1)
-                      if self.micro_batch_size % f == 0)
-        self.micro_batch_size //= factor
-        self.accumulation *= factor
-        self._planned = (-1, [])
-        self._log({"step": self.state.step + 1, "event": "auto_batch",
-                   "micro_batch_size": self.micro_batch_size,
-                   "gradient_accumulation_steps": self.accumulation})
-
-    def _oom_advice(self) -> str:
-        return (
-            f"out of memory at step {self.state.step + 1} (the last checkpoint is intact). Try: "
-            f"a smaller train.micro_batch_size (now {self.micro_batch_size}) with a larger "
-            f"train.gradient_accumulation_steps (now {self.accumulation}) for the same "
-            "effective batch, train.gradient_checkpointing: true, a lower adapter.r, a "
-            "shorter data.max_length, or model.quantizer: nf4 if not used (or set "
-            "train.auto_batch: true to do the first automatically); then --resume")
-
-    def _after_eval(self, eval_loss: float) -> tuple[bool, bool]:
-        """Record an evaluation; return (improved on the best, patience exhausted)."""
-        state, rule = self.state, self.config.early_stopping
-        min_delta = rule.min_delta if rule else 0.0
-        best = state.best_eval_loss
-        improved = math.isfinite(eval_loss) and (best is None or eval_loss < best - min_delta)
-        if improved:
-            state.best_eval_loss, state.best_step = eval_loss, state.step
-            state.evals_without_improvement = 0
-        else:
-            state.evals_without_improvement += 1
-        stop = rule is not None and state.evals_without_improvement >= rule.patience
-        self._log({"step": state.step, "epoch": round(state.epoch + state.step_in_epoch
-                                                       / self.steps_per_epoch, 4),
-                   "eval_loss": eval_loss, "best_eval_loss": state.best_eval_loss})
-        if stop:
-            self._log({"step": state.step, "event": "early_stop",
-                       "best_step": state.best_step, "patience": rule.patience})
-        return improved, stop
 
     def _interrupted(self, signal_name: str) -> TrainingInterrupted:
         message = (f"{signal_name}: stopped after step {self.state.step}; checkpoint saved in "
@@ -446,12 +481,6 @@ class Trainer:
                        f"({summary['tokens_per_s']:.0f} tokens/s), best eval loss {best} "
                        f"(step {state.best_step}); adapter/ from step {chosen}")
         return summary
-
-
-def _fresh_window() -> dict[str, float]:
-    """Sums over the steps since the last log line."""
-    return {"loss": 0.0, "trainable_tokens": 0, "real_tokens": 0, "batch_tokens": 0,
-            "started": time.perf_counter()}
 
 
 def json_field(path: Path, key: str) -> Any:

@@ -1,7 +1,7 @@
 """Learning-rate schedule: linear warmup, then cosine / linear / constant down to min_lr_ratio.
 
-Stepped once per optimizer step; ``step`` below counts optimizer steps already taken, so
-the first update uses ``lr_factor(0)``, which is already non-zero during warmup.
+``step`` below counts optimizer steps already taken, so the first update uses
+``lr_factor(0)``, which is already non-zero during warmup.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 
 from lorapipe.config import TrainConfig
 
@@ -33,28 +32,35 @@ def lr_factor(step: int, *, total_steps: int, warmup: int, kind: str,
     return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
 
-def build_scheduler(optimizer: Optimizer, config: TrainConfig, total_steps: int) -> LambdaLR:
-    warmup = warmup_steps(config, total_steps)
+class LearningRateSchedule:
+    """Each param group's lr as a pure function: ``peak × scale × lr_factor(step)``.
 
-    def factor(step: int) -> float:
-        return lr_factor(step, total_steps=total_steps, warmup=warmup,
-                         kind=config.lr_scheduler, min_lr_ratio=config.min_lr_ratio)
-
-    return LambdaLR(optimizer, factor)
-
-
-def scale_learning_rate(scheduler: LambdaLR, scale: float) -> None:
-    """Multiply the peak learning rate (e.g. halve it after a rollback), effective now.
-
-    ``base_lrs`` is part of the scheduler's state_dict, so the change survives a resume.
+    The loop passes ``TrainState.step`` and ``TrainState.lr_scale`` (halved by each
+    rollback) and calls :meth:`apply` right before every optimizer step. Why not torch's
+    ``LambdaLR``: it keeps the schedule's position and peaks as state of its own
+    (``last_epoch``, ``base_lrs``) that would have to be checkpointed beside TrainState,
+    kept in step with it across rollbacks, and rescaled through its private attributes.
+    Computed from the state, the lr needs nothing saved but ``state.json``, a rollback
+    changes only the scale, and a resumed or rolled-back run cannot disagree with it.
     """
-    scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
-    sync_learning_rate(scheduler)
 
+    def __init__(self, optimizer: Optimizer, config: TrainConfig, total_steps: int) -> None:
+        # Each group's lr at construction is its peak: LoRA+ B groups keep their higher one.
+        self.peaks = [group["lr"] for group in optimizer.param_groups]
+        self.total_steps = total_steps
+        self.warmup = warmup_steps(config, total_steps)
+        self.kind = config.lr_scheduler
+        self.min_lr_ratio = config.min_lr_ratio
 
-def sync_learning_rate(scheduler: LambdaLR) -> None:
-    """Set each param group's lr from the scheduler's state (after loading or rescaling it)."""
-    groups = scheduler.optimizer.param_groups
-    for group, base, fn in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-        group["lr"] = base * fn(scheduler.last_epoch)
-    scheduler._last_lr = [group["lr"] for group in groups]
+    def lrs(self, step: int, scale: float) -> list[float]:
+        """Every group's lr for the update after ``step`` updates."""
+        factor = lr_factor(step, total_steps=self.total_steps, warmup=self.warmup,
+                           kind=self.kind, min_lr_ratio=self.min_lr_ratio)
+        return [peak * scale * factor for peak in self.peaks]
+
+    def apply(self, optimizer: Optimizer, step: int, scale: float) -> float:
+        """Set each group's lr for the next update; return the lowest (the base groups')."""
+        lrs = self.lrs(step, scale)
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        return min(lrs)

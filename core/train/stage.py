@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import load_from_disk
-from transformers import AutoTokenizer
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_write_json
@@ -17,7 +16,8 @@ from lorapipe.train.loop import train
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
-    from lorapipe.model import build_trainable_model, load_tokenizer, memory_snapshot
+    from lorapipe.model import build_trainable_model, memory_snapshot
+    from lorapipe.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
     paths, config = ctx.paths, ctx.config
     if not (paths.train_data.is_dir() and paths.tokenizer.is_dir()):
@@ -26,13 +26,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     validation = None
     if paths.validation_data.is_dir():
         validation = load_from_disk(str(paths.validation_data))
-    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer))
-    _check_same_tokenizer(tokenizer, load_tokenizer(config), paths)
-    # Pad positions are masked out of attention and loss, so any id will do where the
-    # tokenizer defines none (GPT-2 and other base models).
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    tokenizer = prepared_tokenizer(paths, config.model)
+    _check_same_tokenizer(tokenizer, load_tokenizer(config.model), paths)
     set_seed(config.train.seed)  # adapter initialisation is part of the run's determinism
     model, report = build_trainable_model(
         ctx, gradient_checkpointing=config.train.gradient_checkpointing
@@ -43,9 +38,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         validation if validation is not None and len(validation) else None,
         config=config.train,
         paths=paths,
-        pad_token_id=pad_id,
+        pad_token_id=pad_token_id(tokenizer),
         max_length=config.data.max_length,
-        config_hash=config.hash(),
+        config_hash=ctx.config_hash,
         resume=ctx.resume,
         allow_config_change=ctx.allow_config_change,
         memory=memory_snapshot,

@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from lorapipe import hookimpl
-from lorapipe.components import Evaluator, Options
+from lorapipe.plugin import EvalContext, Evaluator, Options, hookimpl
 
 
 class PerplexityOptions(Options):
@@ -20,14 +19,12 @@ class PerplexityEvaluator(Evaluator):
     name = "perplexity"
     Options = PerplexityOptions
 
-    def evaluate(self, context: Any) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         from tqdm import tqdm
 
         from lorapipe.evaluate.nll import token_nll
 
-        pad_id = context.tokenizer.pad_token_id
-        kwargs = {"batch_size": self.options.batch_size,
-                  "pad_id": pad_id if pad_id is not None else 0}
+        kwargs = {"batch_size": self.options.batch_size, "pad_id": context.pad_token_id}
         results = {}
         with tqdm(total=2 * len(context.dataset), desc="perplexity", unit="seq") as bar:
             with context.base() as base:

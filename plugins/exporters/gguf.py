@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from lorapipe import __version__, hookimpl
-from lorapipe.components import Exporter, Options
+from lorapipe import __version__
+from lorapipe.plugin import Exporter, Options, RunInfo, hookimpl
 
 GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"]
 
@@ -48,25 +48,24 @@ class GgufExporter(Exporter):
 
         check_model(model_dir)
 
-    def export(self, merged_dir: Path, out_dir: Path, context: Any) -> list[Path]:
+    def export(self, merged_dir: Path, out_dir: Path, run: RunInfo | None) -> list[Path]:
         from lorapipe.export.gguf_writer import write_gguf
 
-        provenance = _provenance(context) if context is not None else {}
+        provenance = _provenance(run) if run is not None else {}
         return [
             write_gguf(merged_dir, out_dir / f"model-{type_name}.gguf", type_name, provenance).path
             for type_name in self.options.types
         ]
 
 
-def _provenance(ctx: Any) -> dict[str, Any]:
+def _provenance(run: RunInfo) -> dict[str, Any]:
     """Where the weights came from, so a GGUF file found later can be traced to its run."""
-    config = ctx.config
     extra: dict[str, Any] = {
         "version": __version__,
-        "config_hash": config.hash(),
-        "quantizer": config.model.quantizer.name,
+        "config_hash": run.config_hash,
+        "quantizer": run.quantizer,
     }
-    adapter_config = ctx.paths.adapter / "adapter_config.json"
+    adapter_config = run.paths.adapter / "adapter_config.json"
     if adapter_config.is_file():
         saved = json.loads(adapter_config.read_text(encoding="utf-8"))
         extra.update({
@@ -77,8 +76,8 @@ def _provenance(ctx: Any) -> dict[str, Any]:
             "adapter.use_dora": saved.get("use_dora"),
         })
     return {
-        "name": f"{Path(config.model.name_or_path).name}-lorapipe",
-        "base_model": config.model.name_or_path,
+        "name": f"{Path(run.base_model).name}-lorapipe",
+        "base_model": run.base_model,
         "lorapipe": extra,
     }
 

@@ -8,9 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from lorapipe import hookimpl
-from lorapipe.components import RawRecord
-from lorapipe.data.files import FileLoader
+from lorapipe.plugin import FileLoader, RawRecord, RecordError, hookimpl
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -32,17 +30,19 @@ class JsonlLoader(FileLoader):
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    why = f"invalid_text: not UTF-8 ({err.reason} at byte {err.start})"
+                    why = RecordError("invalid_text",
+                                      f"not UTF-8 ({err.reason} at byte {err.start})")
                     yield RawRecord(source, location, error=why)
                     continue
                 try:
                     data = json.loads(text)
                 except json.JSONDecodeError as err:
-                    why = f"malformed_json: {err.msg} (column {err.colno})"
+                    why = RecordError("malformed_json", f"{err.msg} (column {err.colno})")
                     yield RawRecord(source, location, error=why)
                     continue
                 if not isinstance(data, dict):
-                    why = f"wrong_type: expected a JSON object, got {type(data).__name__}"
+                    why = RecordError("wrong_type",
+                                      f"expected a JSON object, got {type(data).__name__}")
                     yield RawRecord(source, location, error=why)
                     continue
                 yield RawRecord(source, location, data=data)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lorapipe import hookimpl
-from lorapipe.components import Options, Quantizer
-from lorapipe.errors import ConfigError
+from lorapipe.plugin import Options, Quantizer, hookimpl
 
 # torch, bitsandbytes and peft are imported inside the methods: plugin discovery
 # (`lorapipe components`, `validate`) imports this module and must stay fast.
@@ -30,6 +28,11 @@ class Nf4Quantizer(Quantizer):
     name = "nf4"
     Options = Nf4Options
 
+    quantized = True
+
+    def storage_dtype(self, dtype: Any) -> Any:
+        return self._storage()
+
     def _compute_dtype(self, device: str) -> Any:
         from lorapipe.model.dtypes import resolve_dtype
 
@@ -51,8 +54,7 @@ class Nf4Quantizer(Quantizer):
         try:
             import bitsandbytes as bnb
         except ImportError as err:
-            raise ConfigError(
-                "model.quantizer",
+            raise self.config_error(
                 f"nf4 needs bitsandbytes, which cannot be imported ({err}); "
                 "pip install bitsandbytes, or use quantizer: none",
             ) from None
@@ -65,8 +67,7 @@ class Nf4Quantizer(Quantizer):
             ).to(device)
             layer(torch.ones(1, _BLOCK, dtype=compute, device=device))
         except Exception as err:  # any failure here means "not on this machine"
-            raise ConfigError(
-                "model.quantizer",
+            raise self.config_error(
                 f"nf4 (quant_type={opts.quant_type}, compute_dtype={compute}, quant_storage="
                 f"{opts.quant_storage}) cannot run on {device} with bitsandbytes "
                 f"{bnb.__version__}: {str(err).strip().splitlines()[0] if str(err) else err!r}. "

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe import hookimpl
-from lorapipe.components import Quantizer
+from lorapipe.plugin import Quantizer, hookimpl
 
 
 class NoQuantizer(Quantizer):
     """No quantization: load the frozen base in model.dtype (bf16/fp16/fp32)."""
 
     name = "none"
+    quantized = False
+
+    def storage_dtype(self, dtype: Any) -> Any:
+        return dtype
 
     def from_pretrained_kwargs(self, dtype: Any, device: str) -> dict[str, Any]:
         return {"dtype": dtype}

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe import hookimpl
-from lorapipe.components import UnrenderableConversation
-from lorapipe.data.piece_template import Piece, PieceTemplate
+from lorapipe.plugin import Piece, PieceTemplate, alternating_turns, hookimpl
 
 
 class Llama3Template(PieceTemplate):
@@ -58,19 +56,9 @@ class Llama2Template(PieceTemplate):
     ) -> list[Piece]:
         bos = self._token_id(tokenizer, tokenizer.bos_token, "BOS")
         eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
+        system, turns = alternating_turns(messages, self.name, generation_prompt)
+        system = system.strip() if system is not None else None
         offset = 1 if messages and messages[0]["role"] == "system" else 0
-        system = messages[0]["content"].strip() if offset else None
-        turns = messages[offset:]
-        for k, message in enumerate(turns):
-            expected = "user" if k % 2 == 0 else "assistant"
-            if message["role"] != expected:
-                raise UnrenderableConversation(
-                    f"llama2 needs an optional first system message, then user and "
-                    f"assistant turns alternating; message {k + offset + 1} is "
-                    f"'{message['role']}' where '{expected}' belongs"
-                )
-        if generation_prompt and turns and turns[-1]["role"] != "user":
-            raise UnrenderableConversation("a generation prompt needs a final user turn")
         out: list[Piece] = []
         for k, message in enumerate(turns):
             content = message["content"].strip()

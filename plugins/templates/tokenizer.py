@@ -26,10 +26,14 @@ from jinja2 import Template, TemplateError
 # template string; copying it would drift from the library's security fixes.
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
-from lorapipe import hookimpl
-from lorapipe.components import ChatTemplate, EncodedConversation, UnrenderableConversation
 from lorapipe.data.masking import token_range, trained_turns
-from lorapipe.errors import UserError
+from lorapipe.plugin import (
+    ChatTemplate,
+    ConfigError,
+    EncodedConversation,
+    UnrenderableConversation,
+    hookimpl,
+)
 
 Conversation = list[dict[str, str]]
 
@@ -59,15 +63,6 @@ class _Renderer:
             raise UnrenderableConversation(f"the chat template refused it: {err}") from None
 
 
-def _not_prefix(what: str) -> UserError:
-    return UserError(
-        "data.template: chat template 'tokenizer' (the model's own chat_template) cannot be "
-        f"masked reliably: {what}, so assistant turns have no stable span. "
-        "Use a named template instead (data.template: llama3 or llama2, see "
-        "`lorapipe components chat_template`)"
-    )
-
-
 class TokenizerTemplate(ChatTemplate):
     """The model tokenizer's own chat_template, masked by rendering message by message."""
 
@@ -75,18 +70,25 @@ class TokenizerTemplate(ChatTemplate):
 
     def _check(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise UserError(
-                "data.template: the model's tokenizer has no chat_template; pick a named "
-                "template (data.template: llama3 or llama2)"
+            raise self.config_error(
+                "the model's tokenizer has no chat_template; pick a named "
+                f"template ({self.field}: llama3 or llama2)"
             )
         if not getattr(tokenizer, "is_fast", False):
-            raise UserError(
-                "data.template: template 'tokenizer' needs a fast tokenizer (character "
+            raise self.config_error(
+                "template 'tokenizer' needs a fast tokenizer (character "
                 "offsets map message spans to tokens); this model only has a slow one"
             )
 
-    @staticmethod
-    def _render(messages: Conversation, render: _Renderer,
+    def _not_prefix(self, what: str) -> ConfigError:
+        return self.config_error(
+            "chat template 'tokenizer' (the model's own chat_template) cannot be "
+            f"masked reliably: {what}, so assistant turns have no stable span. "
+            f"Use a named template instead ({self.field}: llama3 or llama2, see "
+            "`lorapipe components chat_template`)"
+        )
+
+    def _render(self, messages: Conversation, render: _Renderer,
                 train_on: str) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and the character spans of its trained assistant turns
         (content plus the end-of-turn token(s) closing it)."""
@@ -97,12 +99,12 @@ class TokenizerTemplate(ChatTemplate):
             through = (full if i + 1 == len(messages)
                        else render(messages[: i + 1], False))
             if not through.startswith(before):
-                raise _not_prefix(
+                raise self._not_prefix(
                     f"the text before assistant turn {i + 1} plus the generation prompt "
                     "is not a prefix of the text with that turn"
                 )
             if not full.startswith(through):
-                raise _not_prefix(
+                raise self._not_prefix(
                     f"the conversation up to turn {i + 1} renders differently once later "
                     "turns follow"
                 )

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from lorapipe.config import load_config
 from lorapipe.context import RunContext
 from lorapipe.models import resolve_model_path
 from lorapipe.pipeline import run_one_stage
+from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry
 
 
@@ -39,7 +39,7 @@ def prepare(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
         path = tmp_path / f"{output}.yaml"
         path.write_text(yaml.safe_dump(config))
         registry = get_registry()
-        ctx = RunContext(load_config(path, registry=registry), registry)
+        ctx = RunContext(load_plan(path, registry=registry))
         return run_one_stage(ctx, "prepare"), out
 
     return run

@@ -76,13 +76,13 @@ def test_empty_validation_set_is_a_user_error(tmp_path: Path, make_context) -> N
 
 def test_batched_generation_matches_one_at_a_time(eval_run) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
-    ref = eval_run.config.data.template
-    template = eval_run.registry.get("chat_template", ref.name, "data.template")(ref.options)
+    template = eval_run.plan.template
     conversations = json.loads(json.dumps(
         [json.loads(m) for m in load_from_disk(str(eval_run.paths.validation_data))["messages"]]
     ))
     model = _base()
-    replies = generate(model, tokenizer, template, conversations, max_new_tokens=6, batch_size=3)
+    replies = generate(model, tokenizer, template, conversations, max_new_tokens=6,
+                       pad_token_id=tokenizer.pad_token_id, batch_size=3)
     assert len(replies) == len(conversations)
     for conversation, reply in zip(conversations, replies, strict=True):
         prompt = template.generation_prompt(conversation[:-1], tokenizer)

@@ -22,8 +22,8 @@ from lorapipe.export import run_stage
 from lorapipe.export.gguf_model import permute_qk
 from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.models import resolve_model_path
+from lorapipe.plan import build_plan
 from lorapipe.plugins.exporters.gguf import GgufOptions
-from lorapipe.registry import get_registry
 
 TEXTS = [
     "Hello world",
@@ -187,7 +187,7 @@ def test_unproducible_type_is_refused_at_validate() -> None:
         "output_dir": "out",
     }
     with pytest.raises(ConfigError, match=r"export\.exporters\.0\.types.*q4_k.*llama-quantize"):
-        validate_config(data)
+        build_plan(validate_config(data))
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -222,8 +222,7 @@ def test_export_stage_writes_file_with_provenance(tiny_dir: Path, tmp_path: Path
         "export": {"exporters": [{"name": "gguf", "types": ["q8_0"]}]},
         "output_dir": str(tmp_path / "run"),
     }
-    registry = get_registry()
-    ctx = RunContext(validate_config(data, registry), registry)
+    ctx = RunContext(build_plan(validate_config(data)))
     with pytest.raises(UserError, match="lorapipe merge"):
         run_stage(ctx)
     _copy(tiny_dir, ctx.paths.merged)
@@ -235,5 +234,5 @@ def test_export_stage_writes_file_with_provenance(tiny_dir: Path, tmp_path: Path
     reader = GGUFReader(path)
     assert _field(reader, "general.base_model.0.name") == "tiny-llama"
     assert _field(reader, "lorapipe.version")
-    assert _field(reader, "lorapipe.config_hash") == ctx.config.hash()
+    assert _field(reader, "lorapipe.config_hash") == ctx.config_hash
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp left

@@ -1,4 +1,4 @@
-"""Fixtures for the model-preparation tests: a resolved config on tiny-llama."""
+"""Fixtures for the model-preparation tests: a run context on tiny-llama."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from lorapipe.config import PipelineConfig, validate_config
+from lorapipe.config import validate_config
+from lorapipe.context import RunContext
+from lorapipe.plan import build_plan
 from lorapipe.registry import Registry, get_registry
 
 
@@ -18,12 +20,12 @@ def registry() -> Registry:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, registry: Registry) -> Callable[..., PipelineConfig]:
-    """A resolved config for tiny-llama; keyword arguments replace whole sections."""
+def make_ctx(tmp_path: Path, registry: Registry) -> Callable[..., RunContext]:
+    """A run context on tiny-llama; keyword arguments replace whole config sections."""
     data_file = tmp_path / "train.jsonl"
     data_file.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
 
-    def make(**sections: Any) -> PipelineConfig:
+    def make(**sections: Any) -> RunContext:
         raw: dict[str, Any] = {
             "model": {"name_or_path": "tiny-llama"},
             "data": {"loader": {"name": "jsonl", "path": str(data_file)}, "max_length": 64},
@@ -31,6 +33,19 @@ def make_config(tmp_path: Path, registry: Registry) -> Callable[..., PipelineCon
             "output_dir": str(tmp_path / "run"),
         }
         raw.update(sections)
-        return validate_config(raw, registry)
+        return RunContext(build_plan(validate_config(raw), registry))
 
     return make
+
+
+@pytest.fixture
+def load_base() -> Callable[..., Any]:
+    """``load_base(ctx, device=None)``: the base model as training loads it."""
+    from lorapipe.model import load_base_model
+
+    def load(ctx: RunContext, device: str | None = None) -> Any:
+        return load_base_model(ctx.config.model, dtype=ctx.dtype, device=device or ctx.device,
+                               quantizer=ctx.plan.quantizer,
+                               keep_4bit_layout=ctx.config.adapter.use_dora)
+
+    return load

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorapipe.context import RunContext
-from lorapipe.model import build_trainable_model, load_base_model, lora_config
+from lorapipe.model import build_trainable_model, lora_config
 
 IDS = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3]])
 
@@ -17,14 +16,14 @@ IDS = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3]])
     ({"use_dora": True}, "none"),
     ({"use_dora": True}, "nf4"),  # eval forward first: bitsandbytes must not repack (loading.py)
 ], ids=["lora-nf4", "rslora-nf4", "dora-none", "dora-nf4"])
-def test_injection_keeps_logits_and_trains_only_adapters(make_config, registry, variant: dict,
+def test_injection_keeps_logits_and_trains_only_adapters(load_base, make_ctx, variant: dict,
                                                           quantizer: str) -> None:
-    config = make_config(adapter={"r": 4, **variant},
+    ctx = make_ctx(adapter={"r": 4, **variant},
                          model={"name_or_path": "tiny-llama", "quantizer": quantizer})
-    base = load_base_model(config, registry).eval()
+    base = load_base(ctx).eval()
     with torch.no_grad():
         expected = base(input_ids=IDS).logits
-    model, report = build_trainable_model(RunContext(config, registry),
+    model, report = build_trainable_model(ctx,
                                           gradient_checkpointing=False)
     with torch.no_grad():
         got = model.eval()(input_ids=IDS).logits
@@ -39,21 +38,21 @@ def test_injection_keeps_logits_and_trains_only_adapters(make_config, registry, 
     assert report["adapter"]["scaling"] == 32 / (2 if variant.get("use_rslora") else 4)
 
 
-def test_modules_to_save_train_in_full(make_config, registry) -> None:
-    config = make_config(adapter={"r": 4, "modules_to_save": ["lm_head"]},
+def test_modules_to_save_train_in_full(make_ctx) -> None:
+    ctx = make_ctx(adapter={"r": 4, "modules_to_save": ["lm_head"]},
                          model={"name_or_path": "tiny-llama", "quantizer": "none"})
-    model, report = build_trainable_model(RunContext(config, registry),
+    model, report = build_trainable_model(ctx,
                                           gradient_checkpointing=False)
     saved = [n for n, p in model.named_parameters() if p.requires_grad and "lm_head" in n]
     assert saved and all("modules_to_save" in n for n in saved)
     assert report["parameters"]["per_target"]["q_proj"]["base_layer"] == "Linear"
 
 
-def test_lora_config_carries_every_option(make_config) -> None:
-    config = make_config(adapter={"r": 8, "alpha": 4, "dropout": 0.1, "bias": "lora_only",
+def test_lora_config_carries_every_option(make_ctx) -> None:
+    ctx = make_ctx(adapter={"r": 8, "alpha": 4, "dropout": 0.1, "bias": "lora_only",
                                   "use_rslora": True, "init": "gaussian",
                                   "modules_to_save": ["lm_head"]})
-    peft_config = lora_config(config, ["q_proj", "v_proj"])
+    peft_config = lora_config(ctx.config.adapter, ["q_proj", "v_proj"])
     assert (peft_config.r, peft_config.lora_alpha, peft_config.lora_dropout) == (8, 4, 0.1)
     assert peft_config.bias == "lora_only" and peft_config.use_rslora
     assert peft_config.init_lora_weights == "gaussian"

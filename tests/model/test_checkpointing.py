@@ -6,7 +6,6 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from lorapipe.context import RunContext
 from lorapipe.model import build_trainable_model
 from lorapipe.train.loss import loss_sum
 
@@ -15,11 +14,11 @@ IDS = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3, 64, 8],
 LABELS = IDS.masked_fill(torch.arange(10) < 4, -100)
 
 
-def _adapter_grads(make_config, registry, quantizer: str, checkpointing: bool) -> dict:  # noqa: ANN001
-    config = make_config(adapter={"r": 4},
+def _adapter_grads(make_ctx, quantizer: str, checkpointing: bool) -> dict:  # noqa: ANN001
+    ctx = make_ctx(adapter={"r": 4},
                          model={"name_or_path": "tiny-llama", "quantizer": quantizer})
     set_seed(0)
-    model, _ = build_trainable_model(RunContext(config, registry),
+    model, _ = build_trainable_model(ctx,
                                      gradient_checkpointing=checkpointing)
     with torch.no_grad():  # B = 0 at init would leave every A without a gradient
         for name, param in model.named_parameters():
@@ -31,11 +30,11 @@ def _adapter_grads(make_config, registry, quantizer: str, checkpointing: bool) -
 
 
 @pytest.mark.parametrize("quantizer", ["none", "nf4"])
-def test_checkpointed_gradients_equal_stored_ones(make_config, registry, quantizer: str) -> None:
+def test_checkpointed_gradients_equal_stored_ones(make_ctx, quantizer: str) -> None:
     # The embedding output needs no gradient: non-reentrant checkpointing recomputes a
     # block for its adapters anyway, and skipping the input gradient saves backward work.
-    stored = _adapter_grads(make_config, registry, quantizer, checkpointing=False)
-    recomputed = _adapter_grads(make_config, registry, quantizer, checkpointing=True)
+    stored = _adapter_grads(make_ctx, quantizer, checkpointing=False)
+    recomputed = _adapter_grads(make_ctx, quantizer, checkpointing=True)
     assert stored.keys() == recomputed.keys() and len(stored) > 0
     for name, grad in stored.items():
         assert grad is not None and grad.abs().sum() > 0, name

@@ -6,10 +6,8 @@ import json
 import subprocess
 import sys
 
-from transformers import AutoConfig
-
-from lorapipe.model import estimate_memory, memory_snapshot
-from lorapipe.models import resolve_model_path
+from lorapipe.model import estimate_memory, memory_snapshot, select_targets
+from lorapipe.model.memory import count_parameters, weightless_model
 
 # Measured in a fresh process so its peak RSS belongs to this run alone; the fixed cost of
 # the libraries is taken at the baseline, so what remains is the model, adapters,
@@ -19,12 +17,12 @@ import json, sys, torch
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.model import build_trainable_model, memory_snapshot
-from lorapipe.registry import get_registry
-registry = get_registry()
-config = validate_config(json.loads(sys.argv[1]), registry)
+from lorapipe.plan import build_plan
+ctx = RunContext(build_plan(validate_config(json.loads(sys.argv[1]))))
+config = ctx.config
 batch = torch.randint(0, 2000, (config.train.micro_batch_size, config.data.max_length))
 baseline = memory_snapshot()
-model, report = build_trainable_model(RunContext(config, registry),
+model, report = build_trainable_model(ctx,
                                       gradient_checkpointing=config.train.gradient_checkpointing)
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 model.train()
@@ -47,34 +45,38 @@ def _measure(raw: dict) -> tuple[int, dict]:
     return result["used"], result["estimate"]
 
 
-def test_estimate_is_within_factor_of_measured_rss(make_config, tmp_path) -> None:
-    config = make_config(train={"micro_batch_size": 8, "gradient_checkpointing": False},
+def _estimate(ctx) -> dict:  # noqa: ANN001
+    """The estimate from the weightless model, with the targets the run would choose."""
+    meta = weightless_model(ctx.config.model)
+    targets = select_targets(meta, ctx.plan).modules
+    return estimate_memory(ctx.plan, count_parameters(meta, ctx.config.adapter, targets),
+                           device="cpu")
+
+
+def test_estimate_is_within_factor_of_measured_rss(make_ctx, tmp_path) -> None:
+    ctx = make_ctx(train={"micro_batch_size": 8, "gradient_checkpointing": False},
                          data={"loader": {"name": "jsonl", "path": str(tmp_path / "train.jsonl")},
                                "max_length": 256})
-    used, estimate = _measure(config.resolved_dict())
+    used, estimate = _measure(ctx.plan.resolved_dict())
     assert estimate["fits"] and estimate["device"] == "cpu"
     assert 1 / FACTOR <= used / estimate["total_bytes"] <= FACTOR, (used, estimate)
 
 
-def test_checkpointing_and_quantization_lower_the_estimate(make_config, registry) -> None:
-    model_config = AutoConfig.from_pretrained(resolve_model_path("tiny-llama"))
-    nf4 = estimate_memory(make_config(), model_config, registry=registry, device="cpu")
+def test_checkpointing_and_quantization_lower_the_estimate(make_ctx) -> None:
+    nf4 = _estimate(make_ctx())
     act = nf4["activations_bytes"]
     assert act["with_checkpointing"] < act["without_checkpointing"]
-    plain = estimate_memory(make_config(model={"name_or_path": "tiny-llama",
-                                               "quantizer": "none"}),
-                            model_config, registry=registry, device="cpu")
+    plain = _estimate(make_ctx(model={"name_or_path": "tiny-llama", "quantizer": "none"}))
     assert nf4["weights_bytes"] < plain["weights_bytes"]
     assert nf4["params"]["adapter"] == 4 * 16 * (2 * 256 + 2 * 192 + 3 * 384)  # r × (in + out)
 
 
-def test_too_big_a_run_gets_concrete_suggestions(make_config, registry) -> None:
-    model_config = AutoConfig.from_pretrained(resolve_model_path("tiny-llama"))
-    config = make_config(train={"micro_batch_size": 4096, "gradient_checkpointing": False},
+def test_too_big_a_run_gets_concrete_suggestions(make_ctx) -> None:
+    ctx = make_ctx(train={"micro_batch_size": 4096, "gradient_checkpointing": False},
                          model={"name_or_path": "tiny-llama", "quantizer": "none"},
-                         data={"loader": make_config().data.loader.resolved_dict(),
+                         data={"loader": make_ctx().plan.resolved_dict()["data"]["loader"],
                                "max_length": 65536})
-    estimate = estimate_memory(config, model_config, registry=registry, device="cpu")
+    estimate = _estimate(ctx)
     assert not estimate["fits"]
     text = "\n".join(estimate["suggestions"])
     for change in ("train.gradient_checkpointing: true", "train.micro_batch_size: 1",

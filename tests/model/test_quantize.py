@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from lorapipe.artifacts import RunPaths
-from lorapipe.context import RunContext
 from lorapipe.errors import ConfigError
-from lorapipe.model import adaptable_modules, build_trainable_model, load_base_model
+from lorapipe.model import adaptable_modules, build_trainable_model
 
 
 def _nf4_bytes(layers: list[bnb.nn.Linear4bit]) -> int:
@@ -29,8 +28,8 @@ def _nf4_bytes(layers: list[bnb.nn.Linear4bit]) -> int:
     return sum(seen.values())
 
 
-def test_nf4_layers_are_4bit_small_and_run(make_config, registry) -> None:
-    model = load_base_model(make_config(), registry)
+def test_nf4_layers_are_4bit_small_and_run(load_base, make_ctx) -> None:
+    model = load_base(make_ctx())
     layers = list(adaptable_modules(model).values())
     assert len(layers) == 4 * 7
     assert all(isinstance(layer, bnb.nn.Linear4bit) for layer in layers)
@@ -42,32 +41,32 @@ def test_nf4_layers_are_4bit_small_and_run(make_config, registry) -> None:
     assert logits.shape == (1, 4, model.config.vocab_size) and torch.isfinite(logits).all()
 
 
-def test_none_loads_in_model_dtype(make_config, registry) -> None:
-    config = make_config(model={"name_or_path": "tiny-llama", "quantizer": "none",
+def test_none_loads_in_model_dtype(load_base, make_ctx) -> None:
+    ctx = make_ctx(model={"name_or_path": "tiny-llama", "quantizer": "none",
                                 "dtype": "bf16"})
-    model = load_base_model(config, registry)
+    model = load_base(ctx)
     assert all(type(m) is torch.nn.Linear for m in adaptable_modules(model).values())
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_unrunnable_quantizer_is_refused_before_loading(make_config, registry) -> None:
+def test_unrunnable_quantizer_is_refused_before_loading(load_base, make_ctx) -> None:
     # The path does not exist: reaching it would raise a model.name_or_path error instead.
-    config = make_config(model={"name_or_path": "/nonexistent/model", "quantizer": "nf4"})
+    ctx = make_ctx(model={"name_or_path": "/nonexistent/model", "quantizer": "nf4"})
     with pytest.raises(ConfigError) as err:
-        load_base_model(config, registry, device="meta")
+        load_base(ctx, device="meta")
     assert err.value.field == "model.quantizer" and "cannot run on meta" in str(err.value)
 
 
-def test_missing_model_names_the_field(make_config, registry) -> None:
-    config = make_config(model={"name_or_path": "/nonexistent/model", "quantizer": "none"})
+def test_missing_model_names_the_field(load_base, make_ctx) -> None:
+    ctx = make_ctx(model={"name_or_path": "/nonexistent/model", "quantizer": "none"})
     with pytest.raises(ConfigError, match="model.name_or_path"):
-        load_base_model(config, registry)
+        load_base(ctx)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_qlora_steps_reduce_loss(make_config, registry, checkpointing: bool) -> None:
-    config = make_config(adapter={"r": 8, "alpha": 16, "dropout": 0.0})
-    model, report = build_trainable_model(RunContext(config, registry),
+def test_qlora_steps_reduce_loss(make_ctx, checkpointing: bool) -> None:
+    ctx = make_ctx(adapter={"r": 8, "alpha": 16, "dropout": 0.0})
+    model, report = build_trainable_model(ctx,
                                           gradient_checkpointing=checkpointing)
     uses_checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert uses_checkpointing is checkpointing
@@ -83,7 +82,7 @@ def test_qlora_steps_reduce_loss(make_config, registry, checkpointing: bool) -> 
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
-    written = json.loads(RunPaths(Path(config.output_dir)).model_report.read_text())
+    written = json.loads(RunPaths(Path(ctx.config.output_dir)).model_report.read_text())
     assert written["parameters"] == report["parameters"]
     assert written["targets"]["detector"] == "llama"
     assert set(written["memory"]["measured"]) == {"baseline", "model_loaded", "adapters_injected"}

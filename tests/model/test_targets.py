@@ -26,40 +26,88 @@ def gpt2():
     ("attention", ["q_proj", "k_proj", "v_proj", "o_proj"]),
     ("mlp", ["gate_proj", "up_proj", "down_proj"]),
 ])
-def test_llama_presets(llama, make_config, registry, preset: str, modules: list[str]) -> None:
-    config = make_config(adapter={"target_detector": {"name": "llama", "preset": preset}})
-    chosen = select_targets(llama, config, registry)
+def test_llama_presets(llama, make_ctx, preset: str, modules: list[str]) -> None:
+    ctx = make_ctx(adapter={"target_detector": {"name": "llama", "preset": preset}})
+    chosen = select_targets(llama, ctx.plan)
     assert chosen.modules == modules and chosen.detector == "llama"
     assert preset in chosen.reason
 
 
-def test_detectors_are_asked_in_priority_order(llama, gpt2, make_config, registry) -> None:
-    config = make_config()
-    assert select_targets(llama, config, registry).detector == "llama"
-    chosen = select_targets(gpt2, config, registry)  # llama declines; a later one answers
+def test_detectors_are_asked_in_priority_order(llama, gpt2, make_ctx) -> None:
+    ctx = make_ctx()
+    assert select_targets(llama, ctx.plan).detector == "llama"
+    chosen = select_targets(gpt2, ctx.plan)  # llama declines; a later one answers
     assert chosen.detector != "llama" and "c_attn" in chosen.modules
 
 
-def test_all_linear_fallback_on_gpt2(gpt2, make_config, registry) -> None:
-    chosen = select_targets(gpt2, make_config(adapter={"target_detector": "all_linear"}),
-                            registry)
+def test_all_linear_fallback_on_gpt2(gpt2, make_ctx) -> None:
+    chosen = select_targets(gpt2, make_ctx(adapter={"target_detector": "all_linear"}).plan)
     assert sorted(chosen.modules) == ["c_attn", "c_fc", "c_proj"]  # not lm_head, not wte
 
 
-def test_llama_detector_refuses_other_layouts(gpt2, make_config, registry) -> None:
-    config = make_config(adapter={"target_detector": "llama"})
+def test_llama_detector_refuses_other_layouts(gpt2, make_ctx) -> None:
+    ctx = make_ctx(adapter={"target_detector": "llama"})
     with pytest.raises(ConfigError, match="does not recognise this gpt2 model") as err:
-        select_targets(gpt2, config, registry)
+        select_targets(gpt2, ctx.plan)
     assert err.value.field == "adapter.target_detector"
 
 
-def test_explicit_names_are_checked(llama, make_config, registry) -> None:
-    chosen = select_targets(llama, make_config(adapter={"target_modules": ["q_proj", "lm_head"]}),
-                            registry)
+def test_explicit_names_are_checked(llama, make_ctx) -> None:
+    ctx = make_ctx(adapter={"target_modules": ["q_proj", "lm_head"]})
+    chosen = select_targets(llama, ctx.plan)
     assert chosen.modules == ["q_proj", "lm_head"] and chosen.detector is None
     with pytest.raises(ConfigError) as err:
-        select_targets(llama, make_config(adapter={"target_modules": ["q_proj", "qproj"]}),
-                       registry)
+        select_targets(llama, make_ctx(adapter={"target_modules": ["q_proj", "qproj"]}).plan)
     assert err.value.field == "adapter.target_modules"
     assert "'qproj' matches no adaptable layer" in str(err.value)
     assert "Candidates: embed_tokens, q_proj, k_proj" in str(err.value)
+
+
+def test_detector_with_required_options_is_only_used_when_named(llama, tmp_path) -> None:
+    """Asking every detector builds each with its defaults; one that cannot be built so
+    is skipped there (not a crash), and works when the config names it with its options."""
+    from lorapipe.config import validate_config
+    from lorapipe.plan import build_plan
+    from lorapipe.plugin import Options, TargetDetector, TargetSelection, hookimpl
+    from lorapipe.plugin_manager import build_plugin_manager
+    from lorapipe.plugins.evaluators import perplexity
+    from lorapipe.plugins.loaders import jsonl
+    from lorapipe.plugins.quantizers import none
+    from lorapipe.plugins.targets import all_linear
+    from lorapipe.plugins.templates import tokenizer
+    from lorapipe.registry import Registry
+
+    class SuffixOptions(Options):
+        suffix: str  # required: no default
+
+    class SuffixTargets(TargetDetector):
+        name = "suffix"
+        priority = 1
+        Options = SuffixOptions
+
+        def detect(self, model):  # noqa: ANN001, ANN202
+            names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+            return TargetSelection(sorted(n for n in names if n.endswith(self.options.suffix)),
+                                   f"names ending in {self.options.suffix}")
+
+    class SuffixPlugin:
+        @hookimpl
+        def lorapipe_register_target_detectors(self, register):  # noqa: ANN001, ANN202
+            register(SuffixTargets)
+
+    pm = build_plugin_manager(load_entry_points=False)
+    for name, plugin in (("suffix", SuffixPlugin()), ("linear", all_linear), ("jsonl", jsonl),
+                         ("none", none), ("tokenizer", tokenizer), ("ppl", perplexity)):
+        pm.register(plugin, name=name)
+    registry = Registry(pm)
+    data_file = tmp_path / "train.jsonl"
+    data_file.write_text("")
+    raw = {"model": {"name_or_path": "tiny-llama", "quantizer": "none"},
+           "data": {"loader": {"name": "jsonl", "path": str(data_file)}},
+           "output_dir": str(tmp_path / "run")}
+    plan = build_plan(validate_config(raw), registry)
+    assert [d.name for d in plan.detectors] == ["all_linear"]
+    assert select_targets(llama, plan).detector == "all_linear"
+    named = {**raw, "adapter": {"target_detector": {"name": "suffix", "suffix": "_proj"}}}
+    chosen = select_targets(llama, build_plan(validate_config(named), registry))
+    assert chosen.detector == "suffix" and "q_proj" in chosen.modules

@@ -46,9 +46,9 @@ def test_nonfinite_steps_are_skipped_and_a_streak_rolls_back(tmp_path: Path) -> 
 
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     layer.register_forward_hook(poison)
-    cfg = config(micro_batch_size=2, gradient_accumulation_steps=1, max_steps=10, save_steps=4,
-                 max_nonfinite_steps=2, lr_scheduler="constant", warmup_steps=0)
-    summary = run(tmp_path, model, make_data(24), None, cfg)
+    settings = dict(micro_batch_size=2, gradient_accumulation_steps=1, max_steps=10,
+                    save_steps=4, max_nonfinite_steps=2, lr_scheduler="constant", warmup_steps=0)
+    summary = run(tmp_path, model, make_data(24), None, config(**settings))
     events = [m for m in _metrics(tmp_path) if "event" in m]
     assert [e["event"] for e in events] == ["nonfinite_skip", "nonfinite_skip", "nonfinite_skip",
                                             "rollback", "end"]
@@ -62,6 +62,15 @@ def test_nonfinite_steps_are_skipped_and_a_streak_rolls_back(tmp_path: Path) -> 
     for _, path in list_checkpoints(tmp_path / "checkpoints"):
         for name, tensor in load_file(str(path / "adapter" / "adapter_model.safetensors")).items():
             assert torch.isfinite(tensor).all(), (path, name)
+
+    # the halving is part of the checkpointed state: a resumed run keeps training at half
+    state = json.loads((tmp_path / "checkpoints" / "step-10" / "state.json").read_text())
+    assert state["rollbacks"] == 1 and state["step"] == 10
+    summary = run(tmp_path, make_model(), make_data(24), None,
+                  config(**{**settings, "max_steps": 12}), resume=True)
+    assert summary["steps"] == 12 and summary["rollbacks"] == 1
+    lrs = [m["lr"] for m in _metrics(tmp_path) if "loss" in m and "event" not in m]
+    assert lrs == pytest.approx([1e-3] * 6 + [5e-4] * 8)
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorapipe import hookimpl
+from lorapipe.plugin import hookimpl
 from lorapipe_gpt2.targets import Gpt2Targets
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from transformers.pytorch_utils import Conv1D
 
-from lorapipe.components import Options, TargetDetector, TargetSelection
+from lorapipe.plugin import Options, TargetDetector, TargetSelection
 
 PRESETS = {
     "all": ["c_attn", "c_proj", "c_fc"],
@@ -34,7 +34,7 @@ class Gpt2Targets(TargetDetector):
     Options = Gpt2TargetOptions
 
     def detect(self, model: Any) -> TargetSelection | None:
-        from lorapipe.model.targets import adaptable_modules
+        from lorapipe.plugin import adaptable_modules
 
         layers = {
             name: module for name, module in adaptable_modules(model).items()

@@ -35,7 +35,7 @@ def _train_tokenizer():
     from tokenizers import pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from lorapipe.models.tiny_llama import train_byte_level_bpe
+    from lorapipe.plugin import train_byte_level_bpe
 
     # GPT-2's pre-tokenizer: its regex split plus the byte-to-unicode mapping.
     tokenizer = train_byte_level_bpe(

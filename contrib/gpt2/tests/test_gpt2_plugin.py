@@ -16,11 +16,11 @@ from lorapipe_gpt2.tiny import build_tiny_gpt2
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorapipe.config import load_config
 from lorapipe.context import RunContext
 from lorapipe.model.targets import check_names, targets_are_transposed
 from lorapipe.models import resolve_model_path
 from lorapipe.pipeline import run_one_stage
+from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "data" / "quickstart.jsonl"
@@ -114,7 +114,7 @@ def test_prepare_train_merge_on_tiny_gpt2(tiny_gpt2: Path, tmp_path: Path) -> No
     path = tmp_path / "gpt2.yaml"
     path.write_text(yaml.safe_dump(config))
     registry = get_registry()
-    ctx = RunContext(load_config(path, registry=registry), registry)
+    ctx = RunContext(load_plan(path, registry=registry))
     for stage in ("prepare", "train", "merge"):
         run_one_stage(ctx, stage)
 

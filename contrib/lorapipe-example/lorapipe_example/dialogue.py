@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from lorapipe import hookimpl
-from lorapipe.components import RawRecord
-from lorapipe.data.files import FileLoader
+from lorapipe.plugin import FileLoader, RawRecord, RecordError, hookimpl
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
@@ -24,7 +22,8 @@ class DialogueLoader(FileLoader):
                 try:
                     line = raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError:
-                    yield RawRecord(str(path), f"{path}:{number}", error="invalid_text: not UTF-8")
+                    yield RawRecord(str(path), f"{path}:{number}",
+                                    error=RecordError("invalid_text", "not UTF-8"))
                     block = []
                     continue
                 if line.strip():
@@ -49,8 +48,8 @@ class DialogueLoader(FileLoader):
                 return RawRecord(
                     str(path),
                     f"{path}:{number}",
-                    error=f"unknown_role: line starts with no 'User:'/'Assistant:'/'System:' "
-                    f"prefix: {line[:40]!r}",
+                    error=RecordError("unknown_role", "line starts with no 'User:'/'Assistant:'/"
+                                      f"'System:' prefix: {line[:40]!r}"),
                 )
         return RawRecord(str(path), location, data={"messages": messages})
 

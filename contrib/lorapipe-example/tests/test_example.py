@@ -128,4 +128,4 @@ def test_blocks_become_conversations(tmp_path: Path) -> None:
         ]
     }
     assert records[1].data["messages"][1]["content"] == "Blue,\nor green."
-    assert records[2].error.startswith("unknown_role:")
+    assert records[2].error.reason == "unknown_role"

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from pydantic import field_validator, model_validator
 
-from lorapipe.components import RawRecord
-from lorapipe.data.files import FileLoader, FileOptions
-from lorapipe.errors import UserError
+from lorapipe.plugin import FileLoader, FileOptions, RawRecord, RecordError, UserError
 
 _UNDECODABLE = re.compile(r"[\udc80-\udcff]")
 
@@ -100,7 +98,7 @@ class CsvLoader(FileLoader):
                 except StopIteration:
                     return
                 except csv.Error as err:
-                    yield RawRecord(source, location, error=f"malformed_csv: {err}")
+                    yield RawRecord(source, location, error=RecordError("malformed_csv", str(err)))
                     continue
                 if names is None:
                     names = self._header(fields, location)
@@ -113,7 +111,7 @@ class CsvLoader(FileLoader):
         names = [name.strip() for name in fields]
         if _UNDECODABLE.search("".join(names)):
             raise UserError(f"{location}: the header is not valid {self.options.encoding}; "
-                            "set data.loader.encoding")
+                            f"set {self.field}.encoding")
         seen = set()
         for name in names:
             if not name:
@@ -128,7 +126,8 @@ class CsvLoader(FileLoader):
         if len(fields) != len(names):
             return RawRecord(
                 source, location,
-                error=f"malformed_csv: {len(fields)} fields where the header has {len(names)}",
+                error=RecordError("malformed_csv",
+                                  f"{len(fields)} fields where the header has {len(names)}"),
             )
         for name, value in zip(names, fields, strict=True):
             bad = _UNDECODABLE.search(value)
@@ -136,7 +135,8 @@ class CsvLoader(FileLoader):
                 byte = ord(bad.group()) - 0xDC00
                 return RawRecord(
                     source, location,
-                    error=f"invalid_text: column '{name}' has byte 0x{byte:02X}, not valid "
-                    f"{self.options.encoding} (set data.loader.encoding)",
+                    error=RecordError("invalid_text",
+                                      f"column '{name}' has byte 0x{byte:02X}, not valid "
+                                      f"{self.options.encoding} (set {self.field}.encoding)"),
                 )
         return RawRecord(source, location, data=dict(zip(names, fields, strict=True)))

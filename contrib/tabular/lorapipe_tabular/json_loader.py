@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lorapipe.components import RawRecord
-from lorapipe.data.files import FileLoader, FileOptions
-from lorapipe.errors import UserError
+from lorapipe.plugin import FileLoader, FileOptions, RawRecord, RecordError, UserError
 
 
 class JsonOptions(FileOptions):
@@ -47,7 +45,8 @@ def _list_keys(document: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def _records(document: Any, field: str | None, path: Path) -> list[Any]:
+def _records(document: Any, field: str | None, path: Path, option: str) -> list[Any]:
+    """The list of records in ``document``; ``option`` is the YAML field of ``field``."""
     if field is None:
         if isinstance(document, list):
             return document
@@ -57,20 +56,20 @@ def _records(document: Any, field: str | None, path: Path) -> list[Any]:
             hint = f" Lists in it: {', '.join(found)}." if found else " It holds no list."
         raise UserError(
             f"{path}: the top level is a {type(document).__name__}, not a list of records; "
-            f"set data.loader.field to the key that holds the records.{hint}"
+            f"set {option} to the key that holds the records.{hint}"
         )
     node = document
     for part in field.split("."):
         if not isinstance(node, dict) or part not in node:
             found = _list_keys(document) if isinstance(document, dict) else []
             raise UserError(
-                f"{path}: data.loader.field '{field}' not found"
+                f"{path}: {option} '{field}' not found"
                 + (f"; lists in this file: {', '.join(found)}" if found else "")
             )
         node = node[part]
     if not isinstance(node, list):
         raise UserError(
-            f"{path}: data.loader.field '{field}' holds a {type(node).__name__}, not a list"
+            f"{path}: {option} '{field}' holds a {type(node).__name__}, not a list"
         )
     return node
 
@@ -83,7 +82,7 @@ class JsonLoader(FileLoader):
 
     def read_file(self, path: Path) -> Iterator[RawRecord]:
         source = str(path)
-        items = _records(_parse(path), self.options.field, path)
+        items = _records(_parse(path), self.options.field, path, f"{self.field}.field")
         for number, item in enumerate(items, start=1):
             location = f"{source}:item {number}"
             if isinstance(item, dict):
@@ -91,6 +90,7 @@ class JsonLoader(FileLoader):
             else:
                 yield RawRecord(
                     source, location,
-                    error=f"wrong_type: expected a JSON object, got {type(item).__name__}",
+                    error=RecordError("wrong_type",
+                                      f"expected a JSON object, got {type(item).__name__}"),
                 )
 

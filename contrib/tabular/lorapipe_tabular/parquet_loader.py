@@ -15,9 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from lorapipe.components import RawRecord
-from lorapipe.data.files import FileLoader, FileOptions
-from lorapipe.errors import UserError
+from lorapipe.plugin import FileLoader, FileOptions, RawRecord, UserError
 
 
 class ParquetOptions(FileOptions):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorapipe import hookimpl
+from lorapipe.plugin import hookimpl
 from lorapipe_tabular.csv_loader import CsvLoader
 from lorapipe_tabular.json_loader import JsonLoader
 from lorapipe_tabular.parquet_loader import ParquetLoader

@@ -18,7 +18,7 @@ from lorapipe.errors import UserError
 
 
 def load(cls, **options):
-    return list(cls(cls.Options(**options)).records())
+    return list(cls(cls.Options(**options), field="data.loader").records())
 
 
 # --- json ------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def test_json_top_level_array(tmp_path: Path) -> None:
     records = load(JsonLoader, path=str(path))
     assert [r.location for r in records] == [f"{path}:item {n}" for n in (1, 2, 3)]
     assert records[0].data == {"question": "q1", "answer": "a1"}
-    assert records[1].data is None and records[1].error.startswith("wrong_type: ")
+    assert records[1].data is None and records[1].error.reason == "wrong_type"
     assert records[2].data == {"question": "q3"}
 
 
@@ -85,7 +85,7 @@ def test_csv_rows_with_spreadsheet_row_numbers(tmp_path: Path) -> None:
         (f"{path}:row 3", {"question": "A question\nover two lines", "answer": "yes"}),
         (f"{path}:row 6", {"question": "last", "answer": "one"}),
     ]
-    bad = [(r.location, r.error) for r in records if r.error]
+    bad = [(r.location, str(r.error)) for r in records if r.error]
     assert bad == [(f"{path}:row 5", "malformed_csv: 3 fields where the header has 2")]
 
 
@@ -105,7 +105,7 @@ def test_csv_undecodable_bytes_drop_only_that_row(tmp_path: Path) -> None:
     records = load(CsvLoader, path=str(path))
     assert [r.data for r in records] == [{"prompt": "ok", "response": "fine"}, None,
                                          {"prompt": "still", "response": "fine"}]
-    assert records[1].error == ("invalid_text: column 'prompt' has byte 0xFF, not valid "
+    assert str(records[1].error) == ("invalid_text: column 'prompt' has byte 0xFF, not valid "
                                 "utf-8-sig (set data.loader.encoding)")
 
 

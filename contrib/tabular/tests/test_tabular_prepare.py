@@ -11,9 +11,9 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from lorapipe.config import load_config
 from lorapipe.context import RunContext
 from lorapipe.pipeline import run_one_stage
+from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry
 
 ROWS = [{"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."}
@@ -50,7 +50,7 @@ def test_prepare_maps_columns_and_counts_bad_rows(kind: str, tmp_path: Path) -> 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     registry = get_registry()
-    run_one_stage(RunContext(load_config(path, registry=registry), registry), "prepare")
+    run_one_stage(RunContext(load_plan(path, registry=registry)), "prepare")
 
     report = json.loads((out / "data" / "report.json").read_text())
     assert report["records_read"] == 13

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.data.piece_template import Piece, PieceTemplate
-from lorapipe_templates.turns import alternating
+from lorapipe.plugin import Piece, PieceTemplate, alternating_turns
 
 PREAMBLE = (
     "Below is an instruction that describes a task. "
@@ -25,7 +24,7 @@ class AlpacaTemplate(PieceTemplate):
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:
-        system, turns = alternating(messages, "alpaca", generation_prompt)
+        system, turns = alternating_turns(messages, "alpaca", generation_prompt)
         offset = len(messages) - len(turns)
         eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
         out: list[Piece] = []

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.data.piece_template import Piece, PieceTemplate
-from lorapipe.errors import UserError
+from lorapipe.plugin import Piece, PieceTemplate, UserError
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

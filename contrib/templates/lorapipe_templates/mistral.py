@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.data.piece_template import Piece, PieceTemplate
-from lorapipe_templates.turns import alternating
+from lorapipe.plugin import Piece, PieceTemplate, alternating_turns
 
 
 class MistralTemplate(PieceTemplate):
@@ -21,7 +20,7 @@ class MistralTemplate(PieceTemplate):
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:
-        system, turns = alternating(messages, "mistral", generation_prompt)
+        system, turns = alternating_turns(messages, "mistral", generation_prompt)
         offset = len(messages) - len(turns)
         bos = self._token_id(tokenizer, tokenizer.bos_token, "BOS")
         eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorapipe import hookimpl
+from lorapipe.plugin import hookimpl
 from lorapipe_templates.alpaca import AlpacaTemplate
 from lorapipe_templates.chatml import ChatMLTemplate
 from lorapipe_templates.mistral import MistralTemplate

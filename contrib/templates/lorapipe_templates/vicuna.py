@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.data.piece_template import Piece, PieceTemplate
-from lorapipe_templates.turns import alternating
+from lorapipe.plugin import Piece, PieceTemplate, alternating_turns
 
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -20,7 +19,7 @@ class VicunaTemplate(PieceTemplate):
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:
-        system, turns = alternating(messages, "vicuna", generation_prompt)
+        system, turns = alternating_turns(messages, "vicuna", generation_prompt)
         offset = len(messages) - len(turns)
         eos = self._token_id(tokenizer, tokenizer.eos_token, "EOS")
         out: list[Piece] = []

@@ -8,11 +8,11 @@ into ``eval/report.json`` through the evaluate stage.
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lorapipe.atomic import atomic_write_text
-from lorapipe.components import Evaluator
+from lorapipe.plugin import EvalContext, Evaluator, atomic_write_text
 from lorapipe_textmetrics.generations import GenerationOptions, generations
 
 
@@ -22,15 +22,16 @@ class TextMetric(Evaluator):
     Options = GenerationOptions
     metric: ClassVar[str]
 
+    @abstractmethod
     def sample_scores(self, predictions: list[str], references: list[str]) -> list[float]:
-        raise NotImplementedError
+        """One score per prediction against its reference."""
 
     def aggregate(self, predictions: list[str], references: list[str],
                   scores: list[float]) -> float:
         """The corpus score; the mean of the sample scores unless the metric defines one."""
         return sum(scores) / len(scores) if scores else 0.0
 
-    def evaluate(self, context: Any) -> dict[str, Any]:
+    def evaluate(self, context: EvalContext) -> dict[str, Any]:
         gen = generations(context, self.options)
         refs = gen.references
         scores = {side: self.sample_scores(replies, refs)
@@ -43,8 +44,8 @@ class TextMetric(Evaluator):
             "change": {self.metric: totals["finetuned"] - totals["base"]},
             "samples": len(refs),
         }
-        if context.run is not None:
-            path = context.run.paths.eval_dir / self.name / "predictions.jsonl"
+        if context.output_dir is not None:
+            path = context.output_dir / self.name / "predictions.jsonl"
             self._write(path, gen, scores)
             result["predictions"] = str(path)
         return result

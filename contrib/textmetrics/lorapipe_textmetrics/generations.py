@@ -3,20 +3,17 @@
 Each prompt is a validation conversation up to its last assistant message, rendered by
 the run's chat template; the reference is that message. Both models get identical
 prompts and greedy decoding (lorapipe's batched ``generate``), so the scores differ only
-by the adapter. The replies are cached per evaluation context and settings: three
-metrics configured together cost one generation pass, not three.
+by the adapter. The replies are kept in the evaluation context's ``shared`` cache, per
+settings: three metrics configured together cost one generation pass, not three.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import Field
 
-from lorapipe.components import Options
-from lorapipe.evaluate.generate import generate
+from lorapipe.plugin import EvalContext, Options
 
 
 class GenerationOptions(Options):
@@ -33,19 +30,17 @@ class Generations:
     finetuned: list[str]
 
 
-_CACHE: dict[tuple[int, int, int | None], Generations] = {}
-
-
-def generations(context: Any, options: GenerationOptions) -> Generations:
+def generations(context: EvalContext, options: GenerationOptions) -> Generations:
     """The (cached) references and both models' greedy replies for ``context``."""
-    key = (id(context), options.max_new_tokens, options.max_samples)
-    if key not in _CACHE:
-        _CACHE[key] = _generate(context, options)
-        weakref.finalize(context, _CACHE.pop, key, None)
-    return _CACHE[key]
+    key = (__name__, options.max_new_tokens, options.max_samples)
+    if key not in context.shared:
+        context.shared[key] = _generate(context, options)
+    return context.shared[key]
 
 
-def _generate(context: Any, options: GenerationOptions) -> Generations:
+def _generate(context: EvalContext, options: GenerationOptions) -> Generations:
+    from lorapipe.plugin import generate  # torch: only when generating
+
     conversations = [c for c in context.conversations()
                      if any(m["role"] == "assistant" for m in c)]
     conversations = conversations[: options.max_samples]
@@ -54,7 +49,7 @@ def _generate(context: Any, options: GenerationOptions) -> Generations:
     kwargs = {"max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size}
     with context.base() as base:
         base_replies = generate(base, context.tokenizer, context.template, conversations,
-                                **kwargs)
+                                pad_token_id=context.pad_token_id, **kwargs)
     tuned = generate(context.model, context.tokenizer, context.template, conversations,
-                     **kwargs)
+                     pad_token_id=context.pad_token_id, **kwargs)
     return Generations(conversations, references, base_replies, tuned)

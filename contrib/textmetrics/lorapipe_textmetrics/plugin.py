@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lorapipe import hookimpl
+from lorapipe.plugin import hookimpl
 from lorapipe_textmetrics.metrics import Bleu, ExactMatch, RougeL
 
 

@@ -12,10 +12,10 @@ import yaml
 from lorapipe_textmetrics.metrics import Bleu, ExactMatch, RougeL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorapipe.config import load_config
 from lorapipe.context import RunContext
 from lorapipe.models import resolve_model_path
 from lorapipe.pipeline import run_one_stage
+from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "data" / "quickstart.jsonl"
@@ -52,7 +52,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, lorapipe_cache: Path) ->
     path = tmp / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     registry = get_registry()
-    ctx = RunContext(load_config(path, registry=registry), registry)
+    ctx = RunContext(load_plan(path, registry=registry))
     for stage in ("prepare", "train", "evaluate"):
         run_one_stage(ctx, stage)
     return out

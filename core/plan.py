@@ -1,0 +1,149 @@
+"""The run plan: every configured component looked up, checked and built, once.
+
+``lorapipe validate`` and every stage start here. Each component reference in the config
+(``{name: jsonl, path: ...}``) is resolved in the registry, its remaining keys validated
+against that plugin's ``Options``, and the class instantiated with them and its YAML
+field. Stages receive these objects through the run context and never look a name up;
+a wrong name or option fails here, in seconds, naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ValidationError
+
+from lorapipe.components import (
+    ChatTemplate,
+    Component,
+    Evaluator,
+    Exporter,
+    Loader,
+    Quantizer,
+    TargetDetector,
+)
+from lorapipe.config import ComponentRef, PipelineConfig, config_error, load_config
+from lorapipe.registry import Registry, get_registry
+
+C = TypeVar("C", bound=Component)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated config and the components it names, ready to use."""
+
+    config: PipelineConfig
+    loader: Loader
+    validation_loader: Loader | None
+    template: ChatTemplate
+    quantizer: Quantizer
+    # adapter.target_detector when set; else every detector that works with its default
+    # options, in the order they are asked (ascending priority). Unused with target_modules.
+    detectors: tuple[TargetDetector, ...]
+    detector_named: bool
+    evaluators: tuple[Evaluator, ...]
+    exporters: tuple[Exporter, ...]
+    registry: Registry
+
+    def configured(self) -> Iterator[Component]:
+        """Every component the config names, in config order (auto detectors excluded)."""
+        yield self.quantizer
+        if self.detector_named:
+            yield from self.detectors
+        yield self.loader
+        if self.validation_loader is not None:
+            yield self.validation_loader
+        yield self.template
+        yield from self.evaluators
+        yield from self.exporters
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The config with every default and every plugin option filled in."""
+        data = self.config.model_dump(mode="json")
+        for component in self.configured():
+            _set_path(data, component.field.split("."),
+                      {"name": component.name, **component.options.model_dump(mode="json")})
+        return data
+
+    def resolved_yaml(self) -> str:
+        """``resolved_dict`` as YAML, for ``config.resolved.yaml``."""
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        """Stable hash of the resolved config, recorded in run.json and checkpoints."""
+        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunPlan:
+    """Resolve and instantiate every component ``config`` names."""
+    registry = registry if registry is not None else get_registry()
+    data, adapter = config.data, config.adapter
+
+    def build(kind: str, field: str, ref: ComponentRef, base: type[C]) -> C:
+        cls = registry.get(kind, ref.name, f"{field}.name")
+        try:
+            options = cls.Options.model_validate(ref.raw_options)
+        except ValidationError as err:
+            raise config_error(err, cls.Options, prefix=field,
+                               owner=f"{kind.replace('_', ' ')} '{ref.name}'") from None
+        component = cls(options, field=field)
+        assert isinstance(component, base)
+        return component
+
+    if adapter.target_detector is not None:
+        detectors: tuple[TargetDetector, ...] = (build(
+            "target_detector", "adapter.target_detector", adapter.target_detector,
+            TargetDetector),)
+    else:
+        detectors = tuple(_default_detectors(registry))
+    validation = data.validation.loader
+    return RunPlan(
+        config=config,
+        loader=build("loader", "data.loader", data.loader, Loader),
+        validation_loader=(build("loader", "data.validation.loader", validation, Loader)
+                           if validation is not None else None),
+        template=build("chat_template", "data.template", data.template, ChatTemplate),
+        quantizer=build("quantizer", "model.quantizer", config.model.quantizer, Quantizer),
+        detectors=detectors,
+        detector_named=adapter.target_detector is not None,
+        evaluators=tuple(build("evaluator", f"evaluate.evaluators.{i}", ref, Evaluator)
+                         for i, ref in enumerate(config.evaluate.evaluators)),
+        exporters=tuple(build("exporter", f"export.exporters.{i}", ref, Exporter)
+                        for i, ref in enumerate(config.export.exporters)),
+        registry=registry,
+    )
+
+
+def _default_detectors(registry: Registry) -> Iterator[TargetDetector]:
+    """Every registered detector that can be built without options, lowest priority first;
+    one with required options is only used when ``adapter.target_detector`` names it."""
+    classes = sorted(registry.classes("target_detector"), key=lambda c: (c.priority, c.name))
+    for cls in classes:
+        try:
+            options = cls.Options()
+        except ValidationError:
+            continue
+        yield cls(options, field="adapter.target_detector")
+
+
+def load_plan(path: str | Path, overrides: list[str] | None = None,
+              registry: Registry | None = None) -> RunPlan:
+    """Read, override and validate a pipeline config, and build its plan."""
+    return build_plan(load_config(path, overrides), registry)
+
+
+def _set_path(data: Any, keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data[int(key)] if isinstance(data, list) else data[key]
+    last = keys[-1]
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value

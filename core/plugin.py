@@ -1,0 +1,108 @@
+"""Everything a lorapipe plugin may import; the rest of ``lorapipe`` is internal.
+
+A plugin subclasses one of the component bases, implements its abstract methods, and
+registers the class from a hook (see ``lorapipe.hookspecs``)::
+
+    from lorapipe.plugin import FileLoader, RawRecord, hookimpl
+
+    class DialogueLoader(FileLoader):
+        name = "dialogue"  # what users write in YAML
+
+        def read_file(self, path):
+            ...
+            yield RawRecord(str(path), f"{path}:{line}", data={"messages": messages})
+
+    @hookimpl
+    def lorapipe_register_loaders(register):
+        register(DialogueLoader)
+
+and names the module in its distribution's entry points::
+
+    [project.entry-points."lorapipe.plugins"]
+    dialogue = "my_package.dialogue"
+
+The helpers that need torch or transformers (``generate``, ``adaptable_modules``,
+``train_byte_level_bpe``) are imported on first use, so a plugin that only defines a
+loader does not pay for them when lorapipe discovers it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from lorapipe.atomic import atomic_write_text
+from lorapipe.components import (
+    ChatTemplate,
+    Conversation,
+    EncodedConversation,
+    EvalContext,
+    Evaluator,
+    Exporter,
+    Loader,
+    Options,
+    Quantizer,
+    RawRecord,
+    RecordError,
+    RunInfo,
+    TargetDetector,
+    TargetSelection,
+    UnrenderableConversation,
+)
+from lorapipe.data.files import FileLoader, FileOptions
+from lorapipe.data.masking import trained_text
+from lorapipe.data.piece_template import Piece, PieceTemplate, alternating_turns
+from lorapipe.errors import ConfigError, UserError
+from lorapipe.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from lorapipe.evaluate.generate import generate
+    from lorapipe.model.targets import adaptable_modules
+    from lorapipe.models.tiny_llama import train_byte_level_bpe
+
+_HEAVY = {
+    "generate": "lorapipe.evaluate.generate",
+    "adaptable_modules": "lorapipe.model.targets",
+    "train_byte_level_bpe": "lorapipe.models.tiny_llama",
+}
+
+__all__ = [
+    # registering
+    "hookimpl",
+    # component bases and what they exchange
+    "ChatTemplate",
+    "Conversation",
+    "EncodedConversation",
+    "EvalContext",
+    "Evaluator",
+    "Exporter",
+    "Loader",
+    "Options",
+    "Quantizer",
+    "RawRecord",
+    "RecordError",
+    "RunInfo",
+    "TargetDetector",
+    "TargetSelection",
+    "UnrenderableConversation",
+    # errors that end a command with exit 2 and one clear message
+    "ConfigError",
+    "UserError",
+    # helpers
+    "FileLoader",
+    "FileOptions",
+    "Piece",
+    "PieceTemplate",
+    "adaptable_modules",
+    "alternating_turns",
+    "atomic_write_text",
+    "generate",
+    "train_byte_level_bpe",
+    "trained_text",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HEAVY:
+        return getattr(importlib.import_module(_HEAVY[name]), name)
+    raise AttributeError(f"module 'lorapipe.plugin' has no attribute '{name}'")
