@@ -20,11 +20,11 @@ from lorapipe import __version__
 from lorapipe.atomic import atomic_write_json, atomic_write_text
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
 STAGES: dict[str, str] = {
-    "prepare": "lorapipe.data.prepare",
+    "prepare": "lorapipe.data.stage",
     "train": "lorapipe.train.stage",
     "evaluate": "lorapipe.evaluate.stage",
     "merge": "lorapipe.merge.stage",

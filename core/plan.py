@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from pydantic import ValidationError
@@ -93,9 +93,8 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
         except ValidationError as err:
             raise config_error(err, cls.Options, prefix=field,
                                owner=f"{kind.replace('_', ' ')} '{ref.name}'") from None
-        component = cls(options, field=field)
-        assert isinstance(component, base)
-        return component
+        # The registry only holds subclasses of the kind's base (registry.py).
+        return cast(C, cls(options, field=field))
 
     if adapter.target_detector is not None:
         detectors: tuple[TargetDetector, ...] = (build(

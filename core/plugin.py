@@ -58,12 +58,12 @@ from lorapipe.hookspecs import hookimpl
 if TYPE_CHECKING:
     from lorapipe.evaluate.generate import generate
     from lorapipe.model.targets import adaptable_modules
-    from lorapipe.models.tiny_llama import train_byte_level_bpe
+    from lorapipe.model.tiny_llama import train_byte_level_bpe
 
 _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
     "adaptable_modules": "lorapipe.model.targets",
-    "train_byte_level_bpe": "lorapipe.models.tiny_llama",
+    "train_byte_level_bpe": "lorapipe.model.tiny_llama",
 }
 
 __all__ = [

@@ -14,14 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorapipe.artifacts import RunPaths
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+from lorapipe.units import format_bytes
 
 
 def _size(path: Path) -> int:
@@ -123,5 +116,5 @@ def print_run_summary(
             text = ""  # a stage summary of another shape: fall back to its raw form
         table.add_row(stage, text or json.dumps(summary, default=str)[:300])
     for path, size in artifacts(paths):
-        table.add_row("", f"{path}  {human_size(size)}")
+        table.add_row("", f"{path}  {format_bytes(size)}")
     console.print(table)

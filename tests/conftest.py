@@ -9,7 +9,7 @@ import pytest
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]

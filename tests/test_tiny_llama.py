@@ -10,7 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorapipe.models import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama, resolve_model_path
+from lorapipe.model.source import (
+    TINY_LLAMA,
+    build_tiny_llama,
+    ensure_tiny_llama,
+    resolve_model_path,
+)
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
 START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"

@@ -37,31 +37,27 @@ def token_nll(model: Any, dataset: Any, *, batch_size: int, pad_id: int,
               progress: Any = None) -> NllTotals:
     """Sum the NLL of every predicted token of ``dataset``, by part.
 
-    Sequences are batched in length order to waste little on padding; ``progress`` is
-    called with the number of sequences done after each batch.
+    Sequences are batched in length order to waste little on padding, and padded the way
+    training pads them (``collate``); ``progress`` is called with the number of sequences
+    done after each batch.
     """
+    from lorapipe.train.batching import IGNORE, collate, load_examples
+
     model.eval()
     device = next(model.parameters()).device
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    examples = load_examples(dataset)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     totals = NllTotals()
     for start in range(0, len(order), batch_size):
-        rows = dataset.select(order[start : start + batch_size])
-        width = max(len(ids) for ids in rows["input_ids"])
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            mask[i, :n] = torch.tensor(row["attention_mask"])
-            labels[i, :n] = torch.tensor(row["labels"])
+        rows = [[examples[i]] for i in order[start : start + batch_size]]
+        batch = collate(rows, pad_id)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         nll = F.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(device), reduction="none"
         ).cpu()
         predicted = mask[:, 1:].bool()
-        trained = predicted & (labels[:, 1:] != -100)
+        trained = predicted & (batch["labels"][:, 1:] != IGNORE)
         for part, where in (("response", trained), ("prompt", predicted & ~trained),
                             ("all", predicted)):
             totals.nll[part] += float(nll[where].double().sum())

@@ -39,7 +39,7 @@ def _load_model(ctx: RunContext) -> Any:
     """The model as it was trained: the quantized base with ``adapter/``."""
     from peft import PeftModel
 
-    from lorapipe.model import load_base_model
+    from lorapipe.model.loading import load_base_model
 
     adapter = ctx.paths.require_adapter("evaluate")
     base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=ctx.device,
@@ -49,8 +49,8 @@ def _load_model(ctx: RunContext) -> Any:
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-    from lorapipe.model import record_memory
-    from lorapipe.pretrained import pad_token_id, prepared_tokenizer
+    from lorapipe.model.memory import record_memory
+    from lorapipe.model.pretrained import pad_token_id, prepared_tokenizer
 
     evaluators = ctx.plan.evaluators
     if not evaluators:

@@ -26,10 +26,10 @@ _SAMPLES, _SAMPLE_TOKENS = 4, 64
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from peft import PeftModel
 
-    from lorapipe.model import load_base_model, resolve_dtype
-    from lorapipe.model.dtypes import dtype_name
-    from lorapipe.models import resolve_model_path
-    from lorapipe.pretrained import prepared_tokenizer
+    from lorapipe.model.dtypes import dtype_name, resolve_dtype
+    from lorapipe.model.loading import load_base_model
+    from lorapipe.model.pretrained import prepared_tokenizer
+    from lorapipe.model.source import resolve_model_path
 
     config, device = ctx.config, ctx.device
     if not config.merge.enabled:
@@ -97,7 +97,7 @@ def _diff_vs_training_model(ctx: RunContext, samples: list[list[int]], merged_lo
     """
     from peft import PeftModel
 
-    from lorapipe.model import load_base_model
+    from lorapipe.model.loading import load_base_model
 
     quantizer = ctx.plan.quantizer
     if not quantizer.quantized:

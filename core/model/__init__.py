@@ -1,27 +1,9 @@
-"""Model preparation: from a base checkpoint to a model ready to train.
+"""The base model: from a name in the config to a model ready to train.
 
-The quantizer decides how the frozen base is loaded, a target detector names the layers
-that get adapters, peft injects them, and a report says what is trainable and how much
-memory it should take. Training, evaluation and merge import from here only.
+``source`` turns ``model.name_or_path`` into a directory (building the built-in
+``tiny_llama`` on first use); ``pretrained`` loads tokenizers and configs with clear
+errors; ``loading`` loads the base as the quantizer says; ``targets`` picks the layers
+that get adapters; ``adapters`` injects LoRA and reports; ``memory`` estimates and
+measures memory. Import the submodules: this package imports nothing, so the light ones
+(``source``, ``pretrained``) do not pull in peft and bitsandbytes.
 """
-
-from __future__ import annotations
-
-from lorapipe.model.adapters import build_trainable_model, lora_config
-from lorapipe.model.dtypes import default_device, resolve_dtype
-from lorapipe.model.loading import load_base_model
-from lorapipe.model.memory import estimate_memory, memory_snapshot, record_memory
-from lorapipe.model.targets import adaptable_modules, select_targets
-
-__all__ = [
-    "adaptable_modules",
-    "build_trainable_model",
-    "default_device",
-    "estimate_memory",
-    "load_base_model",
-    "lora_config",
-    "memory_snapshot",
-    "record_memory",
-    "resolve_dtype",
-    "select_targets",
-]

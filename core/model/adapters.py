@@ -17,12 +17,12 @@ from lorapipe.model.loading import load_base_model
 from lorapipe.model.memory import (
     count_parameters,
     estimate_memory,
-    format_bytes,
     memory_snapshot,
     print_estimate,
     weightless_model,
 )
 from lorapipe.model.targets import ChosenTargets, select_targets, targets_are_transposed
+from lorapipe.units import format_bytes
 
 console = Console(highlight=False)
 
@@ -117,7 +117,7 @@ def _targets_and_estimate(ctx: RunContext) -> tuple[ChosenTargets | None, dict[s
         return None, {"unavailable": str(err)}
     targets = select_targets(meta, ctx.plan)
     counts = count_parameters(meta, ctx.config.adapter, targets.modules)
-    return targets, estimate_memory(ctx.plan, counts, device=ctx.device)
+    return targets, estimate_memory(ctx, counts)
 
 
 def _scaling(adapter: AdapterConfig) -> float:

@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
 from lorapipe.config import ModelConfig
-from lorapipe.models import resolve_model_path
-from lorapipe.pretrained import load_pretrained
+from lorapipe.model.pretrained import load_pretrained
+from lorapipe.model.source import resolve_model_path
 
 
 def load_base_model(

@@ -22,11 +22,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
 from lorapipe.config import AdapterConfig, ModelConfig, PipelineConfig
-from lorapipe.model.dtypes import resolve_dtype
+from lorapipe.context import RunContext
+from lorapipe.model.pretrained import load_pretrained
+from lorapipe.model.source import resolve_model_path
 from lorapipe.model.targets import adaptable_modules, matches_target
-from lorapipe.models import resolve_model_path
 from lorapipe.plan import RunPlan
-from lorapipe.pretrained import load_pretrained
+from lorapipe.units import format_bytes
 
 # AdamW keeps two fp32 moments per trainable weight; the 8-bit variants two bytes.
 _OPTIMIZER_BYTES = {"adamw": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2}
@@ -110,25 +111,25 @@ def _out_features(module: nn.Module) -> int:
     return weight.shape[1] if type(module).__name__ == "Conv1D" else weight.shape[0]
 
 
-def estimate_memory(plan: RunPlan, counts: ParamCounts, *, device: str) -> dict[str, Any]:
+def estimate_memory(ctx: RunContext, counts: ParamCounts) -> dict[str, Any]:
     """Bytes for weights, adapters, gradients, optimizer state and activations of one
     micro batch of ``train.micro_batch_size`` × ``data.max_length`` tokens, with and
     without gradient checkpointing; plus the device's capacity, whether the configured
     run fits, and single changes that would make it fit when it does not."""
-    estimate = _estimate(plan.config, counts, plan.quantizer, device)
+    plan, device, dtype = ctx.plan, ctx.device, ctx.dtype
+    estimate = _estimate(plan.config, counts, plan.quantizer, device, dtype)
     capacity = device_capacity(device)
     estimate["capacity"] = capacity
     estimate["fits"] = estimate["total_bytes"] <= capacity["available_bytes"]
     estimate["suggestions"] = [] if estimate["fits"] else _suggestions(
-        plan, counts, device, capacity["available_bytes"]
+        plan, counts, device, dtype, capacity["available_bytes"]
     )
     estimate["params"] = asdict(counts)
     return estimate
 
 
 def _estimate(config: PipelineConfig, counts: ParamCounts, quantizer: Quantizer,
-              device: str) -> dict[str, Any]:
-    dtype = resolve_dtype(config.model.dtype, device=device)
+              device: str, dtype: torch.dtype) -> dict[str, Any]:
     act_bytes = quantizer.activation_dtype(dtype).itemsize
     trainable = counts.adapter + counts.saved
     tokens = config.train.micro_batch_size * config.data.max_length
@@ -157,7 +158,8 @@ def _estimate(config: PipelineConfig, counts: ParamCounts, quantizer: Quantizer,
     }
 
 
-def _suggestions(plan: RunPlan, counts: ParamCounts, device: str, available: int) -> list[str]:
+def _suggestions(plan: RunPlan, counts: ParamCounts, device: str, dtype: torch.dtype,
+                 available: int) -> list[str]:
     """Single config changes, each with what the run would then need."""
     config, quantizer = plan.config, plan.quantizer
     train, data = config.train, config.data
@@ -188,7 +190,7 @@ def _suggestions(plan: RunPlan, counts: ParamCounts, device: str, available: int
                         quantizer))
     lines = []
     for text, variant, variant_quantizer in changes:
-        total = _estimate(variant, counts, variant_quantizer, device)["total_bytes"]
+        total = _estimate(variant, counts, variant_quantizer, device, dtype)["total_bytes"]
         verdict = "fits" if total <= available else "still too much"
         lines.append(f"{text}: needs {format_bytes(total)} ({verdict})")
     return lines
@@ -286,13 +288,6 @@ def _proc_kib(path: str, keys: tuple[str, ...]) -> dict[str, int]:
             found[key] = int(value.split()[0]) * 1024
     return found if len(found) == len(keys) else {}
 
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def print_estimate(estimate: dict[str, Any], console: Any) -> None:

@@ -62,7 +62,7 @@ def train(model: torch.nn.Module, train_data, validation_data, *,  # noqa: ANN00
     ``memory`` returns the snapshot logged with each step (default: the model stage's).
     """
     if memory is None:
-        from lorapipe.model import memory_snapshot as memory
+        from lorapipe.model.memory import memory_snapshot as memory
 
     return Trainer(model, train_data, validation_data, config=config, paths=paths,
                    pad_token_id=pad_token_id, max_length=max_length, config_hash=config_hash,

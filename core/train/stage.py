@@ -16,8 +16,9 @@ from lorapipe.train.loop import train
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
-    from lorapipe.model import build_trainable_model, memory_snapshot
-    from lorapipe.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
+    from lorapipe.model.adapters import build_trainable_model
+    from lorapipe.model.memory import memory_snapshot
+    from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
     paths, config = ctx.paths, ctx.config
     if not (paths.train_data.is_dir() and paths.tokenizer.is_dir()):
@@ -53,7 +54,7 @@ def _record_memory(paths: RunPaths, report: dict[str, Any], peak: dict[str, Any]
     """Memory at each transition into metrics.jsonl, and beside the estimate in the report."""
     from accelerate import PartialState
 
-    from lorapipe.model import record_memory
+    from lorapipe.model.memory import record_memory
 
     if not PartialState().is_main_process:
         return

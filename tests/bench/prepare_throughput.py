@@ -35,7 +35,7 @@ import yaml
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 WORDS = [
     "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "market",

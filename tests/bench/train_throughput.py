@@ -48,7 +48,7 @@ def build(workdir: Path, rows: int, vocab_size: int) -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from lorapipe.models import resolve_model_path
+    from lorapipe.model.source import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
     torch.manual_seed(0)

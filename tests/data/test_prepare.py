@@ -15,7 +15,7 @@ from prepare_helpers import chat, read_report, write_jsonl
 from transformers import AutoTokenizer
 
 import lorapipe.data.chunks as chunks_module
-import lorapipe.data.prepare as prepare_module
+import lorapipe.data.stage as prepare_module
 from lorapipe.cli import main
 from lorapipe.data.cleaning import dedupe_key
 from lorapipe.errors import UserError
@@ -202,7 +202,7 @@ def test_chunked_reading_gives_the_same_result(tmp_path: Path, prepare: Any,
 
 def test_prepare_does_not_import_peft() -> None:
     """The stage needs the tokenizer only; peft and bitsandbytes take seconds to import."""
-    code = ("import sys, lorapipe.data.prepare; "
+    code = ("import sys, lorapipe.data.stage; "
             "print(sorted({'peft', 'bitsandbytes'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)

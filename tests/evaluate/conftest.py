@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorapipe.context import RunContext
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 CONVERSATIONS = [
     [

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.errors import UserError
 from lorapipe.evaluate import generate, run_stage, token_nll
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 
 def _base():

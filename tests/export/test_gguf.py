@@ -21,7 +21,7 @@ from lorapipe.errors import ConfigError, UserError
 from lorapipe.export import run_stage
 from lorapipe.export.gguf_model import permute_qk
 from lorapipe.export.gguf_writer import write_gguf
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
 from lorapipe.plugins.exporters.gguf import GgufOptions
 

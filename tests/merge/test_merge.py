@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from lorapipe.errors import UserError
 from lorapipe.merge import run_stage
 from lorapipe.merge.stage import MERGE_REPORT
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 IDS = [[2042, 100, 200, 300, 400, 500, 600, 700], [2042, 5, 6, 7, 8]]
 

@@ -41,7 +41,7 @@ def make_ctx(tmp_path: Path, registry: Registry) -> Callable[..., RunContext]:
 @pytest.fixture
 def load_base() -> Callable[..., Any]:
     """``load_base(ctx, device=None)``: the base model as training loads it."""
-    from lorapipe.model import load_base_model
+    from lorapipe.model.loading import load_base_model
 
     def load(ctx: RunContext, device: str | None = None) -> Any:
         return load_base_model(ctx.config.model, dtype=ctx.dtype, device=device or ctx.device,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorapipe.model import build_trainable_model, lora_config
+from lorapipe.model.adapters import build_trainable_model, lora_config
 
 IDS = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3]])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from lorapipe.model import build_trainable_model
+from lorapipe.model.adapters import build_trainable_model
 from lorapipe.train.loss import loss_sum
 
 IDS = torch.tensor([[5, 17, 300, 42, 9, 1000, 77, 3, 64, 8],

@@ -6,8 +6,13 @@ import json
 import subprocess
 import sys
 
-from lorapipe.model import estimate_memory, memory_snapshot, select_targets
-from lorapipe.model.memory import count_parameters, weightless_model
+from lorapipe.model.memory import (
+    count_parameters,
+    estimate_memory,
+    memory_snapshot,
+    weightless_model,
+)
+from lorapipe.model.targets import select_targets
 
 # Measured in a fresh process so its peak RSS belongs to this run alone; the fixed cost of
 # the libraries is taken at the baseline, so what remains is the model, adapters,
@@ -16,7 +21,8 @@ MEASURE = r"""
 import json, sys, torch
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
-from lorapipe.model import build_trainable_model, memory_snapshot
+from lorapipe.model.adapters import build_trainable_model
+from lorapipe.model.memory import memory_snapshot
 from lorapipe.plan import build_plan
 ctx = RunContext(build_plan(validate_config(json.loads(sys.argv[1]))))
 config = ctx.config
@@ -49,8 +55,7 @@ def _estimate(ctx) -> dict:  # noqa: ANN001
     """The estimate from the weightless model, with the targets the run would choose."""
     meta = weightless_model(ctx.config.model)
     targets = select_targets(meta, ctx.plan).modules
-    return estimate_memory(ctx.plan, count_parameters(meta, ctx.config.adapter, targets),
-                           device="cpu")
+    return estimate_memory(ctx, count_parameters(meta, ctx.config.adapter, targets))
 
 
 def test_estimate_is_within_factor_of_measured_rss(make_ctx, tmp_path) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.errors import ConfigError
-from lorapipe.model import adaptable_modules, build_trainable_model
+from lorapipe.model.adapters import build_trainable_model
+from lorapipe.model.targets import adaptable_modules
 
 
 def _nf4_bytes(layers: list[bnb.nn.Linear4bit]) -> int:

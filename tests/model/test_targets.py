@@ -6,8 +6,8 @@ import pytest
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from lorapipe.errors import ConfigError
-from lorapipe.model import select_targets
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
+from lorapipe.model.targets import select_targets
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorapipe.models import resolve_model_path
+    from lorapipe.model.source import resolve_model_path
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"))
     PeftModel.from_pretrained(base, tmp_path / "adapter")  # PEFT itself loads adapter/

@@ -44,7 +44,7 @@ def test_lorapipe_train_writes_a_peft_adapter_and_refuses_a_changed_resume(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorapipe.models import resolve_model_path
+    from lorapipe.model.source import resolve_model_path
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"))
     PeftModel.from_pretrained(base, run / "adapter")

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.config import TrainConfig
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 from lorapipe.train import train
 
 PAD = 2044  # tiny-llama's <|pad|>

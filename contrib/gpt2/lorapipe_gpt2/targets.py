@@ -2,9 +2,9 @@
 
 GPT-2 names both its attention output and its MLP output ``c_proj``; the presets that
 want only one of them use the parent's name too (``attn.c_proj``), which peft matches as
-a suffix. GPT-2 stores these layers as ``Conv1D`` (weight ``(in, out)``), so the
-selection asks for ``fan_in_fan_out``; GPT-2 derivatives that use ``nn.Linear`` under
-the same names (GPT-BigCode) do not.
+a suffix. GPT-2 stores these layers as ``Conv1D`` (weight ``(in, out)``); lorapipe sees
+that every selected layer is one and sets peft's ``fan_in_fan_out``. GPT-2 derivatives
+that use ``nn.Linear`` under the same names (GPT-BigCode) get it off.
 """
 
 from __future__ import annotations

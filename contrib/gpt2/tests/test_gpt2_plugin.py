@@ -17,8 +17,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.context import RunContext
+from lorapipe.model.source import resolve_model_path
 from lorapipe.model.targets import check_names, targets_are_transposed
-from lorapipe.models import resolve_model_path
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry

@@ -52,6 +52,16 @@ def test_json_object_without_field_names_the_lists(tmp_path: Path) -> None:
         load(JsonLoader, path=str(path), field="version")
 
 
+def test_messages_name_the_field_the_loader_was_configured_at(tmp_path: Path) -> None:
+    """The same loader class serves data.loader and data.validation.loader; what it tells
+    the user to change must be the option of the one that failed."""
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"rows": []}))
+    loader = JsonLoader(JsonLoader.Options(path=str(path)), field="data.validation.loader")
+    with pytest.raises(UserError, match=r"set data\.validation\.loader\.field to the key"):
+        list(loader.records())
+
+
 def test_json_malformed_file_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text('[\n{"a": 1},\n{"a": }\n]')

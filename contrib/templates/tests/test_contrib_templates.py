@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from lorapipe.components import UnrenderableConversation
 from lorapipe.data.masking import trained_text
 from lorapipe.errors import UserError
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
 from lorapipe.registry import get_registry
 

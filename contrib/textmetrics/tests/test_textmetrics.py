@@ -13,7 +13,7 @@ from lorapipe_textmetrics.metrics import Bleu, ExactMatch, RougeL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.context import RunContext
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import load_plan
 from lorapipe.registry import get_registry

@@ -1,8 +1,8 @@
-"""``from_pretrained`` with the user's mistakes turned into one clear line, and the base
-model's tokenizer.
+"""``from_pretrained`` with the user's mistakes turned into one clear line; the run's
+tokenizer and pad id.
 
-Kept apart from ``lorapipe.model`` on purpose: importing that package loads peft and
-bitsandbytes (seconds), and the ``prepare`` stage only needs the tokenizer.
+Imports only transformers' tokenizer side: the ``prepare`` stage uses it and must not pay
+for peft and bitsandbytes (seconds).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from lorapipe.artifacts import RunPaths
 from lorapipe.config import ModelConfig
 from lorapipe.errors import ConfigError
-from lorapipe.models import resolve_model_path
+from lorapipe.model.source import resolve_model_path
 
 
 def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:

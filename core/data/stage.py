@@ -47,7 +47,7 @@ from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
-from lorapipe.pretrained import load_tokenizer
+from lorapipe.model.pretrained import load_tokenizer
 
 _OUTPUT = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),

@@ -9,7 +9,7 @@ not special-case the tiny model.
 
 from __future__ import annotations
 
-from lorapipe.models.tiny_llama import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama
+from lorapipe.model.tiny_llama import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama
 
 __all__ = ["TINY_LLAMA", "build_tiny_llama", "ensure_tiny_llama", "resolve_model_path"]
 
