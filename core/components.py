@@ -161,6 +161,12 @@ class ChatTemplate(Component):
     ) -> list[int]:
         """Token ids of the conversation followed by the prompt that starts a reply."""
 
+    @abstractmethod
+    def serving_template(self, tokenizer: PreTrainedTokenizerBase) -> str | dict[str, str]:
+        """The Jinja chat template that renders conversations as this template trains on
+        them. It replaces the tokenizer's in ``data/tokenizer/``, so ``merged/`` and every
+        exported file serve the model in the format it learned."""
+
 
 # --- target detectors -----------------------------------------------------------------
 

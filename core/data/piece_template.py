@@ -8,7 +8,7 @@ the template's own structure. The built-in ``llama3``/``llama2`` and contrib's
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from lorapipe.components import (
     ChatTemplate,
@@ -17,14 +17,30 @@ from lorapipe.components import (
     UnrenderableConversation,
 )
 from lorapipe.data.masking import assemble, trained_turns
-from lorapipe.errors import UserError
 
 # A piece is token ids or text still to be tokenized, and whether it is trained.
 Piece = tuple[list[int] | str, bool]
 
 
 class PieceTemplate(ChatTemplate):
-    """A template defined by the pieces it emits; tokenizes the text pieces in one batch."""
+    """A template defined by the pieces it emits; tokenizes the text pieces in one batch.
+
+    ``chat_template`` is the same format in Jinja, for serving: rendered by
+    ``apply_chat_template`` it gives the text of the pieces (tests check it).
+    """
+
+    chat_template: ClassVar[str]
+
+    def serving_template(self, tokenizer: Any) -> str:
+        return self.chat_template
+
+    def text(self, messages: Conversation, tokenizer: Any, generation_prompt: bool = False
+             ) -> str:
+        """The conversation as text: the pieces joined, token ids written as their tokens
+        (what ``chat_template`` must render, and what a reader checks a format by)."""
+        pieces = self.pieces(messages, tokenizer, set(), generation_prompt)
+        return "".join(p if isinstance(p, str) else "".join(tokenizer.convert_ids_to_tokens(p))
+                       for p, _ in pieces)
 
     def pieces(
         self,
@@ -38,10 +54,10 @@ class PieceTemplate(ChatTemplate):
     def _token_id(self, tokenizer: Any, token: str | None, what: str) -> int:
         token_id = tokenizer.convert_tokens_to_ids(token) if token else None
         if token_id is None or token_id == tokenizer.unk_token_id:
-            raise UserError(
-                f"data.template: template '{self.name}' needs the {what} token "
-                f"{token or ''} but the model's tokenizer has none; use data.template: "
-                "tokenizer (the model's own chat template) or a template made for this model"
+            raise self.config_error(
+                f"template '{self.name}' needs the {what} token {token or ''} but the "
+                f"model's tokenizer has none; use {self.field}: tokenizer (the model's own "
+                "chat template) or a template made for this model"
             )
         return token_id
 

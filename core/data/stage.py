@@ -47,7 +47,7 @@ from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
-from lorapipe.model.pretrained import load_tokenizer
+from lorapipe.model.pretrained import load_tokenizer, save_tokenizer
 
 _OUTPUT = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
@@ -299,7 +299,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     paths.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=paths.data))
     try:
-        tokenizer.save_pretrained(work / "tokenizer")
+        # merged/ and every export serve the model in the format it is trained on.
+        tokenizer.chat_template = template.serving_template(tokenizer)
+        save_tokenizer(tokenizer, config.model, work / "tokenizer")
         loaders = [loader] + ([val_loader] if val_loader else [])
         fp = fingerprint(ctx.plan, loaders, work / "tokenizer")
         previous = _reuse(paths, fp)

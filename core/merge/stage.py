@@ -8,7 +8,9 @@ atomically, plus ``lorapipe_merge.json`` recording how it was made and verified.
 from __future__ import annotations
 
 import gc
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
@@ -60,7 +62,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     )
     with atomic_directory(ctx.paths.merged) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        _write_tokenizer(ctx, tokenizer, tmp)
         atomic_write_json(tmp / MERGE_REPORT, report)
     del merged, model, base
     gc.collect()
@@ -72,6 +74,17 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["path"] = str(ctx.paths.merged)
     return report
+
+
+def _write_tokenizer(ctx: RunContext, tokenizer: Any, out_dir: Path) -> None:
+    """The files of the tokenizer that produced the training ids, as prepare kept them
+    (every file the base had, and the chat template the run trained with)."""
+    from lorapipe.model.pretrained import save_tokenizer
+
+    if ctx.paths.tokenizer.is_dir():
+        shutil.copytree(ctx.paths.tokenizer, out_dir, dirs_exist_ok=True)
+    else:
+        save_tokenizer(tokenizer, ctx.config.model, out_dir)
 
 
 def _verification_samples(ctx: RunContext, tokenizer: Any) -> list[list[int]]:

@@ -7,6 +7,8 @@ for peft and bitsandbytes (seconds).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer
@@ -22,6 +24,25 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     """The base model's own tokenizer, unchanged (the data stage decides padding)."""
     path = resolve_model_path(model.name_or_path)
     return load_pretrained(AutoTokenizer, path, {"trust_remote_code": model.trust_remote_code})
+
+
+# Files a tokenizer may be made of. ``save_pretrained`` of a fast tokenizer writes only
+# tokenizer.json and its config; tools that read the others (llama.cpp's converter reads
+# SentencePiece's tokenizer.model, others vocab.json/merges.txt) need them kept.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt")
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, model: ModelConfig, out_dir: Path) -> None:
+    """``save_pretrained``, plus every tokenizer file of the base model it did not write,
+    so ``out_dir`` reads like the base to every tool (what it wrote takes precedence: it
+    holds the chat template the run trained with)."""
+    tokenizer.save_pretrained(out_dir)
+    base = Path(resolve_model_path(model.name_or_path))
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file() and not (out_dir / name).exists():
+            shutil.copy2(base / name, out_dir / name)
 
 
 def prepared_tokenizer(paths: RunPaths, model: ModelConfig) -> PreTrainedTokenizerBase:

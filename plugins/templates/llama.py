@@ -17,6 +17,13 @@ class Llama3Template(PieceTemplate):
     """Llama 3 headers: <|start_header_id|>role<|end_header_id|> ... <|eot_id|>."""
 
     name = "llama3"
+    chat_template = (
+        "{{- bos_token }}{%- for m in messages %}"
+        "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim"
+        " + '<|eot_id|>' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}"
+        "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+    )
 
     def pieces(
         self,
@@ -46,6 +53,17 @@ class Llama2Template(PieceTemplate):
     """Llama 2 chat: <s>[INST] <<SYS>> ... <</SYS>> user [/INST] assistant </s>."""
 
     name = "llama2"
+    chat_template = (
+        "{%- if messages and messages[0]['role'] == 'system' %}"
+        "{%- set system = messages[0]['content'] | trim %}{%- set turns = messages[1:] %}"
+        "{%- else %}{%- set system = '' %}{%- set turns = messages %}{%- endif %}"
+        "{%- for m in turns %}{%- if loop.index0 % 2 == 0 %}"
+        "{%- set content = m['content'] | trim %}"
+        "{%- if loop.first and system %}"
+        "{%- set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}{%- endif %}"
+        "{{- bos_token + '[INST] ' + content + ' [/INST]' }}"
+        "{%- else %}{{- m['content'] | trim + eos_token }}{%- endif %}{%- endfor %}"
+    )
 
     def pieces(
         self,

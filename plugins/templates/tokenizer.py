@@ -1,14 +1,22 @@
 """The built-in ``tokenizer`` chat template: the model's own ``chat_template``.
 
-The mask comes from rendering the conversation message by message: the text rendered for
-the first ``i`` messages plus the generation prompt must be a prefix of the text for the
-first ``i + 1`` messages, and the difference is exactly assistant message ``i`` with its
-closing end-of-turn token(s). Those character spans become token spans through the fast
-tokenizer's character offsets. A chat template that does not render conversations as such
-prefixes (e.g. one that rewrites earlier turns once a later one exists) is refused rather
-than masked by guesswork.
+The mask comes from the template's own rendering of the whole conversation. For each
+trained assistant message, the conversation is rendered once more with that message's
+content replaced by a placeholder the conversation does not contain: the text before and
+after the placeholder is what the template writes around the reply, so in the real
+rendering the reply is exactly what lies between them, wherever the template puts it and
+however it renders earlier or later turns (a system prompt folded into a user turn,
+``<think>`` scaffolding before the reply, tokens appended after the last message only).
+The end-of-turn text is what the template writes after the reply when it ends the
+conversation, as far as the real rendering agrees (rendering with the conversation cut
+after the reply), without trailing whitespace. Nothing is found by searching the user's
+text. Those character spans become token spans through the fast tokenizer's offsets.
 
-Speed: a conversation with ``k`` trained turns needs up to ``2k + 1`` renders. Through
+A record whose reply the template renders depending on its text, or does not render,
+is unrenderable: dropped and counted with its location. A template that renders no
+assistant content at all is refused when first used.
+
+Speed: a conversation with ``k`` trained turns needs ``3k + 1`` renders. Through
 ``apply_chat_template`` each render pays input normalisation and bookkeeping that cost
 more than the render itself, so we render with the template transformers compiled, its
 globals merged into the variables once (same sandbox, filters and globals, hence the same
@@ -17,6 +25,7 @@ text; tests pin that), and tokenize the batch in one call to the Rust tokenizer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from jinja2 import Template, TemplateError
@@ -61,6 +70,35 @@ class _Renderer:
             return self.template.environment.concat(self.template.root_render_func(context))
         except TemplateError as err:  # e.g. raise_exception('roles must alternate')
             raise UnrenderableConversation(f"the chat template refused it: {err}") from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+            # A template that needs more than a conversation (tools to iterate, a
+            # documents list): the same call fails in apply_chat_template.
+            raise UnrenderableConversation(
+                f"the chat template failed on it: {type(err).__name__}: {err}") from None
+
+
+# Private-use characters: never in real text, and untouched by trim/strip filters. Two of
+# very different lengths, so a template that writes around a reply by its length shows.
+PLACEHOLDERS = ("\ue000lorapipe-reply\ue001", "\ue000" + "lorapipe-reply " * 16 + "\ue001")
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+def _with_reply(messages: Conversation, index: int, content: str) -> Conversation:
+    out = list(messages)
+    out[index] = {**messages[index], "content": content}
+    return out
+
+
+def _around_reply(render: _Renderer, messages: Conversation, index: int,
+                  placeholder: str = PLACEHOLDERS[0]) -> tuple[str, str]:
+    """The text the template writes before and after assistant message ``index``'s content."""
+    marked = render(_with_reply(messages, index, placeholder), False)
+    if marked.count(placeholder) != 1:
+        raise UnrenderableConversation(
+            f"the chat template renders assistant message {index + 1} "
+            f"{'not at all' if placeholder not in marked else 'more than once'}")
+    head, _, tail = marked.partition(placeholder)
+    return head, tail
 
 
 class TokenizerTemplate(ChatTemplate):
@@ -80,37 +118,41 @@ class TokenizerTemplate(ChatTemplate):
                 "offsets map message spans to tokens); this model only has a slow one"
             )
 
-    def _not_prefix(self, what: str) -> ConfigError:
+    def _probe(self, render: _Renderer) -> None:
+        """Refuse a template that cannot show where a reply is, before any record."""
+        try:
+            _around_reply(render, _PROBE, 1)
+        except UnrenderableConversation as err:
+            raise self._unusable(str(err).removeprefix("the chat template ")) from None
+
+    def _unusable(self, what: str) -> ConfigError:
         return self.config_error(
-            "chat template 'tokenizer' (the model's own chat_template) cannot be "
-            f"masked reliably: {what}, so assistant turns have no stable span. "
-            f"Use a named template instead ({self.field}: llama3 or llama2, see "
-            "`lorapipe components chat_template`)"
+            f"the model's own chat template {what} for a plain user/assistant exchange, so "
+            "there is no assistant reply to train. Pick a named template that matches "
+            "this model's special tokens (`lorapipe components chat_template`)"
         )
 
-    def _render(self, messages: Conversation, render: _Renderer,
+    @staticmethod
+    def _render(messages: Conversation, render: _Renderer,
                 train_on: str) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and the character spans of its trained assistant turns
         (content plus the end-of-turn token(s) closing it)."""
+        if any("\ue000lorapipe-reply" in m["content"] for m in messages):
+            raise UnrenderableConversation("the text contains lorapipe's reply placeholder")
         full = render(messages, False)
         spans = []
         for i in sorted(trained_turns(messages, train_on)):
-            before = render(messages[:i], True)
-            through = (full if i + 1 == len(messages)
-                       else render(messages[: i + 1], False))
-            if not through.startswith(before):
-                raise self._not_prefix(
-                    f"the text before assistant turn {i + 1} plus the generation prompt "
-                    "is not a prefix of the text with that turn"
-                )
-            if not full.startswith(through):
-                raise self._not_prefix(
-                    f"the conversation up to turn {i + 1} renders differently once later "
-                    "turns follow"
-                )
-            # Whitespace a template puts after the end-of-turn token (e.g. ChatML's "\n")
-            # separates turns; it is not part of the reply.
-            spans.append((len(before), len(through.rstrip())))
+            head, tail = _around_reply(render, messages, i)
+            start, end = len(head), len(full) - len(tail)
+            stable = _around_reply(render, messages, i, PLACEHOLDERS[1]) == (head, tail)
+            if not (stable and full.startswith(head) and full.endswith(tail) and start <= end):
+                raise UnrenderableConversation(
+                    f"the chat template renders around assistant message {i + 1} "
+                    "differently depending on its text")
+            _, closing = _around_reply(render, messages[: i + 1], i)
+            # Whitespace after the end-of-turn token (e.g. ChatML's "\n") separates turns.
+            end_of_turn = os.path.commonprefix([full[end:], closing]).rstrip()
+            spans.append((start, end + len(end_of_turn)))
         return full, spans
 
     def encode_batch(
@@ -123,6 +165,7 @@ class TokenizerTemplate(ChatTemplate):
     ) -> list[EncodedConversation]:
         self._check(tokenizer)
         render = _Renderer(tokenizer)
+        self._probe(render)
         rendered = [self._render(m, render, train_on) for m in conversations]
         # The template itself writes the BOS (as apply_chat_template(tokenize=True) does, we
         # add no special tokens), so it is never doubled. One call to the Rust tokenizer
@@ -146,6 +189,9 @@ class TokenizerTemplate(ChatTemplate):
                     trainable[first:stop] = [True] * (stop - first)
             out.append(EncodedConversation(ids, trainable))
         return out
+
+    def serving_template(self, tokenizer: Any) -> str | dict[str, str]:
+        return tokenizer.chat_template  # the model's own, all of its named variants kept
 
     def generation_prompt(self, messages: Conversation, tokenizer: Any) -> list[int]:
         self._check(tokenizer)

@@ -207,3 +207,18 @@ def test_prepare_does_not_import_peft() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_trained_template_is_the_one_the_outputs_serve(tmp_path: Path, prepare: Any) -> None:
+    """With a named template the saved tokenizer (copied to merged/, read by the GGUF
+    exporter) carries that template's Jinja, not the base model's own template."""
+    from lorapipe.plugins.templates.llama import Llama2Template
+
+    data = tmp_path / "chats.jsonl"
+    write_jsonl(data, [chat(i, turns=2, system=True) for i in range(24)])
+    _, out = prepare(data, template="llama2")
+    saved = AutoTokenizer.from_pretrained(out / "data" / "tokenizer")
+    assert saved.chat_template == Llama2Template.chat_template
+    row = load_from_disk(str(out / "data" / "train"))[0]
+    served = saved.apply_chat_template(json.loads(row["messages"]), tokenize=False)
+    assert saved.decode(row["input_ids"]) == served

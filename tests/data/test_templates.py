@@ -93,16 +93,41 @@ def test_llama2_refuses_a_conversation_it_cannot_express(tokenizer: Any) -> None
         Llama2Template().encode(two_users, tokenizer)
 
 
-def test_a_template_that_breaks_the_prefix_structure_is_refused(tokenizer: Any) -> None:
-    broken = copy.deepcopy(tokenizer)
-    # Writes the number of messages up front: earlier renderings are not prefixes.
-    broken.chat_template = (
+def test_a_template_that_rewrites_earlier_turns_still_trains_exactly_the_replies(
+        tokenizer: Any) -> None:
+    """Writing the number of messages up front changes every earlier rendering once a
+    turn follows; the mask comes from the whole conversation's rendering, so it holds."""
+    counted = copy.deepcopy(tokenizer)
+    counted.chat_template = (
         "{{ bos_token }}{{ messages | length }}{% for m in messages %}"
-        "{{ m['role'] }}: {{ m['content'] }}<|eot_id|>{% endfor %}"
-        "{% if add_generation_prompt %}assistant: {% endif %}"
+        "{{ m['role'] }}:\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}assistant:\n{% endif %}"
     )
-    with pytest.raises(UserError, match="'tokenizer'.*cannot be masked"):
-        TokenizerTemplate().encode(SINGLE, broken)
+    encoded = TokenizerTemplate().encode([SYSTEM, *MULTI], counted)
+    assert trained_text(encoded, counted) == [r + "<|eot_id|>" for r in replies(MULTI)]
+
+
+def test_a_template_that_drops_the_reply_is_refused_naming_the_field(tokenizer: Any) -> None:
+    silent = copy.deepcopy(tokenizer)
+    silent.chat_template = ("{% for m in messages %}{% if m['role'] != 'assistant' %}"
+                            "{{ m['content'] }}{% endif %}{% endfor %}")
+    with pytest.raises(UserError, match="data.template: the model's own chat template "
+                                        "renders assistant message 2 not at all"):
+        TokenizerTemplate(field="data.template").encode(SINGLE, silent)
+
+
+def test_a_reply_rendered_by_its_text_is_unrenderable_not_guessed(tokenizer: Any) -> None:
+    """A template that writes something around a reply depending on the reply's text
+    (here: a tag only for long replies) gives no stable span: such records are dropped,
+    not masked by a guess about where the reply starts."""
+    moody = copy.deepcopy(tokenizer)
+    moody.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}:\n{% if m['content'] | length > 20 %}[long]\n"
+        "{% endif %}{{ m['content'] }}<|eot_id|>{% endfor %}")
+    short = [SINGLE[0], {"role": "assistant", "content": "Paris."}]
+    for messages in (short, SINGLE):
+        with pytest.raises(UnrenderableConversation, match="depending on its text"):
+            TokenizerTemplate().encode(messages, moody)
 
 
 def test_named_template_needs_its_special_tokens(tokenizer: Any) -> None:
@@ -197,3 +222,18 @@ def test_token_range_is_the_tokens_overlapping_the_span(tokenizer: Any) -> None:
         for end in range(start + 1, len(text) + 1):
             overlap = [t for t, (s, e) in enumerate(offsets) if s < end and e > start]
             assert token_range(encoding, start, end) == (overlap[0], overlap[-1] + 1)
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+@pytest.mark.parametrize("template", [Llama3Template, Llama2Template], ids=lambda t: t.name)
+def test_serving_template_renders_what_is_trained(template: type, name: str,
+                                                  tokenizer: Any) -> None:
+    """The Jinja a named template writes into merged/ and the GGUF renders exactly the text
+    training saw, with and without the generation prompt (llama.cpp and transformers then
+    prompt the model in the format it learned)."""
+    messages = CONVERSATIONS[name]
+    jinja = template().serving_template(tokenizer)
+    for prompt, conversation in ((False, messages), (True, messages[:-1])):
+        served = tokenizer.apply_chat_template(conversation, chat_template=jinja,
+                                               tokenize=False, add_generation_prompt=prompt)
+        assert served == template().text(conversation, tokenizer, generation_prompt=prompt)

@@ -78,3 +78,26 @@ def test_quantized_checkpoint_is_refused(tmp_path: Path, make_context) -> None:
     with pytest.raises(UserError, match="stored quantized \\(bitsandbytes\\).*full precision"):
         run_stage(ctx)
     assert not ctx.paths.merged.exists()
+
+
+def test_merged_carries_every_tokenizer_file_of_the_base(tmp_path: Path, make_context,
+                                                        save_adapter) -> None:  # noqa: ANN001
+    """Tools other than transformers read files save_pretrained does not write (llama.cpp's
+    converter reads SentencePiece's tokenizer.model): prepare keeps them beside the
+    training tokenizer, and merged/ has them byte for byte."""
+    from lorapipe.data.stage import run_stage as prepare
+
+    base = shutil.copytree(resolve_model_path("tiny-llama"), tmp_path / "base")
+    extra = {"tokenizer.model": bytes(range(256)) * 4, "added_tokens.json": b"{}\n"}
+    for name, content in extra.items():
+        (base / name).write_bytes(content)
+    ctx = make_context(tmp_path / "run", model={"name_or_path": str(base)})
+    prepare(ctx)
+    save_adapter(ctx.paths.adapter)
+    run_stage(ctx)
+    for name, content in extra.items():
+        assert (ctx.paths.tokenizer / name).read_bytes() == content, name
+        assert (ctx.paths.merged / name).read_bytes() == content, name
+    merged = AutoTokenizer.from_pretrained(ctx.paths.merged)
+    assert merged("Hello there")["input_ids"] == AutoTokenizer.from_pretrained(base)(
+        "Hello there")["input_ids"]

@@ -21,6 +21,16 @@ class AlpacaTemplate(PieceTemplate):
     """Alpaca: preamble, ### Instruction:, ### Response:, reply + EOS."""
 
     name = "alpaca"
+    chat_template = (
+        "{%- if messages and messages[0]['role'] == 'system' %}"
+        "{%- set prefix = messages[0]['content'] + '\\n\\n' %}{%- set turns = messages[1:] %}"
+        "{%- else %}{%- set prefix = \"" + PREAMBLE + "\\n\\n\" %}{%- set turns = messages %}"
+        "{%- endif %}{%- if bos_token %}{{- bos_token }}{%- endif %}"
+        "{%- for m in turns %}{%- if m['role'] == 'user' %}"
+        "{{- (prefix if loop.first else '\\n\\n') + '### Instruction:\\n' + m['content']"
+        " + '\\n\\n### Response:\\n' }}"
+        "{%- else %}{{- m['content'] + eos_token }}{%- endif %}{%- endfor %}"
+    )
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.plugin import Piece, PieceTemplate, UserError
+from lorapipe.plugin import Piece, PieceTemplate
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -20,12 +20,17 @@ class ChatMLTemplate(PieceTemplate):
     """ChatML: <|im_start|>role\\n ... <|im_end|>; needs both markers as special tokens."""
 
     name = "chatml"
+    chat_template = (
+        "{%- for m in messages %}"
+        "{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
 
     def _marker(self, tokenizer: Any, token: str) -> int:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is None or token_id == tokenizer.unk_token_id:
-            raise UserError(
-                f"data.template: template 'chatml' needs the special token {token}, which "
+            raise self.config_error(
+                f"template 'chatml' needs the special token {token}, which "
                 "this model's tokenizer lacks. lorapipe does not add it: its embedding row "
                 "would start random and a LoRA adapter cannot train it. Use a model "
                 "trained with ChatML, or a plain-text template (data.template: alpaca or "

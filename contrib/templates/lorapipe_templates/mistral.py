@@ -17,6 +17,16 @@ class MistralTemplate(PieceTemplate):
     """Mistral instruct: BOS, [INST] user [/INST] reply + EOS, repeated."""
 
     name = "mistral"
+    chat_template = (
+        "{%- if messages and messages[0]['role'] == 'system' %}"
+        "{%- set system = messages[0]['content'] %}{%- set turns = messages[1:] %}"
+        "{%- else %}{%- set system = '' %}{%- set turns = messages %}{%- endif %}"
+        "{{- bos_token }}{%- for m in turns %}{%- if m['role'] == 'user' %}"
+        "{%- set content = m['content'] %}"
+        "{%- if loop.first and system %}{%- set content = system + '\\n\\n' + content %}"
+        "{%- endif %}{{- '[INST] ' + content + ' [/INST]' }}"
+        "{%- else %}{{- ' ' + m['content'] + eos_token }}{%- endif %}{%- endfor %}"
+    )
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:

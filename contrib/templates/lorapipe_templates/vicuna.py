@@ -16,6 +16,15 @@ class VicunaTemplate(PieceTemplate):
     """Vicuna v1.1: system, then USER: ... ASSISTANT: reply + EOS."""
 
     name = "vicuna"
+    chat_template = (
+        "{%- if messages and messages[0]['role'] == 'system' %}"
+        "{%- set prefix = messages[0]['content'] + ' ' %}{%- set turns = messages[1:] %}"
+        "{%- else %}{%- set prefix = \"" + SYSTEM + " \" %}{%- set turns = messages %}"
+        "{%- endif %}{%- if bos_token %}{{- bos_token }}{%- endif %}"
+        "{%- for m in turns %}{%- if m['role'] == 'user' %}"
+        "{{- (prefix if loop.first else '') + 'USER: ' + m['content'] + ' ASSISTANT:' }}"
+        "{%- else %}{{- ' ' + m['content'] + eos_token }}{%- endif %}{%- endfor %}"
+    )
 
     def pieces(self, messages: list[dict[str, str]], tokenizer: Any, trained: set[int],
                generation_prompt: bool = False) -> list[Piece]:

@@ -137,3 +137,16 @@ def test_all_four_are_registered_by_the_entry_point() -> None:
     for template in TEMPLATES:
         assert registry.get("chat_template", template.name, "data.template") is template
         assert "lorapipe-templates" in registry.provider("chat_template", template.name)
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
+def test_serving_template_renders_what_is_trained(template: type, name: str,
+                                                  tokenizer: Any) -> None:
+    """merged/ and the GGUF carry this Jinja: it must render the text training saw."""
+    messages = CONVERSATIONS[name]
+    jinja = template().serving_template(tokenizer)
+    for prompt, conversation in ((False, messages), (True, messages[:-1])):
+        served = tokenizer.apply_chat_template(conversation, chat_template=jinja,
+                                               tokenize=False, add_generation_prompt=prompt)
+        assert served == template().text(conversation, tokenizer, generation_prompt=prompt)
