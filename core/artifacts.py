@@ -80,5 +80,19 @@ class RunPaths:
     def merged(self) -> Path:
         return self.root / "merged"
 
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "export"
+
     def export_dir(self, exporter: str) -> Path:
-        return self.root / "export" / exporter
+        return self.exports / exporter
+
+    def artifacts(self) -> list[Path]:
+        """Everything a run writes at the top of ``root``: what ``--overwrite`` removes."""
+        return [self.resolved_config, self.run_json, self.data, self.model_report,
+                self.checkpoints, self.adapter, self.metrics, self.tensorboard, self.eval_dir,
+                self.merged, self.exports]

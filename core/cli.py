@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -144,6 +147,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         load_plan(args.config, args.overrides),
         resume=getattr(args, "resume", False),
         allow_config_change=getattr(args, "allow_config_change", False),
+        config_file=Path(args.config),
     )
     run_one_stage(ctx, args.command)
     return 0
@@ -158,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     ctx = RunContext(load_plan(args.config, args.overrides), resume=args.resume,
-                     allow_config_change=args.allow_config_change)
+                     allow_config_change=args.allow_config_change, config_file=Path(args.config))
     summaries = run_pipeline(ctx, overwrite=args.overwrite)
     print_run_summary(summaries, ctx.paths, console)
     return 0
@@ -173,11 +177,20 @@ COMMANDS = {
 }
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, ``kill``) stops like Ctrl-C: the stage that was running is
+    recorded as interrupted in run.json and the exit code is 130. Training installs its
+    own handler, which first finishes the step and writes a checkpoint."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our stages show their own progress; the libraries' per-file bars only add noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
@@ -192,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print("lorapipe failed: the run stopped on the error above", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

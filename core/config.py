@@ -9,6 +9,7 @@ Every failure becomes a ``ConfigError`` naming the dotted YAML field.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -186,16 +187,111 @@ class PipelineConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     output_dir: Annotated[str, Field(min_length=1)]
 
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        """Checks that relate settings to each other, in one place, so ``validate`` catches
+        a combination that would only fail (or silently do nothing) hours into a run.
+
+        Raises ``ConfigError`` itself (pydantic lets it through) to name the field.
+        """
+        train = self.train
+        if train.early_stopping is not None and train.eval_steps is None:
+            # Without eval_steps the loop evaluates once, at the last step: nothing to stop.
+            raise ConfigError(
+                "train.early_stopping",
+                "needs evaluations during training, but train.eval_steps is unset (only the "
+                "last step is evaluated); set train.eval_steps, or remove train.early_stopping",
+            )
+        return self
+
 
 # --- loading --------------------------------------------------------------------------
 
+# A config is a few hundred values. Aliases (*name) repeat a node without copying it, so a
+# few lines in which each anchor repeats the previous one several times (a "billion
+# laughs") stand for billions of values, which validating or printing would walk one by
+# one. A document that stands for more than this many is refused before anything walks it.
+MAX_EXPANDED_VALUES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(yaml.YAMLError):
+    """Well-formed YAML the config loader will not accept, and the line to blame."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1
+        self.message = message
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """The safe loader (no Python tags), refusing duplicate keys and alias bombs.
+
+    Both are checked on the composed nodes, before construction: duplicates as written
+    (a ``<<`` merge may be overridden, a key written twice is a mistake whose first block
+    would silently vanish), and the expanded size while it is still a small graph.
+    """
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first:
+                fix = ("merge the two blocks" if isinstance(value, yaml.MappingNode)
+                       else "keep one of them")
+                raise _Refused(key, f"key '{key.value}' is defined twice (first at line "
+                                    f"{first[key.tag, key.value]}); {fix}")
+            first[key.tag, key.value] = line
+        return node
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {})
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias written out; refuses more than
+    ``MAX_EXPANDED_VALUES``, and a node that contains itself. Linear in the nodes written:
+    ``sizes`` remembers each node's size (-1 while it is being counted)."""
+    known = sizes.get(id(node))
+    if known == -1:
+        raise _Refused(node, "an alias (*name) refers to a node that contains it; a config "
+                             "cannot be infinite: write the value out")
+    if known is not None:
+        return known
+    sizes[id(node)] = -1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_EXPANDED_VALUES:
+            raise _Refused(node, f"aliases (*name) expand this node to more than "
+                                 f"{MAX_EXPANDED_VALUES:,} values, like a 'billion laughs' "
+                                 "bomb; write the values out instead of nesting aliases")
+    sizes[id(node)] = total
+    return total
+
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a config file with the safe loader; syntax errors name the line."""
+    """Parse a config file with the safe config loader; every error names the line."""
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)
+    except _Refused as err:
+        raise ConfigError("", f"{path}:{err.line}: {err.message}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError("", f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -261,8 +357,13 @@ def validate_config(data: dict[str, Any]) -> PipelineConfig:
 def config_error(
     err: ValidationError, model: type[BaseModel], prefix: str = "", owner: str | None = None
 ) -> ConfigError:
-    """The first pydantic error as one line naming the field, with a did-you-mean."""
-    first = err.errors(include_url=False)[0]
+    """The most useful pydantic error as one line naming the field, with a did-you-mean.
+
+    An unknown key comes first: a misspelled option usually also leaves the real one
+    missing, and reporting that would hide the typo the user has to fix.
+    """
+    errors = err.errors(include_url=False)
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(part) for part in first["loc"] if not _is_union_tag(part)]
     field = ".".join([prefix, *loc] if prefix else loc)
     kind = first["type"]
@@ -275,10 +376,22 @@ def config_error(
     else:
         message = first["msg"].removeprefix("Value error, ")
         if "input" in first and kind not in ("model_type", "dict_type", "value_error"):
-            message += f" (got {first['input']!r})"
-    if len(err.errors()) > 1:
-        message += f" [and {len(err.errors()) - 1} more problem(s); fix this one first]"
+            message += f" (got {_short_repr(first['input'])})"
+    if len(errors) > 1:
+        message += f" [and {len(errors) - 1} more problem(s); fix this one first]"
     return ConfigError(field, message)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
+_REPR_CHARS = 80
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters, without building the whole of it: the
+    message is one line, and a value may be a megabyte string or a huge nested list."""
+    text = _REPR.repr(value)
+    return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ class RunContext:
     plan: RunPlan
     resume: bool = False
     allow_config_change: bool = False
+    config_file: Path | None = None  # the YAML the plan came from, when there is one
 
     @property
     def config(self) -> PipelineConfig:
@@ -28,7 +30,19 @@ class RunContext:
 
     @cached_property
     def paths(self) -> RunPaths:
-        return RunPaths(Path(self.config.output_dir))
+        return RunPaths(Path(os.path.expandvars(os.path.expanduser(self.config.output_dir))))
+
+    def read_paths(self) -> list[Path]:
+        """What the run reads and so must never be inside ``output_dir``: the config file
+        and every file a loader's ``path`` option names."""
+        from lorapipe.data.files import expand_paths
+
+        found = [self.config_file] if self.config_file is not None else []
+        for loader in (self.plan.loader, self.plan.validation_loader):
+            patterns = getattr(loader.options, "path", None) if loader is not None else None
+            if isinstance(patterns, list):
+                found += expand_paths(patterns)
+        return found
 
     @cached_property
     def config_hash(self) -> str:

@@ -7,12 +7,13 @@ done when resuming.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import json
-import shutil
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lorapipe.atomic import atomic_write_json, atomic_write_text
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.model.source import resolve_model_path
+from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
 
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
 STAGES: dict[str, str] = {
@@ -61,16 +63,34 @@ def _write_run_json(ctx: RunContext, record: dict[str, Any]) -> None:
     atomic_write_json(ctx.paths.run_json, record)
 
 
-def start_run_dir(ctx: RunContext) -> None:
-    """Create ``output_dir`` and write the resolved config every stage reads."""
-    ctx.paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
+@contextlib.contextmanager
+def run_directory(ctx: RunContext) -> Iterator[None]:
+    """Check, claim and lock ``output_dir`` while the work runs.
+
+    Under torchrun only the main process (rank 0) claims and locks it: the others work
+    inside the same run and write nothing but what rank 0 also writes.
+    """
+    paths = ctx.paths
+    if int(os.environ.get("RANK", "0")) != 0:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    check_location(paths.root, ctx.read_paths())
+    claim(paths)
+    with locked(paths.root):
+        remove_leftovers(paths.root)
+        yield
 
 
 def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     """Run a stage, recording its status and timing in run.json whatever the outcome."""
+    with run_directory(ctx):
+        return _run_stage(ctx, name)
+
+
+def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     func = stage_function(name)
-    start_run_dir(ctx)
+    atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
     record = _read_run_json(ctx)
     stages = record.setdefault("stages", {})
     stages[name] = {"status": "running", "started_at": time.time()}
@@ -104,11 +124,16 @@ def check_exporters(ctx: RunContext) -> None:
 
 def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str, Any]]:
     """Every stage in order; with ``ctx.resume`` the ones already done are skipped."""
+    with run_directory(ctx):
+        return _run_pipeline(ctx, overwrite)
+
+
+def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]:
     root = ctx.paths.root
     record = _read_run_json(ctx)
     if record.get("stages"):
         if overwrite:
-            shutil.rmtree(root)
+            clear(ctx.paths)
             record = {"stages": {}}
         elif not ctx.resume:
             raise UserError(
@@ -127,5 +152,5 @@ def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str
         if ctx.resume and record.get("stages", {}).get(name, {}).get("status") == "done":
             summaries[name] = record["stages"][name].get("summary", {})
             continue
-        summaries[name] = run_one_stage(ctx, name)
+        summaries[name] = _run_stage(ctx, name)
     return summaries

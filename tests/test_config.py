@@ -126,6 +126,24 @@ BROKEN = [
         "train.gradient_accumulation_steps",
         "greater than or equal to 1",
     ),
+    (
+        "misspelled plugin option hides the required one",
+        lambda c: c["data"]["loader"].update(paht=c["data"]["loader"].pop("path")),
+        "data.loader.paht",
+        "unknown option for loader 'jsonl'. Did you mean 'path'?",
+    ),
+    (
+        "misspelled section hides the required one",
+        lambda c: c.update(modle=c.pop("model")),
+        "modle",
+        "unknown key. Did you mean 'model'?",
+    ),
+    (
+        "early stopping without eval_steps",
+        _set("train.early_stopping", {"patience": 2}),
+        "train.early_stopping",
+        "set train.eval_steps",
+    ),
 ]
 
 

@@ -12,9 +12,28 @@ from lorapipe.data.schemas import Message
 # "\ud800" escape decodes to one; it cannot be encoded back to UTF-8).
 _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
+# Characters of message content one token of ``data.max_length`` may stand for. A token is
+# rarely more than ~16 characters (runs of spaces or punctuation), so text over twice that
+# per token cannot fit and is dropped before it is tokenized: a multi-megabyte line would
+# cost seconds and much memory to tokenize only to be dropped.
+CHARS_PER_TOKEN = 32
 
-def validate(messages: list[Message]) -> None:
-    """Raise ``RecordError`` with the report reason if the conversation cannot be trained on."""
+
+def validate(messages: list[Message], max_length: int, *, truncating: bool = False) -> None:
+    """Raise ``RecordError`` with the report reason if the conversation cannot be trained on
+    (``max_length``: ``data.max_length``, in tokens). With a truncating length strategy a
+    long conversation may still be cut to fit, so only one message beyond the bound is."""
+    limit = max_length * CHARS_PER_TOKEN
+    sizes = [len(m["content"]) for m in messages] if truncating else [
+        sum(len(m["content"]) for m in messages)]
+    if max(sizes, default=0) > limit:
+        what = "a message of" if truncating else "message content of"
+        raise RecordError(
+            "too_long",
+            f"{what} {max(sizes):,} characters, more than the {limit:,} that "
+            f"data.max_length {max_length} tokens can hold ({CHARS_PER_TOKEN} a token); "
+            "dropped without tokenizing",
+        )
     for n, message in enumerate(messages, start=1):
         bad = _BAD_TEXT.search(message["content"])
         if bad:

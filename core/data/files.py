@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def expand_paths(patterns: list[str]) -> list[Path]:
     """Files named by paths or glob patterns, in a stable order; each must match something."""
     files: list[Path] = []
     for pattern in patterns:
+        pattern = os.path.expandvars(os.path.expanduser(pattern))  # "~/data", "$DATA/x"
         matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         matches = [m for m in matches if m.is_file()]
         if not matches:

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections import deque
@@ -78,7 +79,7 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
             continue
         try:
             messages = to_messages(record.data, data.format, data.columns)
-            validate(messages)
+            validate(messages, data.max_length, truncating=data.length_strategy != "drop")
         except RecordError as err:
             log.drop(err.reason, record.location, err.detail)
             continue
@@ -213,6 +214,9 @@ _worker_encoder: _Encoder | None = None  # set in each worker process by _start_
 def _start_worker(encoder: _Encoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
+    # The pool stops its workers with SIGTERM; the handler the CLI installs for the main
+    # process (stop as interrupted) is not theirs to run.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # What the worker inherited (torch, transformers: a million objects) lives as long as
     # it does; the cyclic GC need not scan it again at every full collection.
     gc.freeze()
@@ -343,37 +347,53 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     # The previous report marks the previous outputs complete; they are about to change.
     paths.data_report.unlink(missing_ok=True)
     seen: dict[bytes, str] = {}
+    validation: EncodedChunks | None = None
+    val_log: DropLog | None = None
     with (work / "dropped.jsonl").open("w", encoding="utf-8") as sink:
         log = DropLog(data.strict, sink)
         encoder = _Encoder(template, tokenizer, data, work)
         kept = _encode(loader, data, log, seen, encoder)
-        val_log = None
         if val_loader is not None:
             val_log = DropLog(data.strict, sink)
             validation = _encode(val_loader, data, val_log, seen, encoder)
-            if len(kept) == 0 or len(validation) == 0:
-                which = (loader if len(kept) == 0 else val_loader).field
-                raise UserError(f"{which}: no usable records after cleaning "
-                                f"(see {paths.data / 'dropped.jsonl'})")
-            splits: Splits = {"train": (kept, np.arange(len(kept))),
-                      "validation": (validation, np.arange(len(validation)))}
-            method = "loader"
-        else:
-            size = validation_size(len(kept), data.validation.fraction, data.validation.count)
-            strata = kept.column("stratum").tolist() if data.validation.stratify_by else None
-            train_idx, val_idx = split_indices(len(kept), size, config.train.seed, strata)
-            splits = {"train": (kept, np.asarray(train_idx, dtype=np.int64)),
-                      "validation": (kept, np.asarray(val_idx, dtype=np.int64))}
-            method = "count" if data.validation.count is not None else "fraction"
     os.replace(work / "dropped.jsonl", paths.data / "dropped.jsonl")
 
     report = log.as_dict()
-    report.update(_split_report(splits))
-    report["split"].update(method=method, seed=config.train.seed,
-                           stratify_by=data.validation.stratify_by)
     if val_log is not None:
         report["validation_source"] = val_log.as_dict()
     report["dropped_list"] = "dropped.jsonl"
+    try:
+        splits, method = _split(ctx, loader, kept, val_loader, validation)
+    except UserError as err:
+        # Why the records were dropped is the answer to this error: keep the counts. With
+        # no fingerprint, this report marks no outputs complete (see ``_reuse``).
+        atomic_write_json(paths.data_report, {**report, "error": str(err)})
+        raise
+    report.update(_split_report(splits))
+    report["split"].update(method=method, seed=config.train.seed,
+                           stratify_by=data.validation.stratify_by)
 
     write_splits(chunk_jobs(splits), paths.data, _OUTPUT, work)
     return report
+
+
+def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loader | None,
+           validation: EncodedChunks | None) -> tuple[Splits, str]:
+    """The train and validation samples and how they were chosen; a ``UserError`` when too
+    few records are left for both."""
+    data, seed = ctx.config.data, ctx.config.train.seed
+    for source, samples in ((loader, kept), (val_loader, validation)):
+        if source is not None and samples is not None and len(samples) == 0:
+            raise UserError(
+                f"{source.field}: no usable records after cleaning; every record was dropped "
+                f"(counts per reason in {ctx.paths.data_report}, each record in "
+                f"{ctx.paths.data / 'dropped.jsonl'})")
+    if validation is not None:
+        return {"train": (kept, np.arange(len(kept))),
+                "validation": (validation, np.arange(len(validation)))}, "loader"
+    size = validation_size(len(kept), data.validation.fraction, data.validation.count)
+    strata = kept.column("stratum").tolist() if data.validation.stratify_by else None
+    train_idx, val_idx = split_indices(len(kept), size, seed, strata)
+    method = "count" if data.validation.count is not None else "fraction"
+    return {"train": (kept, np.asarray(train_idx, dtype=np.int64)),
+            "validation": (kept, np.asarray(val_idx, dtype=np.int64))}, method

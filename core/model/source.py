@@ -9,6 +9,8 @@ not special-case the tiny model.
 
 from __future__ import annotations
 
+import os
+
 from lorapipe.model.tiny_llama import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama
 
 __all__ = ["TINY_LLAMA", "build_tiny_llama", "ensure_tiny_llama", "resolve_model_path"]
@@ -19,8 +21,9 @@ def resolve_model_path(name_or_path: str) -> str:
 
     ``tiny-llama`` becomes the path of the cached built-in model (built if
     missing); any other string — a local directory or a hub id — is passed
-    through untouched so real models work exactly as they do in transformers.
+    through so real models work exactly as they do in transformers, with ``~`` and
+    environment variables expanded (a hub id has neither).
     """
     if name_or_path == TINY_LLAMA:
         return str(ensure_tiny_llama())
-    return name_or_path
+    return os.path.expandvars(os.path.expanduser(name_or_path))

@@ -443,7 +443,7 @@ class Trainer:
         tensorboard = "tensorboard" in self.config.report_to and self.accelerator.is_main_process
         self.metrics = MetricsLog(
             self.paths.metrics, resume_step=self.state.step if path is not None else None,
-            tensorboard_dir=self.paths.root / "tensorboard" if tensorboard else None,
+            tensorboard_dir=self.paths.tensorboard if tensorboard else None,
         ) if self.accelerator.is_main_process else None
         if path is None:
             set_seed(self.config.seed)

@@ -1,0 +1,107 @@
+"""Hostile or careless YAML: duplicate keys, alias bombs and huge values are refused
+quickly with one line naming the file and line, exit 2."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from lorapipe.cli import main
+from lorapipe.config import MAX_EXPANDED_VALUES, read_yaml
+from lorapipe.errors import ConfigError
+
+HEAD = """model:
+  name_or_path: tiny-llama
+data:
+  loader: {name: jsonl, path: data.jsonl}
+"""
+
+
+def _laughs(levels: int = 9) -> str:
+    """The classic 'billion laughs': each anchor lists the previous one nine times."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, levels + 1):
+        lines.append(f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _validate(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["validate", str(path)])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_duplicate_section_names_both_lines(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + "train:\n  epochs: 2\noutput_dir: out\ntrain:\n  seed: 3\n")
+    code, err = _validate(path, capsys)
+    assert code == 2
+    assert err == (f"error: {path}:8: key 'train' is defined twice (first at line 5); "
+                   "merge the two blocks")
+
+
+def test_duplicate_key_inside_a_section_and_in_flow_style(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + "train:\n  epochs: 2\n  seed: 1\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r":8: key 'epochs' is defined twice \(first at "
+                                          r"line 6\); keep one of them"):
+        read_yaml(path)
+    path.write_text("train: {seed: 1, seed: 2}\n")
+    with pytest.raises(ConfigError, match=r":1: key 'seed' is defined twice"):
+        read_yaml(path)
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("base: &base {epochs: 1, seed: 7}\ntrain:\n  <<: *base\n  epochs: 2\n")
+    assert read_yaml(path)["train"] == {"epochs": 2, "seed": 7}
+
+
+def test_safe_loading_refuses_python_tags(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("output_dir: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match=r":1: invalid YAML"):
+        read_yaml(path)
+
+
+@pytest.mark.parametrize("field", ["output_dir: *l9", "adapter:\n  modules_to_save: *l9"])
+def test_billion_laughs_fails_fast(tmp_path: Path, capsys, field: str) -> None:  # noqa: ANN001
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + _laughs() + field + "\n")
+    start = time.perf_counter()
+    code, err = _validate(path, capsys)
+    assert time.perf_counter() - start < 1.0
+    assert code == 2
+    assert len(err.splitlines()) == 1 and len(err) < 300, err
+    assert f"{path}:" in err and f"more than {MAX_EXPANDED_VALUES:,} values" in err
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + _laughs(levels=3) + "output_dir: out\n")  # 9**4 values: allowed
+    assert len(read_yaml(path)["l3"]) == 9
+
+
+def test_an_alias_inside_its_own_node_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + "adapter:\n  modules_to_save: &loop [a, *loop]\n")
+    with pytest.raises(ConfigError, match=r":6: an alias \(\*name\) refers to a node that "
+                                          "contains it"):
+        read_yaml(path)
+
+
+def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("output_dir: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_yaml(path)
+
+
+def test_a_huge_value_is_not_rendered_in_the_message(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD + f"train:\n  epochs: {'x' * 1_000_000}\noutput_dir: out\n")
+    code, err = _validate(path, capsys)
+    assert code == 2
+    assert err.startswith("error: train.epochs: Input should be a valid number")
+    assert "(got 'xxx" in err and "..." in err and len(err) < 200, err
