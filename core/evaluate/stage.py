@@ -43,8 +43,7 @@ def _load_model(ctx: RunContext) -> Any:
 
     adapter = ctx.paths.require_adapter("evaluate")
     base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=ctx.device,
-                           quantizer=ctx.plan.quantizer,
-                           keep_4bit_layout=ctx.config.adapter.use_dora)
+                           quantizer=ctx.plan.quantizer)
     return PeftModel.from_pretrained(base, adapter)
 
 

@@ -116,7 +116,7 @@ def _diff_vs_training_model(ctx: RunContext, samples: list[list[int]], merged_lo
     if not quantizer.quantized:
         return None
     base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=device,
-                           quantizer=quantizer, keep_4bit_layout=ctx.config.adapter.use_dora)
+                           quantizer=quantizer)
     model = PeftModel.from_pretrained(base, ctx.paths.adapter)
     model.eval()
     diff = max_abs_diff(logits(model, samples), merged_logits)

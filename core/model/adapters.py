@@ -67,8 +67,7 @@ def build_trainable_model(
     if "total_bytes" in estimate:
         print_estimate(estimate, console)
 
-    model = load_base_model(config.model, dtype=ctx.dtype, device=device, quantizer=quantizer,
-                            keep_4bit_layout=config.adapter.use_dora)
+    model = load_base_model(config.model, dtype=ctx.dtype, device=device, quantizer=quantizer)
     measured["model_loaded"] = memory_snapshot()
     model = quantizer.prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
 

@@ -17,13 +17,11 @@ def load_base_model(
     dtype: torch.dtype,
     device: str,
     quantizer: Quantizer | None = None,
-    keep_4bit_layout: bool = False,
 ) -> PreTrainedModel:
     """The base model on ``device``: as ``quantizer`` loads it, or without one in plain
     ``dtype`` (merging needs the exact weights).
 
-    The quantizer's ``check_available`` runs before any weight is read. ``keep_4bit_layout``
-    (for DoRA, see below) applies to bitsandbytes 4-bit layers only.
+    The quantizer's ``check_available`` runs before any weight is read.
     """
     if quantizer is not None:
         quantizer.check_available(device)
@@ -33,7 +31,7 @@ def load_base_model(
     kwargs.update(device_map={"": device}, trust_remote_code=model.trust_remote_code)
     loaded = load_pretrained(AutoModelForCausalLM, resolve_model_path(model.name_or_path), kwargs)
     loaded.config.use_cache = False  # the KV cache only costs memory while training
-    if keep_4bit_layout:
+    if device == "cpu":
         _keep_4bit_layout(loaded)
     return loaded
 
@@ -42,10 +40,14 @@ def _keep_4bit_layout(model: PreTrainedModel) -> None:
     """Stop bitsandbytes from repacking 4-bit weights for its CPU kernel.
 
     bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place at its first inference
-    forward on a CPU with AVX512-BF16; peft's DoRA then dequantizes the repacked bytes as
-    if they were the original layout, so its weight norms, and every output after the
-    first evaluation, are wrong (measured: |Δlogit| ≈ 1 at B = 0 on tiny-llama). Keeping
-    the layout costs inference speed on CPU only.
+    forward on a CPU with AVX512-BF16, and computes with the other layout from then on.
+    Training interleaved with evaluation would then run on one layout before the first
+    evaluation and on the other after it, so a run resumed from a checkpoint taken after
+    an evaluation (a fresh process: original layout) would not train bit for bit like the
+    run it continues. Worse, peft's DoRA dequantizes the repacked bytes as if they were the
+    original layout, so its weight norms, and every output after the first evaluation,
+    are wrong (measured: |Δlogit| ≈ 1 at B = 0 on tiny-llama). Keeping the layout costs
+    inference speed on the CPU only; layers of other kinds do not have the attribute.
     """
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):

@@ -45,7 +45,6 @@ def load_base() -> Callable[..., Any]:
 
     def load(ctx: RunContext, device: str | None = None) -> Any:
         return load_base_model(ctx.config.model, dtype=ctx.dtype, device=device or ctx.device,
-                               quantizer=ctx.plan.quantizer,
-                               keep_4bit_layout=ctx.config.adapter.use_dora)
+                               quantizer=ctx.plan.quantizer)
 
     return load
