@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorapipe.errors import UserError
+from lorapipe.manifest import require_intact
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,15 @@ class RunPaths:
         needed it, e.g. "evaluate")."""
         if not (self.adapter / "adapter_config.json").is_file():
             raise UserError(f"{self.adapter}: no adapter to {action}; run `lorapipe train` first")
+        require_intact(self.adapter, "run `lorapipe train CONFIG` again")
         return self.adapter
+
+    def require_data(self) -> None:
+        """The prepared data, verified against its manifest."""
+        if not (self.train_data.is_dir() and self.tokenizer.is_dir()):
+            raise UserError(f"no prepared data in {self.data}; run `lorapipe prepare CONFIG` "
+                            "first")
+        require_intact(self.data, "run `lorapipe prepare CONFIG` again (it re-creates it)")
 
     @property
     def metrics(self) -> Path:

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from lorapipe import __version__
 from lorapipe.atomic import atomic_write_json, atomic_write_text
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
+from lorapipe.manifest import problem
 from lorapipe.model.source import resolve_model_path
 from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
 
@@ -148,9 +150,31 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
             )
     check_exporters(ctx)
     summaries: dict[str, dict[str, Any]] = {}
+    rerun = False  # once a stage runs again, every later one must use its new outputs
     for name in STAGES:
-        if ctx.resume and record.get("stages", {}).get(name, {}).get("status") == "done":
-            summaries[name] = record["stages"][name].get("summary", {})
-            continue
+        done = record.get("stages", {}).get(name, {}).get("status") == "done"
+        if ctx.resume and done and not rerun:
+            damaged = _damaged_output(ctx, name)
+            if damaged is None:
+                summaries[name] = record["stages"][name].get("summary", {})
+                continue
+            print(f"{name}: running again, its output is damaged: {damaged}", file=sys.stderr)
+            rerun = True
         summaries[name] = _run_stage(ctx, name)
     return summaries
+
+
+def _damaged_output(ctx: RunContext, stage: str) -> str | None:
+    """What is wrong with a finished stage's published output, if anything."""
+    paths = ctx.paths
+    outputs = {
+        "prepare": [paths.data],
+        "train": [paths.adapter],
+        "merge": [paths.merged] if ctx.config.merge.enabled else [],
+        "export": [paths.export_dir(exporter.name) for exporter in ctx.plan.exporters],
+    }
+    for directory in outputs.get(stage, []):
+        found = problem(directory)
+        if found is not None:
+            return found
+    return None

@@ -9,6 +9,7 @@ import pytest
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
+from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
 
@@ -50,6 +51,7 @@ def _save_adapter(path: Path, targets: list[str] = ALL_PROJECTIONS, seed: int = 
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     model.save_pretrained(path)
+    write_manifest(path)  # as training publishes adapter/
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from lorapipe.manifest import problem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,3 +130,28 @@ def test_kill_9_during_training_then_resume_gives_the_same_adapter(
     assert (output_dir / "export/gguf/model-q8_0.gguf").is_file()
     stages = json.loads((output_dir / "run.json").read_text())["stages"]
     assert all(stage["status"] == "done" for stage in stages.values())
+
+
+def test_resume_runs_again_what_was_damaged_after_it_finished(finished_run: Path,
+                                                             tmp_path: Path) -> None:
+    """A truncated GGUF and a flipped adapter byte in a finished run: --resume notices both
+    (manifests), runs train (from its last checkpoint) and everything after it again, and
+    ends with files identical to the undamaged run's."""
+    output_dir = tmp_path / "damaged"
+    shutil.copytree(finished_run, output_dir)
+    gguf = output_dir / "export" / "gguf" / "model-q8_0.gguf"
+    gguf.write_bytes(gguf.read_bytes()[: gguf.stat().st_size // 2])
+    weights = output_dir / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x10
+    weights.write_bytes(bytes(data))
+    # output_dir is part of the config, so the copy's hash differs
+    resumed = _run(output_dir, "--resume", "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train: running again, its output is damaged" in resumed.stderr
+    assert "adapter_model.safetensors does not match its checksum" in resumed.stderr
+    name = "adapter/adapter_model.safetensors"
+    assert (output_dir / name).read_bytes() == (finished_run / name).read_bytes()
+    # written again in full (its provenance holds the config hash, which the copy changed)
+    assert gguf.stat().st_size == (finished_run / "export/gguf/model-q8_0.gguf").stat().st_size
+    assert problem(gguf.parent) is None

@@ -175,3 +175,18 @@ def test_what_killed_runs_left_half_written_is_removed_at_the_next_start(tmp_pat
     assert main(["prepare", str(config)]) == 0
     assert not [p for p in leftovers if p.exists()]
     assert (run / "notes.txt").read_text() == "kept"
+
+
+def test_outputs_get_the_users_umask(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the published files must
+    not stay private: a shared group or a serving process reads them."""
+    previous = os.umask(0o022)
+    try:
+        assert main(["prepare", str(_config(tmp_path / "run.yaml", str(tmp_path / "run")))]) == 0
+    finally:
+        os.umask(previous)
+    run = tmp_path / "run"
+    for path in (run / "run.json", run / "config.resolved.yaml", run / "data" / "report.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    for path in (run / "data" / "train", run / "data" / "tokenizer"):
+        assert path.stat().st_mode & 0o777 == 0o755, path

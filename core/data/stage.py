@@ -48,6 +48,7 @@ from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.errors import UserError
+from lorapipe.manifest import problem, write_manifest
 from lorapipe.model.pretrained import load_tokenizer, save_tokenizer
 
 _OUTPUT = Features({
@@ -282,8 +283,11 @@ def _reuse(paths: RunPaths, fp: str | None) -> dict[str, Any] | None:
     if fp is None or not paths.data_report.is_file():
         return None
     report = json.loads(paths.data_report.read_text())
-    outputs = (paths.train_data, paths.validation_data, paths.tokenizer)
-    if report.get("fingerprint") != fp or not all(p.is_dir() for p in outputs):
+    if report.get("fingerprint") != fp:
+        return None
+    damaged = problem(paths.data)  # reused only if every file is as prepare wrote it
+    if damaged is not None:
+        console.print(f"[yellow]prepare:[/] not reusing {paths.data}: {damaged}")
         return None
     return report
 
@@ -318,6 +322,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         with atomic_directory(paths.tokenizer) as tmp:
             shutil.copytree(work / "tokenizer", tmp, dirs_exist_ok=True)
         atomic_write_json(paths.data_report, report)
+        write_manifest(paths.data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_summary(report, console)

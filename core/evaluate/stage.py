@@ -14,6 +14,7 @@ from lorapipe.atomic import atomic_write_json
 from lorapipe.components import EvalContext
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
+from lorapipe.manifest import require_intact
 
 
 def load_validation(ctx: RunContext) -> Any:
@@ -22,6 +23,7 @@ def load_validation(ctx: RunContext) -> Any:
     path = ctx.paths.validation_data
     if not path.is_dir():
         raise UserError(f"{path}: no validation data; run `lorapipe prepare` first")
+    require_intact(ctx.paths.data, "run `lorapipe prepare CONFIG` again (it re-creates it)")
     # datasets writes an empty set as zero shards, which load_from_disk cannot read back.
     state = path / "state.json"
     shards = json.loads(state.read_text())["_data_files"] if state.is_file() else None

@@ -10,6 +10,7 @@ from typing import Any
 
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
+from lorapipe.manifest import require_intact, write_manifest
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -22,11 +23,14 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             f"{merged}: no merged model to export; run `lorapipe merge` first "
             "(and keep merge.enabled: true when export.exporters is set)"
         )
+    require_intact(merged, "run `lorapipe merge CONFIG` again")
     for exporter in exporters:
         exporter.check(merged)
     artifacts = []
     for exporter in exporters:
-        for path in exporter.export(merged, ctx.paths.export_dir(exporter.name), ctx.run_info):
+        out_dir = ctx.paths.export_dir(exporter.name)
+        for path in exporter.export(merged, out_dir, ctx.run_info):
             artifacts.append({"exporter": exporter.name, "path": str(path),
                               "bytes": path.stat().st_size})
+        write_manifest(out_dir)
     return {"artifacts": artifacts}

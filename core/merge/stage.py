@@ -15,6 +15,7 @@ from typing import Any
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
 from lorapipe.context import RunContext
+from lorapipe.manifest import write_manifest
 from lorapipe.merge.merging import logits, max_abs_diff, merge_adapter, refuse_quantized_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
@@ -64,6 +65,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         merged.save_pretrained(tmp, safe_serialization=True)
         _write_tokenizer(ctx, tokenizer, tmp)
         atomic_write_json(tmp / MERGE_REPORT, report)
+        write_manifest(tmp)
     del merged, model, base
     gc.collect()
 
@@ -71,6 +73,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         ctx, samples, merged_logits, device
     )
     atomic_write_json(ctx.paths.merged / MERGE_REPORT, report)
+    write_manifest(ctx.paths.merged)
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["path"] = str(ctx.paths.merged)
     return report

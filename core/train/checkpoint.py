@@ -22,7 +22,6 @@ reported and the previous valid one is used.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import re
@@ -36,9 +35,9 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
+from lorapipe.manifest import problem, write_manifest
 
 _NAME = re.compile(r"^step-(\d+)$")
-MANIFEST = "manifest.json"
 
 
 @dataclasses.dataclass
@@ -89,13 +88,6 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def save_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
                     state: TrainState, rng_states: list[dict[str, Any]]) -> None:
@@ -105,26 +97,8 @@ def save_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_states, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        atomic_write_json(tmp / MANIFEST, {str(p.relative_to(tmp)): _sha256(p) for p in files})
+        write_manifest(tmp)
 
-
-def verify(directory: Path) -> str | None:
-    """None if the checkpoint matches its manifest, else what is wrong with it."""
-    manifest = directory / MANIFEST
-    if not manifest.is_file():
-        return "no manifest (partial write)"
-    try:
-        expected = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "unreadable manifest"
-    for name, digest in expected.items():
-        path = directory / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if _sha256(path) != digest:
-            return f"{name} does not match its checksum"
-    return None
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -139,10 +113,10 @@ def newest_valid(root: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies, and a line for each newer one that did not."""
     problems = []
     for step, path in reversed(list_checkpoints(root)):
-        problem = verify(path)
-        if problem is None:
+        found = problem(path)
+        if found is None:
             return path, problems
-        problems.append(f"checkpoint step-{step} is unusable ({problem}); trying the previous one")
+        problems.append(f"checkpoint step-{step} is unusable ({found}); trying the previous one")
     return None, problems
 
 

@@ -30,6 +30,7 @@ from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_directory
 from lorapipe.config import TrainConfig
 from lorapipe.errors import UserError
+from lorapipe.manifest import require_intact, write_manifest
 from lorapipe.train.batching import collate, epoch_steps, load_examples, pack
 from lorapipe.train.checkpoint import (
     TrainState,
@@ -463,8 +464,12 @@ class Trainer:
         state = self.state
         chosen = state.best_step if state.best_step is not None else state.step
         if self.accelerator.is_main_process:
+            source = self.paths.checkpoint(chosen)
+            require_intact(source, f"checkpoint step-{chosen} was damaged after it was "
+                           "written; delete it and run `lorapipe train CONFIG --resume`")
             with atomic_directory(self.paths.adapter) as tmp:
-                shutil.copytree(self.paths.checkpoint(chosen) / "adapter", tmp, dirs_exist_ok=True)
+                shutil.copytree(source / "adapter", tmp, dirs_exist_ok=True)
+                write_manifest(tmp)
             self.metrics.write({"step": state.step, "event": "end", "memory": self.memory()})
             self.metrics.close()
         self.accelerator.wait_for_everyone()

@@ -21,8 +21,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
     paths, config = ctx.paths, ctx.config
-    if not (paths.train_data.is_dir() and paths.tokenizer.is_dir()):
-        raise UserError(f"no prepared data in {paths.data}; run `lorapipe prepare CONFIG` first")
+    paths.require_data()
     train_data = load_from_disk(str(paths.train_data))
     validation = None
     if paths.validation_data.is_dir():

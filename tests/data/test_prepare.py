@@ -222,3 +222,23 @@ def test_the_trained_template_is_the_one_the_outputs_serve(tmp_path: Path, prepa
     row = load_from_disk(str(out / "data" / "train"))[0]
     served = saved.apply_chat_template(json.loads(row["messages"]), tokenize=False)
     assert saved.decode(row["input_ids"]) == served
+
+
+def test_prepared_data_is_reused_only_if_every_file_verifies(tmp_path: Path, prepare: Any) -> None:
+    """A truncated Arrow file is not reused (prepare writes the data again) and is refused
+    by training, naming the file, instead of crashing it later."""
+    from lorapipe.artifacts import RunPaths
+    from lorapipe.errors import UserError
+    from lorapipe.manifest import problem
+
+    data = tmp_path / "chats.jsonl"
+    write_jsonl(data, [chat(i) for i in range(30)])
+    assert prepare(data)[0]["reused"] is False
+    summary, out = prepare(data)
+    assert summary["reused"] is True
+    arrow = next((out / "data" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"{arrow.name} does not match its checksum.*prepare"):
+        RunPaths(out).require_data()
+    summary, out = prepare(data)
+    assert summary["reused"] is False and problem(out / "data") is None

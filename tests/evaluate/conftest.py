@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorapipe.context import RunContext
+from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
 
 CONVERSATIONS = [
@@ -58,5 +59,6 @@ def eval_run(tmp_path: Path, make_context, save_adapter) -> RunContext:  # noqa:
     ctx = make_context(tmp_path / "run", model={"name_or_path": "tiny-llama", "quantizer": "none"})
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
     Dataset.from_dict(validation_rows(tokenizer)).save_to_disk(str(ctx.paths.validation_data))
+    write_manifest(ctx.paths.data)  # as prepare does
     save_adapter(ctx.paths.adapter, targets=["q_proj", "v_proj", "down_proj"])
     return ctx

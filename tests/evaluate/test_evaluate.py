@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.errors import UserError
 from lorapipe.evaluate import generate, run_stage, token_nll
+from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
 
 
@@ -70,6 +71,7 @@ def test_empty_validation_set_is_a_user_error(tmp_path: Path, make_context) -> N
     ctx = make_context(tmp_path / "run")
     Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": [], "messages": [],
                        "source": []}).save_to_disk(str(ctx.paths.validation_data))
+    write_manifest(ctx.paths.data)
     with pytest.raises(UserError, match="validation set is empty.*data.validation"):
         run_stage(ctx)
 

@@ -21,6 +21,7 @@ from lorapipe.errors import ConfigError, UserError
 from lorapipe.export import run_stage
 from lorapipe.export.gguf_model import permute_qk
 from lorapipe.export.gguf_writer import write_gguf
+from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
 from lorapipe.plugins.exporters.gguf import GgufOptions
@@ -226,6 +227,7 @@ def test_export_stage_writes_file_with_provenance(tiny_dir: Path, tmp_path: Path
     with pytest.raises(UserError, match="lorapipe merge"):
         run_stage(ctx)
     _copy(tiny_dir, ctx.paths.merged)
+    write_manifest(ctx.paths.merged)  # as the merge stage does
     summary = run_stage(ctx)
     path = ctx.paths.export_dir("gguf") / "model-q8_0.gguf"
     assert summary["artifacts"] == [

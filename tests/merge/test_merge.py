@@ -12,6 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.errors import UserError
+from lorapipe.manifest import write_manifest
 from lorapipe.merge import run_stage
 from lorapipe.merge.stage import MERGE_REPORT
 from lorapipe.model.source import resolve_model_path
@@ -75,6 +76,7 @@ def test_quantized_checkpoint_is_refused(tmp_path: Path, make_context) -> None:
     ctx = make_context(tmp_path / "run", model={"name_or_path": str(model)})
     (ctx.paths.adapter).mkdir(parents=True)
     (ctx.paths.adapter / "adapter_config.json").write_text("{}")
+    write_manifest(ctx.paths.adapter)
     with pytest.raises(UserError, match="stored quantized \\(bitsandbytes\\).*full precision"):
         run_stage(ctx)
     assert not ctx.paths.merged.exists()
@@ -101,3 +103,15 @@ def test_merged_carries_every_tokenizer_file_of_the_base(tmp_path: Path, make_co
     merged = AutoTokenizer.from_pretrained(ctx.paths.merged)
     assert merged("Hello there")["input_ids"] == AutoTokenizer.from_pretrained(base)(
         "Hello there")["input_ids"]
+
+
+def test_a_damaged_adapter_is_refused_naming_the_file(adapter_run, capsys) -> None:  # noqa: ANN001
+    """One flipped byte in adapter/ and merge refuses, naming the file, before any work."""
+    weights = adapter_run.paths.adapter / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"adapter_model\.safetensors does not match its "
+                                        r"checksum.*lorapipe train CONFIG"):
+        run_stage(adapter_run)
+    assert not adapter_run.paths.merged.exists()

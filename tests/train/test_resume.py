@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from tinyrun import adapter_weights, config, make_data, make_model, run
 
-from lorapipe.train.checkpoint import list_checkpoints, verify
+from lorapipe.manifest import problem
+from lorapipe.train.checkpoint import list_checkpoints
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 # Dropout on, so the restored RNG state matters; evaluation on, so best tracking resumes too.
@@ -57,7 +58,7 @@ def test_kill_and_sigterm_then_resume_give_the_identical_adapter(tmp_path: Path)
     assert to_stop.returncode == 130, output
     assert "Resume with: lorapipe train CONFIG --resume" in output
     step, path = list_checkpoints(stopped / "checkpoints")[-1]
-    assert 2 <= step < 12 and verify(path) is None  # the step it was in finished and was saved
+    assert 2 <= step < 12 and problem(path) is None  # the step it was in finished and was saved
 
     reference = tmp_path / "reference"
     expected = run(reference, make_model(dropout=0.1), make_data(24), make_data(6, seed=1),
