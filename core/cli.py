@@ -77,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from lorapipe.model.source import model_context
     from lorapipe.plan import load_plan
 
     plan = load_plan(args.config, args.overrides)
     console.print(f"[green]✓[/] {args.config} is valid")
+    if model_context(plan.config.model.name_or_path) is None:
+        console.print("  [yellow]note:[/] data.max_length not checked against the model's "
+                      "context: no local config.json says it")
     for component in plan.configured():
         console.print(f"  {component.field}: {component.kind.replace('_', ' ')} "
                       f"'{component.name}'")

@@ -29,6 +29,7 @@ from lorapipe.components import (
     TargetDetector,
 )
 from lorapipe.config import ComponentRef, PipelineConfig, config_error, load_config
+from lorapipe.errors import ConfigError
 from lorapipe.registry import Registry, get_registry
 
 C = TypeVar("C", bound=Component)
@@ -102,6 +103,7 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
             TargetDetector),)
     else:
         detectors = tuple(_default_detectors(registry))
+    _check_context(config)
     validation = data.validation.loader
     return RunPlan(
         config=config,
@@ -118,6 +120,18 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
                         for i, ref in enumerate(config.export.exporters)),
         registry=registry,
     )
+
+
+def _check_context(config: PipelineConfig) -> None:
+    """``data.max_length`` must fit the model: longer samples would run past the positions
+    it was trained on (or fail outright) hours into training."""
+    from lorapipe.model.source import model_context
+
+    context = model_context(config.model.name_or_path)
+    if context is not None and config.data.max_length > context:
+        raise ConfigError("data.max_length", f"{config.data.max_length} is longer than the "
+                          f"model's context of {context} tokens (its config.json); lower it "
+                          f"to at most {context}")
 
 
 def _default_detectors(registry: Registry) -> Iterator[TargetDetector]:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lorapipe.cli import main
 from lorapipe.config import MAX_EXPANDED_VALUES, read_yaml
@@ -105,3 +106,18 @@ def test_a_huge_value_is_not_rendered_in_the_message(tmp_path: Path, capsys) -> 
     assert code == 2
     assert err.startswith("error: train.epochs: Input should be a valid number")
     assert "(got 'xxx" in err and "..." in err and len(err) < 200, err
+
+
+def test_max_length_beyond_the_models_context_is_refused_at_validate(tmp_path: Path,
+                                                                      capsys) -> None:  # noqa: ANN001
+    """tiny-llama's config.json says 2048 positions: 4096 is refused before any work."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": "tiny-llama"},
+                                    "data": {"loader": {"name": "jsonl", "path": str(data)},
+                                             "max_length": 4096},
+                                    "output_dir": str(tmp_path / "run")}))
+    assert main(["validate", str(path)]) == 2
+    assert ("data.max_length: 4096 is longer than the model's context of 2048 tokens"
+            in capsys.readouterr().err)

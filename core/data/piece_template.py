@@ -56,8 +56,7 @@ class PieceTemplate(ChatTemplate):
         if token_id is None or token_id == tokenizer.unk_token_id:
             raise self.config_error(
                 f"template '{self.name}' needs the {what} token {token or ''} but the "
-                f"model's tokenizer has none; use {self.field}: tokenizer (the model's own "
-                "chat template) or a template made for this model"
+                "model's tokenizer has none"
             )
         return token_id
 

@@ -47,6 +47,7 @@ from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
 from lorapipe.data.schemas import check_columns, to_messages
 from lorapipe.data.split import split_indices, validation_size
+from lorapipe.data.template_check import check_template
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem, write_manifest
 from lorapipe.model.pretrained import load_tokenizer, save_tokenizer
@@ -303,6 +304,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     check_columns(data.columns)
     loader, val_loader, template = ctx.plan.loader, ctx.plan.validation_loader, ctx.plan.template
     tokenizer = load_tokenizer(config.model)  # the model's own; data/tokenizer/ keeps a copy
+    check_template(ctx.plan, tokenizer)
 
     paths.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=paths.data))

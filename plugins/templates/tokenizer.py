@@ -109,8 +109,8 @@ class TokenizerTemplate(ChatTemplate):
     def _check(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise self.config_error(
-                "the model's tokenizer has no chat_template; pick a named "
-                f"template ({self.field}: llama3 or llama2)"
+                "the model's tokenizer has no chat_template; name a template for "
+                f"{self.field}"
             )
         if not getattr(tokenizer, "is_fast", False):
             raise self.config_error(
@@ -128,8 +128,7 @@ class TokenizerTemplate(ChatTemplate):
     def _unusable(self, what: str) -> ConfigError:
         return self.config_error(
             f"the model's own chat template {what} for a plain user/assistant exchange, so "
-            "there is no assistant reply to train. Pick a named template that matches "
-            "this model's special tokens (`lorapipe components chat_template`)"
+            f"there is no assistant reply to train; name another template for {self.field}"
         )
 
     @staticmethod

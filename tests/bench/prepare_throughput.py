@@ -132,7 +132,7 @@ def main() -> None:
         config_path = root / "bench.yaml"
         config_path.write_text(yaml.safe_dump({
             "model": {"name_or_path": "tiny-llama"},
-            "data": {"loader": {"name": "jsonl", "path": str(data)}, "max_length": 4096},
+            "data": {"loader": {"name": "jsonl", "path": str(data)}, "max_length": 2048},
             "output_dir": str(root / "run"),
         }))
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))

@@ -242,3 +242,33 @@ def test_prepared_data_is_reused_only_if_every_file_verifies(tmp_path: Path, pre
         RunPaths(out).require_data()
     summary, out = prepare(data)
     assert summary["reused"] is False and problem(out / "data") is None
+
+
+def test_a_template_that_cannot_work_names_the_ones_that_can(tmp_path: Path,
+                                                             capsys: Any) -> None:
+    """A base model without a chat template and data.template: tokenizer fails before any
+    record is read, and the advice lists the installed templates whose tokens this
+    tokenizer has (llama3 here), not a fixed suggestion."""
+    import shutil
+
+    import yaml
+
+    from lorapipe.model.source import resolve_model_path
+
+    model = shutil.copytree(resolve_model_path("tiny-llama"), tmp_path / "base-model")
+    config_path = model / "tokenizer_config.json"
+    tokenizer_config = json.loads(config_path.read_text())
+    tokenizer_config.pop("chat_template", None)
+    config_path.write_text(json.dumps(tokenizer_config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(10)])
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(model)},
+                                    "data": {"loader": {"name": "jsonl", "path": str(data)}},
+                                    "output_dir": str(tmp_path / "run")}))
+    assert main(["prepare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.template: the model's tokenizer has no chat_template" in err
+    works = err.split("Templates that work with this model's tokenizer: ")[1].split(" (")[0]
+    assert "llama3" in works.split(", ") and "tokenizer" not in works.split(", ")
+    assert "chatml" not in works  # tiny-llama has no <|im_start|>

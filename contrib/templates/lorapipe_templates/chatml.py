@@ -33,8 +33,7 @@ class ChatMLTemplate(PieceTemplate):
                 f"template 'chatml' needs the special token {token}, which "
                 "this model's tokenizer lacks. lorapipe does not add it: its embedding row "
                 "would start random and a LoRA adapter cannot train it. Use a model "
-                "trained with ChatML, or a plain-text template (data.template: alpaca or "
-                "vicuna), or data.template: tokenizer (the model's own chat_template)"
+                "trained with ChatML, or another template"
             )
         return token_id
 
