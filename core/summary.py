@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorapipe.artifacts import RunPaths
+from lorapipe.manifest import MANIFEST
 from lorapipe.units import format_bytes
 
 
@@ -28,7 +29,7 @@ def artifacts(paths: RunPaths) -> list[tuple[str, int]]:
     found = [paths.adapter, paths.merged]
     export_root = paths.root / "export"
     if export_root.is_dir():
-        found += sorted(p for p in export_root.rglob("*") if p.is_file())
+        found += sorted(p for p in export_root.rglob("*") if p.is_file() and p.name != MANIFEST)
     return [(str(p), _size(p)) for p in found if p.exists()]
 
 

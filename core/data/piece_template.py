@@ -34,6 +34,14 @@ class PieceTemplate(ChatTemplate):
     def serving_template(self, tokenizer: Any) -> str:
         return self.chat_template
 
+    def served_text(self, messages: Conversation, tokenizer: Any,
+                    generation_prompt: bool = False) -> str:
+        """The conversation as ``chat_template`` renders it (what serving will show the
+        model); a template is right when this equals :meth:`text`."""
+        return tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                             tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
     def text(self, messages: Conversation, tokenizer: Any, generation_prompt: bool = False
              ) -> str:
         """The conversation as text: the pieces joined, token ids written as their tokens
