@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -153,6 +155,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         allow_config_change=getattr(args, "allow_config_change", False),
         config_file=Path(args.config),
     )
+    args.output_dir = ctx.paths.root  # for the message if the disk fills up
     run_one_stage(ctx, args.command)
     return 0
 
@@ -167,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("--resume and --overwrite contradict each other; pick one")
     ctx = RunContext(load_plan(args.config, args.overrides), resume=args.resume,
                      allow_config_change=args.allow_config_change, config_file=Path(args.config))
+    args.output_dir = ctx.paths.root  # for the message if the disk fills up
     summaries = run_pipeline(ctx, overwrite=args.overwrite)
     print_run_summary(summaries, ctx.paths, console)
     return 0
@@ -179,6 +183,22 @@ COMMANDS = {
     "components": cmd_components,
     **{verb: cmd_stage for verb in STAGE_VERBS},
 }
+
+
+def _disk_full(err: OSError) -> bool:
+    # pyarrow and others raise OSError with the C library's text but no errno
+    return err.errno == errno.ENOSPC or "No space left on device" in str(err)
+
+
+def _disk_full_message(err: OSError, output_dir: Path | None) -> str:
+    where = Path(err.filename) if isinstance(err.filename, str) else None
+    probe = where or output_dir or Path.cwd()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    return (f"the disk is full{f' writing {where}' if where else ''} ({free:,} bytes free on "
+            f"{probe}); free space there or point output_dir at a larger disk, then run the "
+            "command again (with --resume for run)")
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -205,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as err:
+        if isinstance(err, OSError) and _disk_full(err) and not args.debug:
+            output_dir = getattr(args, "output_dir", None)
+            print(f"error: {_disk_full_message(err, output_dir)}", file=sys.stderr)
+            return 1
         traceback.print_exc()
         print("lorapipe failed: the run stopped on the error above", file=sys.stderr)
         return 1

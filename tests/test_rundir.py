@@ -190,3 +190,23 @@ def test_outputs_get_the_users_umask(tmp_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o644, path
     for path in (run / "data" / "train", run / "data" / "tokenizer"):
         assert path.stat().st_mode & 0o777 == 0o755, path
+
+
+def test_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
+    """output_dir on a 300 KiB tmpfs: prepare runs out of space; one line names the disk
+    and the free bytes, exit 1, no traceback."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        config = _config(tmp_path / "run.yaml", str(small / "run"))
+        done = subprocess.run([sys.executable, "-m", "lorapipe.cli", "prepare", str(config)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "error: the disk is full" in done.stderr and f"bytes free on {small}" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
