@@ -55,6 +55,9 @@ class TrainState:
     rollbacks: int = 0
     config_hash: str = ""
     world_size: int = 1
+    # sums of the steps since the last metrics line (LogWindow.sums), so a resumed run's
+    # first line covers the same steps as the uninterrupted run's
+    unlogged: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def lr_scale(self) -> float:

@@ -100,6 +100,17 @@ class LogWindow:
     real_tokens: int = 0
     batch_tokens: int = 0
 
+    @classmethod
+    def resumed(cls, sums: dict[str, float]) -> LogWindow:
+        """The window a checkpoint was taken in, from ``sums()`` saved in its state."""
+        return cls(**sums)
+
+    def sums(self) -> dict[str, float]:
+        """What a checkpoint keeps, so the first line after a resume covers the same steps
+        and tokens as an uninterrupted run's (its wall time cannot be kept)."""
+        return {"loss_sum": self.loss_sum, "trainable_tokens": self.trainable_tokens,
+                "real_tokens": self.real_tokens, "batch_tokens": self.batch_tokens}
+
     def add(self, result: StepResult) -> None:
         self.loss_sum += result.loss * result.trainable_tokens
         self.trainable_tokens += result.trainable_tokens
@@ -203,7 +214,8 @@ class Trainer:
         cfg = self.config
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
                    disable=not self.accelerator.is_main_process)
-        window, started, run_tokens = LogWindow(), time.perf_counter(), 0
+        window = LogWindow.resumed(self.state.unlogged)
+        started, run_tokens = time.perf_counter(), 0
         stopped_early = False
         self.model.train()
         with stop_on_signals() as stop:
@@ -221,7 +233,7 @@ class Trainer:
                                "loss": result.loss, "grad_norm": result.grad_norm})
                     if self.guard.must_roll_back:
                         self.roll_back()  # continue from the checkpoint, at half the lr
-                        window, bar.n = LogWindow(), self.state.step
+                        window, bar.n = LogWindow.resumed(self.state.unlogged), self.state.step
                         continue
                 bar.update(1)
                 step, last = self.state.step, self.state.step >= self.total_steps
@@ -238,6 +250,7 @@ class Trainer:
                 interrupted = bool(self._sum(float(bool(stop)))[0])  # every process stops
                 due = step % cfg.save_steps == 0 or last or stopped_early or interrupted
                 if due or improved:  # the best step always has a checkpoint to publish
+                    self.state.unlogged = window.sums()
                     self.save()
                 if interrupted:
                     bar.close()

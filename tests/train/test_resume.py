@@ -16,9 +16,10 @@ from lorapipe.manifest import problem
 from lorapipe.train.checkpoint import list_checkpoints
 
 SCRIPT = Path(__file__).with_name("train_script.py")
-# Dropout on, so the restored RNG state matters; evaluation on, so best tracking resumes too.
+# Dropout on, so the restored RNG state matters; evaluation on, so best tracking resumes too;
+# logging every 3 steps and checkpoints every 2, so a resume starts inside a metrics window.
 SETTINGS = dict(epochs=2, micro_batch_size=2, gradient_accumulation_steps=2, save_steps=2,
-                eval_steps=3, warmup_steps=2)
+                eval_steps=3, warmup_steps=2, logging_steps=3)
 
 
 def _start(out: Path) -> subprocess.Popen:
@@ -43,7 +44,8 @@ def _resume(out: Path) -> dict:
 
 def _losses(out: Path) -> list[tuple[int, float]]:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(m["step"], m.get("loss", m.get("eval_loss"))) for m in lines if "event" not in m]
+    return [(m["step"], m.get("loss", m.get("eval_loss")), m.get("trainable_tokens"))
+            for m in lines if "event" not in m]
 
 
 def test_kill_and_sigterm_then_resume_give_the_identical_adapter(tmp_path: Path) -> None:
