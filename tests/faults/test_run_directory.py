@@ -18,7 +18,7 @@ from lorapipe.artifacts import RunPaths
 from lorapipe.cli import main
 from lorapipe.rundir import LOCK, MARKER, claim, clear
 
-SAMPLE = Path(__file__).resolve().parents[1] / "configs" / "data" / "quickstart.jsonl"
+SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 
 
 def _config(path: Path, output_dir: str, data: Path = SAMPLE) -> Path:
