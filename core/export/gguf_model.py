@@ -64,6 +64,13 @@ class LlamaParams:
         return factors
 
 
+# What a user can run on merged/ for the architectures and tokenizers this exporter does
+# not write; llama.cpp's converter ships in its source tree and in llama-cpp-python's sdist.
+CONVERT = ("`python convert_hf_to_gguf.py OUTPUT_DIR/merged --outtype f16 --outfile "
+           "model-f16.gguf` (from llama.cpp's source tree; `pip download --no-deps "
+           "--no-binary :all: llama-cpp-python` has it under vendor/llama.cpp/)")
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "config.json"
     if not path.is_file():
@@ -82,8 +89,8 @@ def llama_params(model_dir: Path) -> LlamaParams:
         raise UserError(
             f"{where}: GGUF export supports the Llama architecture only "
             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES)}), got model_type {model_type!r} "
-            f"({', '.join(config.get('architectures') or ['?'])}); remove the gguf exporter "
-            "from export.exporters or convert with llama.cpp's convert_hf_to_gguf.py"
+            f"({', '.join(config.get('architectures') or ['?'])}). Remove the gguf exporter "
+            f"from export.exporters and, after the run, convert with llama.cpp: {CONVERT}"
         )
     # transformers 5 writes rope_parameters; older configs rope_theta + rope_scaling.
     rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})

@@ -19,6 +19,7 @@ from typing import Any
 import gguf
 
 from lorapipe.errors import UserError
+from lorapipe.export.gguf_model import CONVERT
 
 # Llama 3's pre-tokenizer regex (tokenizer.json spells it exactly so); llama.cpp: "llama-bpe".
 LLAMA3_SPLIT = (
@@ -59,8 +60,10 @@ def detect_pre_tokenizer(tokenizer: dict[str, Any], where: Path) -> str:
         )
     if tokenizer.get("normalizer"):
         raise UserError(
-            f"{where}: tokenizer normalizer {tokenizer['normalizer'].get('type')!r} is not "
-            "supported by the GGUF exporter (llama.cpp's llama-bpe tokenizer has none)"
+            f"{where}: this is a SentencePiece-style tokenizer (it rewrites text before "
+            "splitting it: spaces to '▁' and the like); the GGUF exporter writes byte-level "
+            f"BPE tokenizers (Llama 3's) only. Remove it from export.exporters and convert "
+            f"with llama.cpp after the run: {CONVERT}"
         )
     pre = tokenizer.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
