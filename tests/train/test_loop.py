@@ -156,3 +156,24 @@ def test_out_of_memory_advises_or_auto_batch_retries_with_the_same_effective_bat
     auto, direct = adapter_weights(tmp_path / "auto"), adapter_weights(tmp_path / "direct")
     for key in direct:
         torch.testing.assert_close(auto[key], direct[key], rtol=0, atol=1e-6)
+
+
+def test_a_damaged_best_checkpoint_is_never_published(tmp_path: Path) -> None:
+    """adapter/ is copied from the best checkpoint: one flipped byte there and training
+    refuses to publish it, naming the file, instead of merging and exporting it."""
+    import shutil
+
+    out = tmp_path / "run"
+    cfg = config(epochs=3, eval_steps=2, save_steps=2, learning_rate=5e-3)
+    summary = run(out, make_model(), make_data(24), make_data(6, seed=1), cfg)
+    best = summary["best_step"]
+    assert best < summary["steps"]  # the best is not the newest checkpoint
+    weights = out / "checkpoints" / f"step-{best}" / "adapter" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x04
+    weights.write_bytes(bytes(data))
+    shutil.rmtree(out / "adapter")
+    with pytest.raises(UserError, match=rf"step-{best}/adapter/adapter_model\.safetensors does "
+                                        "not match its checksum"):
+        run(out, make_model(), make_data(24), make_data(6, seed=1), cfg, resume=True)
+    assert not (out / "adapter").exists()
