@@ -40,6 +40,7 @@ from lorapipe.plugin import (
     ChatTemplate,
     ConfigError,
     EncodedConversation,
+    Options,
     UnrenderableConversation,
     hookimpl,
 )
@@ -101,10 +102,18 @@ def _around_reply(render: _Renderer, messages: Conversation, index: int,
     return head, tail
 
 
+class TokenizerOptions(Options):
+    # Also train what the template writes between the generation prompt and a reply (an
+    # empty <think></think> block): a model that should emit it itself learns to.
+    train_scaffolding: bool = False
+
+
 class TokenizerTemplate(ChatTemplate):
-    """The model tokenizer's own chat_template, masked by rendering message by message."""
+    """The model tokenizer's own chat_template, masked from its rendering of the whole
+    conversation."""
 
     name = "tokenizer"
+    Options = TokenizerOptions
 
     def _check(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
@@ -131,8 +140,7 @@ class TokenizerTemplate(ChatTemplate):
             f"there is no assistant reply to train; name another template for {self.field}"
         )
 
-    @staticmethod
-    def _render(messages: Conversation, render: _Renderer,
+    def _render(self, messages: Conversation, render: _Renderer,
                 train_on: str) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and the character spans of its trained assistant turns
         (content plus the end-of-turn token(s) closing it)."""
@@ -148,6 +156,11 @@ class TokenizerTemplate(ChatTemplate):
                 raise UnrenderableConversation(
                     f"the chat template renders around assistant message {i + 1} "
                     "differently depending on its text")
+            if self.options.train_scaffolding:
+                # from the end of the generation prompt, where the model starts writing
+                prompt = render(messages[:i], True)
+                if full.startswith(prompt) and len(prompt) <= start:
+                    start = len(prompt)
             _, closing = _around_reply(render, messages[: i + 1], i)
             # Whitespace after the end-of-turn token (e.g. ChatML's "\n") separates turns.
             end_of_turn = os.path.commonprefix([full[end:], closing]).rstrip()

@@ -61,7 +61,10 @@ def test_qwen3_think_scaffolding_is_not_trained(tokenizer: Any) -> None:
     text = qwen3.apply_chat_template(messages, tokenize=False)
     assert "<think>\n\n</think>\n\n" in text  # the scaffolding is rendered ...
     trained = trained_text(TokenizerTemplate().encode(messages, qwen3), qwen3)
-    assert trained == [messages[1]["content"] + "<|im_end|>"]  # ... and not trained
+    assert trained == [messages[1]["content"] + "<|im_end|>"]  # ... and not trained ...
+    asked = TokenizerTemplate(TokenizerTemplate.Options(train_scaffolding=True))
+    trained = trained_text(asked.encode(messages, qwen3), qwen3)
+    assert trained == ["<think>\n\n</think>\n\n" + messages[1]["content"] + "<|im_end|>"]
 
 
 def test_records_a_template_cannot_render_are_dropped_with_their_line(
