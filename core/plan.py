@@ -102,7 +102,11 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
             "target_detector", "adapter.target_detector", adapter.target_detector,
             TargetDetector),)
     else:
-        detectors = tuple(_default_detectors(registry))
+        # asked in ascending priority; one with required options only when named
+        detectors = tuple(sorted(
+            cast(list[TargetDetector],
+                 registry.with_defaults("target_detector", "adapter.target_detector")),
+            key=lambda d: (d.priority, d.name)))
     _check_context(config)
     validation = data.validation.loader
     return RunPlan(
@@ -133,17 +137,6 @@ def _check_context(config: PipelineConfig) -> None:
                           f"model's context of {context} tokens (its config.json); lower it "
                           f"to at most {context}")
 
-
-def _default_detectors(registry: Registry) -> Iterator[TargetDetector]:
-    """Every registered detector that can be built without options, lowest priority first;
-    one with required options is only used when ``adapter.target_detector`` names it."""
-    classes = sorted(registry.classes("target_detector"), key=lambda c: (c.priority, c.name))
-    for cls in classes:
-        try:
-            options = cls.Options()
-        except ValidationError:
-            continue
-        yield cls(options, field="adapter.target_detector")
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from lorapipe.components import KINDS, Component
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.plugin_manager import PluginManager, get_plugin_manager
@@ -91,6 +93,19 @@ class Registry:
 
     def classes(self, kind: str) -> list[type[Component]]:
         return [self._classes[kind][name] for name in self.names(kind)]
+
+    def with_defaults(self, kind: str, field: str) -> list[Component]:
+        """One instance of every class of ``kind`` that its default options can build (one
+        with required options is left out: only a config that names it can build it), each
+        configured at ``field``; in name order."""
+        built = []
+        for cls in self.classes(kind):
+            try:
+                options = cls.Options()
+            except ValidationError:
+                continue
+            built.append(cls(options, field=field))
+        return built
 
     def provider(self, kind: str, name: str) -> str:
         return self._providers[kind][name]

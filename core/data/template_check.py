@@ -28,15 +28,9 @@ def _works(template: ChatTemplate, tokenizer: Any) -> bool:
 
 def usable_templates(plan: RunPlan, tokenizer: Any) -> list[str]:
     """Names of the installed templates (default options) that work with ``tokenizer``."""
-    names = []
-    for cls in plan.registry.classes("chat_template"):
-        try:
-            template = cls(cls.Options(), field=plan.template.field)
-        except ValueError:  # pydantic's ValidationError: it has required options
-            continue
-        if _works(template, tokenizer):
-            names.append(cls.name)
-    return names
+    return [template.name
+            for template in plan.registry.with_defaults("chat_template", plan.template.field)
+            if isinstance(template, ChatTemplate) and _works(template, tokenizer)]
 
 
 def check_template(plan: RunPlan, tokenizer: Any) -> None:

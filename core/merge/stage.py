@@ -65,7 +65,6 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         merged.save_pretrained(tmp, safe_serialization=True)
         _write_tokenizer(ctx, tokenizer, tmp)
         atomic_write_json(tmp / MERGE_REPORT, report)
-        write_manifest(tmp)
     del merged, model, base
     gc.collect()
 
@@ -73,6 +72,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         ctx, samples, merged_logits, device
     )
     atomic_write_json(ctx.paths.merged / MERGE_REPORT, report)
+    # Hashed once, when merged/ is final: until then it has no manifest, which export and
+    # --resume read as "merge did not finish".
     write_manifest(ctx.paths.merged)
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["path"] = str(ctx.paths.merged)

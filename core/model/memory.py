@@ -198,15 +198,8 @@ def _suggestions(plan: RunPlan, counts: ParamCounts, device: str, dtype: torch.d
 
 def _weight_quantizers(plan: RunPlan) -> list[Quantizer]:
     """Every installed quantizer that quantizes weights, with its default options."""
-    found = []
-    for cls in plan.registry.classes("quantizer"):
-        try:
-            quantizer = cls(cls.Options(), field="model.quantizer")
-        except ValueError:  # pydantic's ValidationError: it has required options
-            continue
-        if quantizer.quantized:
-            found.append(quantizer)
-    return found
+    return [q for q in plan.registry.with_defaults("quantizer", "model.quantizer")
+            if isinstance(q, Quantizer) and q.quantized]
 
 
 def _update(section: Any, **changes: Any) -> Any:
