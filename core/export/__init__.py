@@ -1,6 +1,6 @@
 """The ``export`` stage and the GGUF engine the built-in ``gguf`` exporter drives.
 
-``gguf_model`` reads a merged Llama directory's hyper-parameters, ``gguf_vocab`` its
+``gguf_model`` describes each supported family as llama.cpp lays it out, ``gguf_vocab`` its
 tokenizer, ``gguf_writer`` streams both into a GGUF file; ``stage`` runs every configured
 exporter over ``merged/``.
 """

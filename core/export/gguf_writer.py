@@ -1,4 +1,4 @@
-"""Stream a merged Llama directory into one GGUF file, one tensor in memory at a time.
+"""Stream a merged model directory into one GGUF file, one tensor in memory at a time.
 
 gguf-py's ``GGUFWriter`` normally holds every tensor until ``write_tensors_to_file``;
 instead the whole tensor table is declared up front from the safetensors headers (shapes
@@ -23,7 +23,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType as F
 
 from lorapipe.errors import UserError
-from lorapipe.export.gguf_model import LlamaParams, llama_params, permute_qk
+from lorapipe.export.gguf_model import Family, model_family
 from lorapipe.export.gguf_vocab import GgufVocab, read_vocab
 
 # GGUF type name (as users write it) → (tensor type of 2-D weights, file type).
@@ -72,11 +72,10 @@ class GgufResult:
     fallbacks: dict[str, str] = field(default_factory=dict)
 
 
-def check_model(model_dir: Path) -> tuple[LlamaParams, GgufVocab]:
+def check_model(model_dir: Path) -> tuple[Family, GgufVocab]:
     """Everything that can make an export fail, checked before any tensor is converted."""
-    params = llama_params(model_dir)
-    vocab = read_vocab(model_dir, params.vocab_size)
-    return params, vocab
+    family = model_family(model_dir)
+    return family, read_vocab(model_dir, family)
 
 
 def _safetensors_files(model_dir: Path) -> list[Path]:
@@ -103,34 +102,33 @@ def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return prod(gguf.quant_shape_to_byte_shape(shape, qtype))
 
 
-def _plan(model_dir: Path, params: LlamaParams, wanted: Q) -> list[_Planned]:
+def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q) -> list[_Planned]:
     """Every tensor of the file, named, shaped and typed, from the headers only."""
     from safetensors import safe_open
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, params.n_layers)
-    plan: list[_Planned] = []
-    factors = params.rope_freq_factors()
-    if factors is not None:
-        data = np.asarray(factors, dtype=np.float32)
-        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-        plan.append(_Planned(name, "", None, data.shape, Q.F32, data))
+    names = gguf.get_tensor_name_map(family.arch, family.n_layers)
+    plan = [_Planned(name, "", None, data.shape, Q.F32, data)
+            for name, data in family.extra_tensors().items()]
     for file in _safetensors_files(model_dir):
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if key.endswith("rotary_emb.inv_freq"):
-                    continue  # recomputed by llama.cpp from the RoPE metadata
+                if family.skip(key):
+                    continue
                 gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
                     raise UserError(
-                        f"{file}: tensor {key!r} has no llama.cpp counterpart in the llama "
-                        "architecture; the GGUF exporter cannot place it"
+                        f"{file}: tensor {key!r} has no llama.cpp counterpart in the "
+                        f"{family.arch.name.lower()} architecture; the GGUF exporter cannot "
+                        "place it"
                     )
                 shape = tuple(handle.get_slice(key).get_shape())
+                if gguf_name.startswith("token_embd.") and shape[0] > n_vocab:
+                    shape = (n_vocab, *shape[1:])  # rows beyond the vocabulary are dropped
                 plan.append(_Planned(gguf_name, key, file, shape, _tensor_type(shape, wanted)))
     return plan
 
 
-def _tensors(plan: list[_Planned], params: LlamaParams) -> Iterator[tuple[_Planned, np.ndarray]]:
+def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, np.ndarray]]:
     """Yield each planned tensor converted, reading one at a time from disk."""
     from safetensors import safe_open
 
@@ -145,11 +143,9 @@ def _tensors(plan: list[_Planned], params: LlamaParams) -> Iterator[tuple[_Plann
                 stack.close()
                 handle = stack.enter_context(safe_open(item.file, framework="pt"))
                 open_file = item.file
-            tensor = handle.get_tensor(item.source).float()
-            if item.source.endswith(("q_proj.weight", "q_proj.bias")):
-                tensor = permute_qk(tensor, params.n_head)
-            elif item.source.endswith(("k_proj.weight", "k_proj.bias")):
-                tensor = permute_qk(tensor, params.n_head_kv)
+            tensor = family.transform(item.source, handle.get_tensor(item.source).float())
+            if tuple(tensor.shape) != item.shape:
+                tensor = tensor[: item.shape[0]]  # embedding rows beyond the vocabulary
             yield item, _convert(tensor.numpy(), item.qtype)
 
 
@@ -161,7 +157,7 @@ def _convert(array: np.ndarray, qtype: Q) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(array), qtype)
 
 
-def _write_metadata(writer: gguf.GGUFWriter, params: LlamaParams, vocab: GgufVocab,
+def _write_metadata(writer: gguf.GGUFWriter, family: Family, vocab: GgufVocab,
                     file_type: F, quantized: bool, provenance: dict[str, Any]) -> None:
     writer.add_type(gguf.GGUFType.MODEL)
     if provenance.get("name"):
@@ -171,31 +167,11 @@ def _write_metadata(writer: gguf.GGUFWriter, params: LlamaParams, vocab: GgufVoc
         writer.add_base_model_name(0, str(provenance["base_model"]))
     for key, value in provenance.get("lorapipe", {}).items():
         _add_custom(writer, f"lorapipe.{key}", value)
-    writer.add_block_count(params.n_layers)
-    writer.add_context_length(params.n_ctx)
-    writer.add_embedding_length(params.n_embd)
-    writer.add_feed_forward_length(params.n_ff)
-    writer.add_head_count(params.n_head)
-    writer.add_head_count_kv(params.n_head_kv)
-    writer.add_key_length(params.head_dim)
-    writer.add_value_length(params.head_dim)
-    writer.add_rope_dimension_count(params.head_dim)
-    writer.add_rope_freq_base(params.rope_theta)
-    if params.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(params.rope["factor"]))
-    writer.add_layer_norm_rms_eps(params.rms_eps)
-    writer.add_vocab_size(params.vocab_size)
+    family.metadata(writer)
     writer.add_file_type(file_type)
     if quantized:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    vocab.special.add_to_gguf(writer, quiet=True)
-    if vocab.eot_id is not None:
-        writer.add_eot_token_id(vocab.eot_id)
+    vocab.write(writer)
 
 
 def _add_custom(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
@@ -213,7 +189,7 @@ def _add_custom(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
 
 def write_gguf(model_dir: Path, out_path: Path, type_name: str,
                provenance: dict[str, Any] | None = None, progress: bool = True) -> GgufResult:
-    """Convert the Llama model in ``model_dir`` to ``out_path`` (written atomically).
+    """Convert the model in ``model_dir`` to ``out_path`` (written atomically).
 
     ``provenance`` may hold ``name``, ``base_model`` and a ``lorapipe`` mapping of extra
     scalar/list values written as ``lorapipe.<key>`` metadata.
@@ -228,15 +204,16 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
             "quantize to it; export f16 and run llama.cpp's llama-quantize instead"
         )
     model_dir, out_path = Path(model_dir), Path(out_path)
-    params, vocab = check_model(model_dir)
+    family, vocab = check_model(model_dir)
     wanted, file_type = GGUF_TYPES[type_name]
-    plan = _plan(model_dir, params, wanted)
+    n_vocab = len(vocab.tokens)
+    plan = _plan(model_dir, family, n_vocab, wanted)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[family.arch])
     try:
-        _write_metadata(writer, params, vocab, file_type, wanted not in (Q.F32, Q.F16, Q.BF16),
+        _write_metadata(writer, family, vocab, file_type, wanted not in (Q.F32, Q.F16, Q.BF16),
                         provenance or {})
         for item in plan:
             writer.add_tensor_info(item.gguf_name, item.shape, np.dtype(np.float32),
@@ -244,7 +221,7 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        bar = tqdm(_tensors(plan, params), total=len(plan), desc=f"gguf {type_name}",
+        bar = tqdm(_tensors(plan, family), total=len(plan), desc=f"gguf {type_name}",
                    unit="tensor", disable=not progress)
         for _item, data in bar:
             writer.write_tensor_data(data)

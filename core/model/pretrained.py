@@ -7,6 +7,7 @@ for peft and bitsandbytes (seconds).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from lorapipe.artifacts import RunPaths
+from lorapipe.atomic import atomic_write_json, atomic_write_text
 from lorapipe.config import ModelConfig
 from lorapipe.errors import ConfigError
 from lorapipe.model.source import resolve_model_path
@@ -30,19 +32,36 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
 # tokenizer.json and its config; tools that read the others (llama.cpp's converter reads
 # SentencePiece's tokenizer.model, others vocab.json/merges.txt) need them kept.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "tokenizer.model", "spiece.model",
+                   "added_tokens.json", "chat_template.jinja", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt")
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, model: ModelConfig, out_dir: Path) -> None:
-    """``save_pretrained``, plus every tokenizer file of the base model it did not write,
-    so ``out_dir`` reads like the base to every tool (what it wrote takes precedence: it
-    holds the chat template the run trained with)."""
+    """The base model's tokenizer files, verbatim, with the run's chat template.
+
+    transformers re-serialises what it saves (and may rewrite a normalizer or drop keys
+    other tools read), so every tokenizer file the base had is copied over what it wrote:
+    ``out_dir`` then reads exactly like the base to transformers, llama.cpp's converter
+    and the rest. Only the chat template is the run's, written where the base keeps it
+    (tokenizer_config.json's ``chat_template``, else chat_template.jinja).
+    """
     tokenizer.save_pretrained(out_dir)
     base = Path(resolve_model_path(model.name_or_path))
     for name in TOKENIZER_FILES:
-        if (base / name).is_file() and not (out_dir / name).exists():
+        if (base / name).is_file():
             shutil.copy2(base / name, out_dir / name)
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        return
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if isinstance(config.get("chat_template"), str):
+        if config["chat_template"] != template:
+            atomic_write_json(config_path, {**config, "chat_template": template})
+        return
+    jinja = out_dir / "chat_template.jinja"
+    if not jinja.is_file() or jinja.read_text(encoding="utf-8") != template:
+        atomic_write_text(jinja, template)
 
 
 def prepared_tokenizer(paths: RunPaths, model: ModelConfig) -> PreTrainedTokenizerBase:

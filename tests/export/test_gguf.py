@@ -157,7 +157,6 @@ def test_metadata_and_tensor_layout(tiny_dir: Path, exported) -> None:
         "tokenizer.ggml.bos_token_id": tokenizer.bos_token_id,
         "tokenizer.ggml.eos_token_id": tokenizer.eos_token_id,
         "tokenizer.ggml.padding_token_id": tokenizer.pad_token_id,
-        "tokenizer.ggml.eot_token_id": tokenizer.convert_tokens_to_ids("<|eot_id|>"),
     }
     assert {key: _field(reader, key) for key in expected} == expected
     assert _field(reader, "llama.rope.freq_base") == config["rope_parameters"]["rope_theta"]

@@ -1,0 +1,219 @@
+"""Real material no one here wrote, from llama.cpp's source tree: tokenizers and its converter.
+
+llama-cpp-python's source distribution (the version the tests run against) carries
+llama.cpp's tree: vocab-only GGUFs of real tokenizers (``models/ggml-vocab-*.gguf``) and
+the reference converter (``convert_hf_to_gguf.py`` with ``conversion/`` and ``gguf-py/``).
+It is downloaded once with pip (PyPI only) and the needed members are cached in
+``$LORAPIPE_TEST_CACHE`` (default ``~/.cache/lorapipe-tests``), as are the Hugging Face
+tokenizer directories built from the vocab files (transformers reads a vocab GGUF with
+``gguf_file=``; building a 128k-token BPE that way takes ~25 s).
+
+SentencePiece vocabularies also get the ``tokenizer.model`` real repositories ship: a
+sentencepiece model rebuilt piece for piece (text, score, type) from the GGUF, which was
+itself converted from that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
+LLAMA_CPP_VERSION = version("llama-cpp-python")
+_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-")
+
+# name → (vocab file, chat template to set or None to keep the file's own)
+TOKENIZERS = {
+    "llama3": ("llama-bpe", "meta-llama-Llama-3.1-8B-Instruct.jinja"),
+    "llama2-spm": ("llama-spm", "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+    "phi3": ("phi-3", None),
+    "qwen2": ("qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja"),
+    "qwen3": ("qwen2", "Qwen-Qwen3-0.6B.jinja"),
+    "gemma": ("llama-spm", "google-gemma-2-2b-it.jinja"),
+}
+
+
+GEMMA_TURNS = ("<start_of_turn>", "<end_of_turn>")
+
+
+def cache_root() -> Path:
+    root = os.environ.get("LORAPIPE_TEST_CACHE") or Path.home() / ".cache" / "lorapipe-tests"
+    path = Path(root) / f"llama-cpp-python-{LLAMA_CPP_VERSION}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def llama_cpp_tree() -> Path:
+    """The cached members of llama.cpp's tree (downloaded from PyPI on first use)."""
+    root = cache_root()
+    tree = root / "llama.cpp"
+    with _locked(root):
+        if (tree / "convert_hf_to_gguf.py").is_file():
+            return tree
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                 "--no-binary", ":all:", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", tmp],
+                check=True,
+            )
+            (sdist,) = Path(tmp).glob("*.tar.gz")
+            staging = Path(tmp) / "llama.cpp"
+            with tarfile.open(sdist) as archive:
+                for member in archive.getmembers():
+                    _, _, inner = member.name.partition("/vendor/llama.cpp/")
+                    if member.isfile() and inner.startswith(_MEMBERS):
+                        member.name = inner
+                        archive.extract(member, staging, filter="data")
+            staging.rename(tree)
+    return tree
+
+
+def _sentencepiece_model(vocab: Path, out: Path, dummy_prefix: bool,
+                         extra_control: tuple[str, ...] = ()) -> None:
+    """Write ``tokenizer.model`` from a SentencePiece vocab GGUF.
+
+    Only the pieces SentencePiece itself owns are written (unknown, BOS, EOS, the 256
+    byte pieces, then up to the first piece that is not a plain one): added tokens live
+    in tokenizer.json, as in the real repositories. ``extra_control`` appends control
+    pieces (Gemma keeps its turn markers inside tokenizer.model).
+    """
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    reader = gguf.GGUFReader(vocab)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    count = next((i for i in range(259, len(tokens)) if types[i] != gguf.TokenType.NORMAL),
+                 len(tokens))
+    # a converter may have retyped the first three from added tokens; SentencePiece's own
+    # are fixed: unknown, then BOS and EOS as control pieces
+    fixed = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    model = spm.ModelProto()
+    model.trainer_spec.model_type = spm.TrainerSpec.BPE
+    model.trainer_spec.vocab_size = count + len(extra_control)
+    model.trainer_spec.byte_fallback = True
+    model.trainer_spec.unk_id, model.trainer_spec.bos_id = 0, 1
+    model.trainer_spec.eos_id, model.trainer_spec.pad_id = 2, -1
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = dummy_prefix
+    model.normalizer_spec.remove_extra_whitespaces = False
+    model.normalizer_spec.escape_whitespaces = True
+    pieces = [(tokens[i], scores[i], fixed[i] if i < 3 else types[i]) for i in range(count)]
+    pieces += [(text, 0.0, gguf.TokenType.CONTROL) for text in extra_control]
+    for text, score, kind in pieces:
+        piece = model.pieces.add()
+        piece.piece, piece.score, piece.type = text, score, int(kind)
+    out.write_bytes(model.SerializeToString())
+
+
+def _gemma_style(directory: Path) -> None:
+    """Gemma's SentencePiece conventions on a Llama-2 vocabulary (no Gemma 2/3 vocab file
+    is in llama.cpp's tree): Gemma's turn markers as special tokens, and no dummy
+    leading space (the tokenizer.json patched last: transformers re-adds one on save)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(GEMMA_TURNS)})
+    tokenizer.save_pretrained(directory)
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+    data["pre_tokenizer"] = None
+    data["decoder"]["decoders"] = [d for d in data["decoder"]["decoders"]
+                                   if d["type"] != "Strip"]
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _llama2_style(directory: Path) -> None:
+    """The tokenizer.json Llama 2 and Mistral repositories ship (transformers' GGUF reader
+    writes a Metaspace pre-tokenizer instead, which adds no '▁' after a special token):
+    a dummy '▁' prepended to every piece of text, spaces as '▁'."""
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    data["pre_tokenizer"] = None
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _llama3_style(directory: Path) -> None:
+    """What Meta's tokenizer.json has and the vocab file does not say: BOS added by the
+    post-processor, and whole words looked up before merging (``ignore_merges``)."""
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    bos = "<|begin_of_text|>"
+    bos_id = data["model"]["vocab"].get(bos) or next(
+        t["id"] for t in data["added_tokens"] if t["content"] == bos)
+    data["model"]["ignore_merges"] = True
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": bos, "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": bos, "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def real_tokenizer(name: str) -> Path:
+    """A Hugging Face tokenizer directory of the real tokenizer ``name`` (cached)."""
+    from transformers import AutoTokenizer
+
+    vocab_name, template = TOKENIZERS[name]
+    vocab = llama_cpp_tree() / "models" / f"ggml-vocab-{vocab_name}.gguf"
+    root = cache_root()
+    target = root / "tokenizers" / name
+    with _locked(root):
+        if (target / "tokenizer.json").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=root))
+        tokenizer = AutoTokenizer.from_pretrained(vocab.parent, gguf_file=vocab.name)
+        if template is not None:
+            tokenizer.chat_template = (TEMPLATES / template).read_text(encoding="utf-8")
+        tokenizer.save_pretrained(staging)
+        if "tokenizer.ggml.scores" in gguf_fields(vocab):
+            gemma = name == "gemma"
+            _sentencepiece_model(vocab, staging / "tokenizer.model", dummy_prefix=not gemma,
+                                 extra_control=GEMMA_TURNS if gemma else ())
+        if name == "gemma":
+            _gemma_style(staging)
+        if name == "llama3":
+            _llama3_style(staging)
+        if name == "llama2-spm":
+            _llama2_style(staging)
+        target.parent.mkdir(exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target
+
+
+def gguf_fields(path: Path) -> list[str]:
+    import gguf
+
+    return list(gguf.GGUFReader(path).fields)
