@@ -159,7 +159,7 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
                 summaries[name] = record["stages"][name].get("summary", {})
                 continue
             print(f"{name}: running again, its output is damaged: {damaged}", file=sys.stderr)
-            rerun = True
+        rerun = True
         summaries[name] = _run_stage(ctx, name)
     return summaries
 

@@ -155,3 +155,48 @@ def test_resume_runs_again_what_was_damaged_after_it_finished(finished_run: Path
     # written again in full (its provenance holds the config hash, which the copy changed)
     assert gguf.stat().st_size == (finished_run / "export/gguf/model-q8_0.gguf").stat().st_size
     assert problem(gguf.parent) is None
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "merge", "export"])
+@pytest.mark.parametrize("point", [0.1, 0.5])
+def test_kill_9_in_a_later_stage_then_resume_ends_like_the_uninterrupted_run(
+        finished_run: Path, tmp_path: Path, stage: str, point: float) -> None:
+    """kill -9 at a point of evaluate, merge or export (a fraction of the time the stage
+    took in the uninterrupted run), then --resume: the run finishes, with the evaluation,
+    merged model and GGUF of the run that was never killed, and no half-written file."""
+    output_dir = tmp_path / "killed"
+    shutil.copytree(finished_run, output_dir)
+    run_json = output_dir / "run.json"
+    record = json.loads(run_json.read_text())
+    record["stages"][stage]["status"] = "running"  # what a kill during it leaves
+    previous_start = record["stages"][stage]["started_at"]
+    delay = point * record["stages"][stage]["seconds"]
+    run_json.write_text(json.dumps(record))
+    # output_dir is part of the config, so the copy's hash differs
+    process = _run(output_dir, "--resume", "--allow-config-change", wait=False)
+    deadline = time.monotonic() + 300
+    while json.loads(run_json.read_text())["stages"][stage]["started_at"] == previous_start:
+        assert process.poll() is None, f"run ended before {stage} started again"
+        assert time.monotonic() < deadline, f"{stage} never started"
+        time.sleep(0.05)
+    time.sleep(delay)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads(run_json.read_text())["stages"][stage]["status"] == "running"
+
+    resumed = _run(output_dir, "--resume", "--allow-config-change")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stages = json.loads(run_json.read_text())["stages"]
+    assert all(item["status"] == "done" for item in stages.values())
+    report = "eval/report.json"
+    assert json.loads((output_dir / report).read_text()) == json.loads(
+        (finished_run / report).read_text())
+    merged = "merged/model.safetensors"
+    assert (output_dir / merged).read_bytes() == (finished_run / merged).read_bytes()
+    gguf = "export/gguf/model-q8_0.gguf"
+    assert (output_dir / gguf).stat().st_size == (finished_run / gguf).stat().st_size
+    for directory in ("merged", "export/gguf"):
+        assert problem(output_dir / directory) is None
+    leftovers = [p for p in output_dir.rglob("*") if ".tmp" in p.name or p.name.startswith(
+        (".prepare-", ".merge", ".export"))]
+    assert leftovers == []

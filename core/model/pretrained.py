@@ -55,7 +55,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, model: ModelConfig, out_d
         return
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    if isinstance(config.get("chat_template"), str):
+    if "chat_template" in config:  # a string, or a list of named templates
         if config["chat_template"] != template:
             atomic_write_json(config_path, {**config, "chat_template": template})
         return
