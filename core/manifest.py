@@ -36,8 +36,12 @@ def write_manifest(directory: Path) -> None:
                       {str(p.relative_to(directory)): sha256(p) for p in files})
 
 
-def problem(directory: Path) -> str | None:
-    """None if ``directory`` matches its manifest, else what is wrong, naming the file."""
+def problem(directory: Path, parts: tuple[str, ...] = ()) -> str | None:
+    """None if ``directory`` matches its manifest, else what is wrong, naming the file.
+
+    ``parts`` limits the check to those top-level entries (e.g. ``("validation",)`` of
+    data/), so a reader does not hash what it never opens.
+    """
     manifest = directory / MANIFEST
     if not manifest.is_file():
         return f"{manifest} is missing (the stage that writes {directory.name}/ did not finish)"
@@ -46,6 +50,8 @@ def problem(directory: Path) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"{manifest} is unreadable"
     for name, digest in expected.items():
+        if parts and Path(name).parts[0] not in parts:
+            continue
         path = directory / name
         if not path.is_file():
             return f"{path} is missing"
@@ -54,9 +60,9 @@ def problem(directory: Path) -> str | None:
     return None
 
 
-def require_intact(directory: Path, remedy: str) -> None:
+def require_intact(directory: Path, remedy: str, parts: tuple[str, ...] = ()) -> None:
     """A user error naming the damaged file and ``remedy`` (e.g. "run `lorapipe train
-    CONFIG` again") unless ``directory`` matches its manifest."""
-    found = problem(directory)
+    CONFIG` again") unless ``directory`` (or its ``parts``) matches its manifest."""
+    found = problem(directory, parts)
     if found is not None:
         raise UserError(f"{found}; {remedy}")

@@ -23,7 +23,9 @@ def load_validation(ctx: RunContext) -> Any:
     path = ctx.paths.validation_data
     if not path.is_dir():
         raise UserError(f"{path}: no validation data; run `lorapipe prepare` first")
-    require_intact(ctx.paths.data, "run `lorapipe prepare CONFIG` again (it re-creates it)")
+    # only what evaluation reads: a large training split is not hashed again
+    require_intact(ctx.paths.data, "run `lorapipe prepare CONFIG` again (it re-creates it)",
+                   parts=(path.name, ctx.paths.tokenizer.name))
     # datasets writes an empty set as zero shards, which load_from_disk cannot read back.
     state = path / "state.json"
     shards = json.loads(state.read_text())["_data_files"] if state.is_file() else None

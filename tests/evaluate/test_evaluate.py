@@ -91,3 +91,20 @@ def test_batched_generation_matches_one_at_a_time(eval_run) -> None:
         out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=6,
                              pad_token_id=tokenizer.pad_token_id)
         assert reply == tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+
+
+def test_evaluation_verifies_the_validation_split_it_reads_not_the_rest(eval_run) -> None:
+    """Only the validation split is hashed before evaluation (a damaged training split is
+    no concern of it); damage there is refused, naming the file."""
+    paths = eval_run.paths
+    (paths.train_data).mkdir(parents=True)
+    train_file = paths.train_data / "data-00000-of-00001.arrow"
+    train_file.write_bytes(b"training rows")
+    write_manifest(paths.data)
+    train_file.write_bytes(b"damaged")
+    assert "perplexity" in run_stage(eval_run)
+
+    arrow = next(paths.validation_data.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:-8])
+    with pytest.raises(UserError, match=rf"{arrow.name} does not match its checksum.*prepare"):
+        run_stage(eval_run)
