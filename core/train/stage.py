@@ -14,9 +14,11 @@ from lorapipe.train.loop import train
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from lorapipe.model.adapters import build_trainable_model
+    from lorapipe.model.diagnostics import adapter_diagnostics
     from lorapipe.model.memory import memory_snapshot
     from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
@@ -45,6 +47,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         allow_config_change=ctx.allow_config_change,
         memory=memory_snapshot,
     )
+    if paths.adapter.is_dir() and PartialState().is_main_process:
+        report["lora"] = adapter_diagnostics(paths.adapter)
+        summary["lora_notes"] = report["lora"]["notes"]
     _record_memory(paths, report, memory_snapshot())
     return summary
 

@@ -40,6 +40,10 @@ def test_lorapipe_train_writes_a_peft_adapter_and_refuses_a_changed_resume(
     report = json.loads((run / "model_report.json").read_text())
     assert report["memory"]["measured"]["training_peak"]["peak_rss_bytes"] > 0
     assert report["memory"]["estimate"]["total_bytes"] > 0
+    lora = report["lora"]
+    assert lora["rank"] == 4 and set(lora["modules"]) == set(report["targets"]["modules"])
+    assert all(m["update_norm_mean"] > 0 and 1 <= m["directions_used_max"] <= 4
+               for m in lora["modules"].values())
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
