@@ -142,7 +142,9 @@ class TrainConfig(Section):
     packing: bool = False
     group_by_length: bool = True
     logging_steps: int = Field(10, ge=1)
-    eval_steps: int | None = Field(None, ge=1)
+    # "auto": about every 10% of the steps (and always at the last), so the best
+    # checkpoint and early stopping have evaluations to choose from; None: the last only.
+    eval_steps: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(3, ge=1)
     early_stopping: EarlyStoppingConfig | None = None
@@ -199,7 +201,7 @@ class PipelineConfig(Section):
             # Without eval_steps the loop evaluates once, at the last step: nothing to stop.
             raise ConfigError(
                 "train.early_stopping",
-                "needs evaluations during training, but train.eval_steps is unset (only the "
+                "needs evaluations during training, but train.eval_steps is null (only the "
                 "last step is evaluated); set train.eval_steps, or remove train.early_stopping",
             )
         return self

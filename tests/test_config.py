@@ -139,8 +139,9 @@ BROKEN = [
         "unknown key. Did you mean 'model'?",
     ),
     (
-        "early stopping without eval_steps",
-        _set("train.early_stopping", {"patience": 2}),
+        "early stopping with eval_steps null",
+        lambda config: (_set("train.early_stopping", {"patience": 2})(config),
+                        _set("train.eval_steps", None)(config)),
         "train.early_stopping",
         "set train.eval_steps",
     ),

@@ -162,6 +162,8 @@ class Trainer:
                 "lower train.micro_batch_size or train.gradient_accumulation_steps, or add data"
             )
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
+        self.eval_every = (max(1, round(self.total_steps / 10)) if config.eval_steps == "auto"
+                           else config.eval_steps)
         self.val_examples = load_examples(validation_data) if validation_data else []
         optimizer = build_optimizer(model, config)
         self.schedule = LearningRateSchedule(optimizer, config, self.total_steps)
@@ -245,7 +247,8 @@ class Trainer:
                                     tok_s=f"{record['tokens_per_s']:.0f}")
                     window = LogWindow()
                 improved = False
-                if self.val_examples and (last or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+                every = self.eval_every
+                if self.val_examples and (last or (every and step % every == 0)):
                     improved, stopped_early = self._after_eval(self.evaluate())
                 interrupted = bool(self._sum(float(bool(stop)))[0])  # every process stops
                 due = step % cfg.save_steps == 0 or last or stopped_early or interrupted

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tinyrun import adapter_weights, config, make_data, make_model, run
 
+from lorapipe.config import TrainConfig
 from lorapipe.errors import UserError
 from lorapipe.train.checkpoint import list_checkpoints, newest_valid
 
@@ -177,3 +178,14 @@ def test_a_damaged_best_checkpoint_is_never_published(tmp_path: Path) -> None:
                                         "not match its checksum"):
         run(out, make_model(), make_data(24), make_data(6, seed=1), cfg, resume=True)
     assert not (out / "adapter").exists()
+
+
+@pytest.mark.parametrize(("eval_steps", "expected"), [
+    ("auto", [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]), (None, [20]), (7, [7, 14, 20])])
+def test_evaluation_by_default_every_tenth_of_the_steps_and_at_the_end(
+        tmp_path: Path, eval_steps: str | int | None, expected: list[int]) -> None:
+    cfg = config(max_steps=20, gradient_accumulation_steps=1, save_steps=100, logging_steps=5,
+                 eval_steps=eval_steps)
+    assert TrainConfig(max_steps=20).eval_steps == "auto"  # the default
+    run(tmp_path, make_model(), make_data(16), make_data(2, seed=3), cfg)
+    assert [m["step"] for m in _metrics(tmp_path) if "eval_loss" in m] == expected
