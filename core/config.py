@@ -124,6 +124,16 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class SpikeConfig(Section):
+    """Finite instability: a step whose loss or gradient norm is far above its recent
+    median (the last ``window`` normal steps) is a spike; ``policy`` says what it costs."""
+
+    policy: Literal["skip", "rollback", "warn"] = "skip"
+    loss_factor: float = Field(3.0, gt=1)
+    grad_norm_factor: float = Field(10.0, gt=1)
+    window: int = Field(20, ge=4)
+
+
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
@@ -149,6 +159,7 @@ class TrainConfig(Section):
     save_total_limit: int = Field(3, ge=1)
     early_stopping: EarlyStoppingConfig | None = None
     max_nonfinite_steps: int = Field(3, ge=1)
+    spikes: SpikeConfig = Field(default_factory=SpikeConfig)
     auto_batch: bool = False  # on out-of-memory: halve micro batch, double accumulation, retry
     seed: int = 42
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)

@@ -58,6 +58,8 @@ def _train_line(summary: dict[str, Any], _paths: RunPaths) -> str:
         line += "; stopped early"
     if summary.get("nonfinite_steps"):
         line += f"; {summary['nonfinite_steps']} non-finite steps skipped"
+    if summary.get("spikes"):
+        line += f"; {summary['spikes']} loss/gradient spikes"
     for note in summary.get("lora_notes") or []:
         line += f"; {note}"
     return line

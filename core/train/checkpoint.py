@@ -52,12 +52,16 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     nonfinite_steps: int = 0
+    spikes: int = 0
     rollbacks: int = 0
     config_hash: str = ""
     world_size: int = 1
     # sums of the steps since the last metrics line (LogWindow.sums), so a resumed run's
     # first line covers the same steps as the uninterrupted run's
     unlogged: dict[str, float] = dataclasses.field(default_factory=dict)
+    # the last normal steps' loss and gradient norm, which spikes are measured against
+    recent_losses: list[float] = dataclasses.field(default_factory=list)
+    recent_grad_norms: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def lr_scale(self) -> float:

@@ -42,7 +42,7 @@ from lorapipe.train.checkpoint import (
     rotate,
     save_checkpoint,
 )
-from lorapipe.train.guard import NonFiniteGuard, assert_finite
+from lorapipe.train.guard import NonFiniteGuard, SpikeGuard, assert_finite
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
 from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
 from lorapipe.train.metrics import MetricsLog
@@ -88,6 +88,7 @@ class StepResult:
     trainable_tokens: int  # prediction targets: what the loss is averaged over
     real_tokens: int  # non-pad tokens: what throughput counts
     batch_tokens: int  # incl. padding: what the padding fraction compares with
+    spike: str | None = None  # why this finite step counts as a spike (guard.SpikeGuard)
 
 
 @dataclasses.dataclass
@@ -170,6 +171,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.guard = NonFiniteGuard(config.max_nonfinite_steps)
+        self.spike_guard = SpikeGuard(config.spikes)
         self.state = TrainState(config_hash=config_hash, world_size=self.world)
         self.config_hash = config_hash
         self._planned: tuple[int, list] = (-1, [])
@@ -230,7 +232,17 @@ class Trainer:
                 self._count(result)
                 window.add(result)
                 run_tokens += result.real_tokens
-                if not result.applied:
+                policy = cfg.spikes.policy
+                if result.spike is not None:
+                    self._log({"step": self.state.step, "event": "spike", "action": policy,
+                               "reason": result.spike, "loss": result.loss,
+                               "grad_norm": result.grad_norm})
+                    tqdm.write(f"step {self.state.step}: spike ({result.spike}): {policy}")
+                    if policy == "rollback":
+                        self.roll_back()  # continue from the checkpoint, at half the lr
+                        window, bar.n = LogWindow.resumed(self.state.unlogged), self.state.step
+                        continue
+                elif not result.applied:
                     self._log({"step": self.state.step, "event": "nonfinite_skip",
                                "loss": result.loss, "grad_norm": result.grad_norm})
                     if self.guard.must_roll_back:
@@ -287,13 +299,16 @@ class Trainer:
         loss = total / max(step_tokens, 1)
         grad_norm = float(acc.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
         applied = self.guard.record(loss, grad_norm)
+        spike = self.spike_guard.check(state, loss, grad_norm) if applied else None
+        if spike is not None and self.config.spikes.policy != "warn":
+            applied = False
         lr = self.schedule.apply(self.optimizer, state.step, state.lr_scale)
         if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm, lr=lr, applied=applied,
                           trainable_tokens=step_tokens, real_tokens=int(real),
-                          batch_tokens=int(padded))
+                          batch_tokens=int(padded), spike=spike)
 
     def _count(self, result: StepResult) -> None:
         """Advance the state past a step; a skipped update still consumes its batch."""
@@ -301,7 +316,9 @@ class Trainer:
         state.step += 1
         state.step_in_epoch += 1
         state.trained_tokens += result.trainable_tokens
-        if not result.applied:
+        if result.spike is not None:
+            state.spikes += 1
+        elif not result.applied:
             state.nonfinite_steps += 1
 
     def _epoch(self) -> float:
@@ -376,7 +393,7 @@ class Trainer:
         """Restore the newest valid checkpoint and halve the learning rate in effect.
 
         The checkpoint's state replaces the current one except for the run's tallies of
-        non-finite steps and rollbacks, which carry on; one more rollback halves
+        non-finite steps, spikes and rollbacks, which carry on; one more rollback halves
         ``state.lr_scale``, so the schedule's next ``apply`` uses half the lr.
         """
         before = self.state
@@ -386,10 +403,12 @@ class Trainer:
                 "train.learning_rate or check the data for broken samples")
         path, problems = newest_valid(self.paths.checkpoints)
         if path is None:
-            raise RuntimeError("non-finite steps and no valid checkpoint to roll back to")
+            raise RuntimeError("training became unstable and there is no valid checkpoint to "
+                               "roll back to; lower train.learning_rate or save more often")
         self.restore(path)
         state = self.state
         state.rollbacks, state.nonfinite_steps = before.rollbacks + 1, before.nonfinite_steps
+        state.spikes = before.spikes
         self.guard.reset()
         lr = min(self.schedule.lrs(state.step, state.lr_scale))  # the next update's
         self._log({"step": state.step, "event": "rollback", "from_step": before.step,
@@ -494,7 +513,8 @@ class Trainer:
             "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(seconds, 1e-9), 1),
             "trained_tokens": state.trained_tokens, "best_eval_loss": state.best_eval_loss,
             "best_step": state.best_step, "adapter_step": chosen, "stopped_early": stopped_early,
-            "nonfinite_steps": state.nonfinite_steps, "rollbacks": state.rollbacks,
+            "nonfinite_steps": state.nonfinite_steps, "spikes": state.spikes,
+            "rollbacks": state.rollbacks,
         }
         if self.accelerator.is_main_process:
             best = "n/a" if state.best_eval_loss is None else f"{state.best_eval_loss:.4f}"

@@ -189,3 +189,50 @@ def test_evaluation_by_default_every_tenth_of_the_steps_and_at_the_end(
     assert TrainConfig(max_steps=20).eval_steps == "auto"  # the default
     run(tmp_path, make_model(), make_data(16), make_data(2, seed=3), cfg)
     assert [m["step"] for m in _metrics(tmp_path) if "eval_loss" in m] == expected
+
+
+def _spiking_model(spike_calls: set[int]):  # noqa: ANN202
+    """A model whose logits are blown up on the given forward calls: a finite loss spike."""
+    model = make_model()
+    calls = [0]
+
+    def blow_up(module, inputs, output):  # a real forward hook on the output layer
+        calls[0] += 1
+        return output * 60.0 if calls[0] in spike_calls else output
+
+    model.base_model.model.lm_head.register_forward_hook(blow_up)
+    return model
+
+
+SPIKY = dict(micro_batch_size=2, gradient_accumulation_steps=1, max_steps=14, save_steps=1,
+             save_total_limit=20, lr_scheduler="constant", warmup_steps=0, max_grad_norm=None)
+
+
+@pytest.mark.parametrize("policy", ["skip", "warn", "rollback"])
+def test_a_finite_loss_spike_is_caught_and_handled_by_policy(tmp_path: Path, policy: str) -> None:
+    cfg = config(**SPIKY, spikes={"policy": policy, "window": 8})
+    summary = run(tmp_path, _spiking_model({12}), make_data(32), None, cfg)
+    events = [m for m in _metrics(tmp_path) if m.get("event") in ("spike", "rollback")]
+    assert events[0]["event"] == "spike" and events[0]["step"] == 12
+    assert events[0]["action"] == policy and "recent median" in events[0]["reason"]
+    assert summary["spikes"] == 1 and summary["steps"] == 14
+
+    def weights(step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(tmp_path / "checkpoints" / f"step-{step}" / "adapter"
+                             / "adapter_model.safetensors"))
+
+    changed = any(not torch.equal(weights(11)[k], v) for k, v in weights(12).items())
+    if policy == "skip":
+        assert not changed  # the spike's update was never applied
+        assert len(events) == 1
+    elif policy == "warn":
+        assert changed
+    else:
+        assert [e["event"] for e in events] == ["spike", "rollback"]
+        assert events[1]["checkpoint"] == "step-11" and summary["rollbacks"] == 1
+
+
+def test_no_spike_is_seen_in_normal_training(tmp_path: Path) -> None:
+    summary = run(tmp_path, make_model(), make_data(32), None,
+                  config(**{**SPIKY, "save_steps": 100}))
+    assert summary["spikes"] == 0
