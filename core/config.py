@@ -105,6 +105,15 @@ class ValidationConfig(Section):
         return self
 
 
+class NearDedupeConfig(Section):
+    """Drop conversations whose word n-gram sets have an estimated Jaccard similarity of
+    at least ``threshold`` with one already kept (MinHash with ``num_perm`` permutations)."""
+
+    threshold: float = Field(0.85, gt=0, lt=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    ngram: int = Field(3, ge=1, le=16)
+
+
 class DataConfig(Section):
     loader: ComponentRef
     format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_response"] = "auto"
@@ -115,6 +124,8 @@ class DataConfig(Section):
     max_length: int = Field(2048, ge=16, le=1_048_576)
     length_strategy: Literal["drop", "truncate_history", "truncate_response"] = "drop"
     dedupe: bool = True
+    near_dedupe: NearDedupeConfig | None = None  # opt-in: MinHash of every record
+    min_response_chars: int = Field(1, ge=1)  # shorter assistant replies drop the record
     strict: bool = False
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 

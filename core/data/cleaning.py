@@ -19,7 +19,8 @@ _BAD_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 CHARS_PER_TOKEN = 32
 
 
-def validate(messages: list[Message], max_length: int, *, truncating: bool = False) -> None:
+def validate(messages: list[Message], max_length: int, *, truncating: bool = False,
+             min_response_chars: int = 1) -> None:
     """Raise ``RecordError`` with the report reason if the conversation cannot be trained on
     (``max_length``: ``data.max_length``, in tokens). With a truncating length strategy a
     long conversation may still be cut to fit, so only one message beyond the bound is."""
@@ -45,8 +46,17 @@ def validate(messages: list[Message], max_length: int, *, truncating: bool = Fal
     if not assistant:
         raise RecordError("no_assistant_turn", "the conversation has no assistant message")
     for n, message in enumerate(messages, start=1):
-        if message["role"] == "assistant" and not message["content"].strip():
+        if message["role"] != "assistant":
+            continue
+        size = len(message["content"].strip())
+        if not size:
             raise RecordError("empty_assistant_content", f"assistant message {n} is empty")
+        if size < min_response_chars:
+            raise RecordError(
+                "too_short",
+                f"assistant message {n} has {size} characters, fewer than "
+                f"data.min_response_chars {min_response_chars}",
+            )
 
 
 def dedupe_key(messages: list[Message]) -> bytes:

@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from itertools import chain, islice
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +52,9 @@ from lorapipe.errors import UserError
 from lorapipe.manifest import problem, write_manifest
 from lorapipe.model.pretrained import load_tokenizer, save_tokenizer
 
+if TYPE_CHECKING:
+    from lorapipe.data.near_duplicates import NearDuplicates
+
 _OUTPUT = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
     "labels": Sequence(Value("int32")), "messages": Value("string"), "source": Value("string"),
@@ -69,8 +72,8 @@ console = Console(highlight=False)
 # --- reading --------------------------------------------------------------------------
 
 
-def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
-              seen: dict[bytes, str]) -> Iterator[dict[str, str]]:
+def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
+              near: NearDuplicates | None) -> Iterator[dict[str, str]]:
     """Canonical, valid, not-yet-seen conversations; everything else goes to ``log``."""
     field = data.validation.stratify_by
     # Workers tokenize at most a few batches behind the reading, so this bar shows both.
@@ -81,7 +84,8 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
             continue
         try:
             messages = to_messages(record.data, data.format, data.columns)
-            validate(messages, data.max_length, truncating=data.length_strategy != "drop")
+            validate(messages, data.max_length, truncating=data.length_strategy != "drop",
+                     min_response_chars=data.min_response_chars)
         except RecordError as err:
             log.drop(err.reason, record.location, err.detail)
             continue
@@ -91,6 +95,10 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog,
                 log.drop("duplicate", record.location, f"same conversation as {seen[key]}")
                 continue
             seen[key] = record.location
+        twin = near.twin(messages, record.location) if near is not None else None
+        if twin is not None:
+            log.drop("near_duplicate", record.location, f"nearly the same conversation as {twin}")
+            continue
         stratum = str(record.data.get(field, "(missing)")) if field else ""
         yield {"messages": json.dumps(messages, ensure_ascii=False),
                "source": record.location, "stratum": stratum}
@@ -244,7 +252,7 @@ def _in_order(pool: Pool, workers: int, batches: Iterator[dict[str, list[str]]]
 
 
 def _encode(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
-            encoder: _Encoder) -> EncodedChunks:
+            near: NearDuplicates | None, encoder: _Encoder) -> EncodedChunks:
     """Read, template and tokenize one source; record its drops in ``log``.
 
     This process reads and validates (the only part that needs every record in one place:
@@ -255,7 +263,7 @@ def _encode(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, st
     """
     out = EncodedChunks(["n_tokens", "n_trainable", "truncated"]
                         + (["stratum"] if data.validation.stratify_by else []), _CHUNK_BYTES)
-    batches = _batches(_raw_rows(loader, data, log, seen), _BATCH)
+    batches = _batches(_raw_rows(loader, data, log, seen, near), _BATCH)
     head = list(islice(batches, 2))
     workers = os.cpu_count() or 1
     with ExitStack() as stack:
@@ -354,15 +362,20 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     # The previous report marks the previous outputs complete; they are about to change.
     paths.data_report.unlink(missing_ok=True)
     seen: dict[bytes, str] = {}
+    near = None
+    if data.near_dedupe is not None:  # datasketch (and scipy) only when asked for
+        from lorapipe.data.near_duplicates import NearDuplicates
+
+        near = NearDuplicates(data.near_dedupe)
     validation: EncodedChunks | None = None
     val_log: DropLog | None = None
     with (work / "dropped.jsonl").open("w", encoding="utf-8") as sink:
         log = DropLog(data.strict, sink)
         encoder = _Encoder(template, tokenizer, data, work)
-        kept = _encode(loader, data, log, seen, encoder)
+        kept = _encode(loader, data, log, seen, near, encoder)
         if val_loader is not None:
             val_log = DropLog(data.strict, sink)
-            validation = _encode(val_loader, data, val_log, seen, encoder)
+            validation = _encode(val_loader, data, val_log, seen, near, encoder)
     os.replace(work / "dropped.jsonl", paths.data / "dropped.jsonl")
 
     report = log.as_dict()

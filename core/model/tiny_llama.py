@@ -316,7 +316,17 @@ def build_tiny_llama(out_dir: Path, seed: int = 0) -> None:
         eos_token_id=[eot_id, eos_id],
         pad_token_id=pad_id,
     )
-    model.save_pretrained(out_dir)
+    from transformers.utils import logging as hf_logging
+
+    # a one-shard "Writing model shards" bar would break one-line errors of the first
+    # command that builds the model (e.g. `lorapipe validate` on a broken config)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out_dir)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     # The template goes into tokenizer_config.json rather than transformers 5's
     # separate chat_template.jinja, so older readers of the directory find it.
     tokenizer.save_pretrained(out_dir, save_jinja_files=False)

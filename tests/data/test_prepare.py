@@ -272,3 +272,36 @@ def test_a_template_that_cannot_work_names_the_ones_that_can(tmp_path: Path,
     works = err.split("Templates that work with this model's tokenizer: ")[1].split(" (")[0]
     assert "llama3" in works.split(", ") and "tokenizer" not in works.split(", ")
     assert "chatml" not in works  # tiny-llama has no <|im_start|>
+
+
+def _reply(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": "Tell me about the harbour town."},
+                         {"role": "assistant", "content": text}]}
+
+
+def test_near_duplicates_and_short_replies_are_dropped_before_the_split(
+        tmp_path: Path, prepare: Any) -> None:
+    """A conversation that differs from a kept one by one word is a near duplicate (with
+    data.near_dedupe), counted and named like exact duplicates; a reply shorter than
+    data.min_response_chars is dropped as too short. Distinct conversations all stay."""
+    long = ("The harbour town has a lighthouse, a fish market that opens at dawn, narrow "
+            "streets of painted houses, and a ferry that crosses to the island twice a day.")
+    rows = [_reply(long),
+            _reply(long.replace("twice", "three times")),  # one word changed: a near copy
+            _reply("Ok."),  # 3 characters
+            *[chat(i) for i in range(20)]]
+    data = tmp_path / "chats.jsonl"
+    write_jsonl(data, rows)
+    _, out = prepare(data, near_dedupe={"threshold": 0.7}, min_response_chars=5,
+                     validation={"count": 4})
+    report = read_report(out)
+    assert report["dropped"] == {"near_duplicate": 1, "too_short": 1}
+    dropped = {json.loads(line)["reason"]: json.loads(line)
+               for line in (out / "data" / "dropped.jsonl").open()}
+    assert dropped["near_duplicate"]["location"] == f"{data}:2"
+    assert f"{data}:1" in dropped["near_duplicate"]["detail"]
+    assert dropped["too_short"]["location"] == f"{data}:3"
+    assert report["kept"] == 21
+
+    _, plain = prepare(data, output="plain", validation={"count": 4})  # both off by default
+    assert read_report(plain)["kept"] == 23

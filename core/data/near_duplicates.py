@@ -1,0 +1,43 @@
+"""Near-duplicate conversations: MinHash signatures in an LSH index (datasketch).
+
+Exact deduplication misses the copies that differ by a word or a number, and a near copy
+split into validation makes the validation loss a memorisation score. Each conversation
+(roles and contents, lower-cased) becomes the set of its word n-grams; one whose
+estimated Jaccard similarity to a conversation already kept reaches the threshold is
+dropped, naming the first one. The index sees records in reading order, before the
+split, across the training and validation sources.
+"""
+
+from __future__ import annotations
+
+import re
+
+from datasketch import MinHash, MinHashLSH
+
+from lorapipe.config import NearDedupeConfig
+
+_WORD = re.compile(r"\w+")
+
+
+class NearDuplicates:
+    def __init__(self, config: NearDedupeConfig) -> None:
+        self.config = config
+        self.index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
+        self.count = 0
+
+    def _signature(self, messages: list[dict[str, str]]) -> MinHash:
+        words = [w for m in messages for w in (m["role"], *_WORD.findall(m["content"].lower()))]
+        n = self.config.ngram
+        shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+        signature = MinHash(num_perm=self.config.num_perm, seed=1)
+        signature.update_batch([s.encode() for s in shingles])
+        return signature
+
+    def twin(self, messages: list[dict[str, str]], location: str) -> str | None:
+        """The location of a kept conversation this one nearly copies; else None (and it is
+        kept: later ones are compared with it)."""
+        signature = self._signature(messages)
+        for match in self.index.query(signature):
+            return str(match)  # any match at the threshold; the index holds locations
+        self.index.insert(location, signature)
+        return None
