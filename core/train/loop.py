@@ -45,6 +45,7 @@ from lorapipe.train.checkpoint import (
 from lorapipe.train.guard import NonFiniteGuard, SpikeGuard, assert_finite
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
 from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
+from lorapipe.train.memory_watch import MemoryWatch
 from lorapipe.train.metrics import MetricsLog
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.schedule import LearningRateSchedule
@@ -172,6 +173,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.guard = NonFiniteGuard(config.max_nonfinite_steps)
         self.spike_guard = SpikeGuard(config.spikes)
+        self.memory_watch = MemoryWatch(str(acc.device))
         self.state = TrainState(config_hash=config_hash, world_size=self.world)
         self.config_hash = config_hash
         self._planned: tuple[int, list] = (-1, [])
@@ -258,6 +260,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     tok_s=f"{record['tokens_per_s']:.0f}")
                     window = LogWindow()
+                    self._watch_memory(record["memory"])
                 improved = False
                 every = self.eval_every
                 if self.val_examples and (last or (every and step % every == 0)):
@@ -414,6 +417,20 @@ class Trainer:
         self._log({"step": state.step, "event": "rollback", "from_step": before.step,
                    "checkpoint": path.name, "lr": lr, "problems": problems})
 
+    def _watch_memory(self, snapshot: dict[str, Any]) -> None:
+        """Report a newly crossed memory level; at 95% with auto_batch, halve the micro
+        batch for the steps that follow (same effective batch, same loss)."""
+        crossed = self.memory_watch.crossed(snapshot)
+        if crossed is None:
+            return
+        level, fraction = crossed
+        self._log({"step": self.state.step, "event": "memory_pressure", "level": level,
+                   "fraction": round(fraction, 4), "suggestion": self._memory_advice()})
+        tqdm.write(f"step {self.state.step}: memory at {fraction:.0%} of the device's "
+                   f"capacity. Try: {self._memory_advice()}")
+        if level >= 0.95 and self.config.auto_batch and self.micro_batch_size > 1:
+            self._shrink_micro_batch()
+
     def _halve_micro_batch(self, err: torch.OutOfMemoryError) -> None:
         """auto_batch: retry the step with a smaller micro batch and more accumulation.
 
@@ -425,6 +442,9 @@ class Trainer:
         """
         if not self.config.auto_batch or self.micro_batch_size == 1:
             raise RuntimeError(self._oom_advice()) from err
+        self._shrink_micro_batch()
+
+    def _shrink_micro_batch(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -438,13 +458,16 @@ class Trainer:
                    "gradient_accumulation_steps": self.accumulation})
 
     def _oom_advice(self) -> str:
+        return (f"out of memory at step {self.state.step + 1} (the last checkpoint is "
+                f"intact). Try: {self._memory_advice()}; then --resume")
+
+    def _memory_advice(self) -> str:
         return (
-            f"out of memory at step {self.state.step + 1} (the last checkpoint is intact). Try: "
             f"a smaller train.micro_batch_size (now {self.micro_batch_size}) with a larger "
             f"train.gradient_accumulation_steps (now {self.accumulation}) for the same "
             "effective batch, train.gradient_checkpointing: true, a lower adapter.r, a "
             "shorter data.max_length, or model.quantizer: nf4 if not used (or set "
-            "train.auto_batch: true to do the first automatically); then --resume")
+            "train.auto_batch: true to do the first automatically)")
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:

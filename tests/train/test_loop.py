@@ -236,3 +236,31 @@ def test_no_spike_is_seen_in_normal_training(tmp_path: Path) -> None:
     summary = run(tmp_path, make_model(), make_data(32), None,
                   config(**{**SPIKY, "save_steps": 100}))
     assert summary["spikes"] == 0
+
+
+def test_memory_pressure_is_reported_per_level_and_auto_batch_halves_at_95(
+        tmp_path: Path) -> None:
+    """The process's memory, as the snapshot reports it, climbs past 80%, 90% and 95% of
+    the machine's: each level is reported once with advice, and with auto_batch the steps
+    after 95% run at half the micro batch with twice the accumulation."""
+    from lorapipe.model.memory import device_capacity
+
+    total = device_capacity("cpu")["total_bytes"]
+    readings = iter([0.5, 0.85, 0.86, 0.93, 0.97, 0.97, 0.98, 0.98, 0.98])
+
+    def memory() -> dict[str, int]:
+        used = int(next(readings, 0.98) * total)
+        return {"rss_bytes": used, "peak_rss_bytes": used}
+
+    cfg = config(micro_batch_size=4, gradient_accumulation_steps=1, max_steps=8,
+                 save_steps=100, auto_batch=True)
+    run(tmp_path, make_model(), make_data(40), None, cfg, memory=memory)
+    events = [m for m in _metrics(tmp_path) if m.get("event") in ("memory_pressure",
+                                                                  "auto_batch")]
+    assert [(e["event"], e["step"]) for e in events] == [
+        ("memory_pressure", 2), ("memory_pressure", 4), ("memory_pressure", 5),
+        ("auto_batch", 6)]
+    assert [e["level"] for e in events[:3]] == [0.8, 0.9, 0.95]
+    assert events[1]["fraction"] == pytest.approx(0.93, abs=1e-3)
+    assert "train.micro_batch_size (now 4)" in events[0]["suggestion"]
+    assert events[3]["micro_batch_size"] == 2 and events[3]["gradient_accumulation_steps"] == 2
