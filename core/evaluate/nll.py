@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +24,8 @@ PARTS = ("response", "prompt", "all")
 class NllTotals:
     nll: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
     tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 0))
+    # per sequence, in dataset order: (NLL sum, token count) per part, for the bootstrap
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
 
     def perplexity(self) -> dict[str, float | None]:
         """exp(mean NLL) per part; ``None`` for a part with no tokens."""
@@ -48,6 +51,7 @@ def token_nll(model: Any, dataset: Any, *, batch_size: int, pad_id: int,
     examples = load_examples(dataset)
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     totals = NllTotals()
+    per_sample = {part: np.zeros((len(examples), 2)) for part in PARTS}
     for start in range(0, len(order), batch_size):
         rows = [[examples[i]] for i in order[start : start + batch_size]]
         batch = collate(rows, pad_id)
@@ -58,10 +62,40 @@ def token_nll(model: Any, dataset: Any, *, batch_size: int, pad_id: int,
         ).cpu()
         predicted = mask[:, 1:].bool()
         trained = predicted & (batch["labels"][:, 1:] != IGNORE)
+        rows_done = order[start : start + batch_size]
         for part, where in (("response", trained), ("prompt", predicted & ~trained),
                             ("all", predicted)):
             totals.nll[part] += float(nll[where].double().sum())
             totals.tokens[part] += int(where.sum())
+            per_sample[part][rows_done, 0] = (nll.double() * where).sum(1).numpy()
+            per_sample[part][rows_done, 1] = where.sum(1).numpy()
         if progress is not None:
             progress(len(rows))
+    totals.per_sample = per_sample
     return totals
+
+
+def bootstrap_ci(base: NllTotals, tuned: NllTotals, resamples: int = 1000,
+                 seed: int = 0) -> dict[str, dict[str, list[float] | None]]:
+    """95% intervals of base and fine-tuned perplexity and of their change, per part.
+
+    Sequences are resampled with replacement (the same draw for both models: the change
+    is a paired comparison), perplexity is recomputed token-weighted on each draw, and
+    the 2.5th and 97.5th percentiles are the interval. ``None`` where a part has no tokens.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(base.per_sample.values())))
+    draws = rng.integers(0, n, size=(resamples, n))
+    out: dict[str, dict[str, list[float] | None]] = {"base": {}, "finetuned": {}, "change": {}}
+    for part in PARTS:
+        tokens = base.per_sample[part][draws, 1].sum(1)
+        if not n or not (tokens > 0).all():
+            for key in out:
+                out[key][part] = None
+            continue
+        ppl = {name: np.exp(totals.per_sample[part][draws, 0].sum(1) / tokens)
+               for name, totals in (("base", base), ("finetuned", tuned))}
+        ppl["change"] = ppl["finetuned"] - ppl["base"]
+        for key, values in ppl.items():
+            out[key][part] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
+    return out

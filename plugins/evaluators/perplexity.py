@@ -22,7 +22,7 @@ class PerplexityEvaluator(Evaluator):
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
         from tqdm import tqdm
 
-        from lorapipe.evaluate.nll import token_nll
+        from lorapipe.evaluate.nll import bootstrap_ci, token_nll
 
         kwargs = {"batch_size": self.options.batch_size, "pad_id": context.pad_token_id}
         results = {}
@@ -40,6 +40,8 @@ class PerplexityEvaluator(Evaluator):
                 for part in base
             },
             "tokens": results["base"].tokens,
+            "ci95": bootstrap_ci(results["base"], results["finetuned"]),
+            "sequences": len(context.dataset),
         }
 
 

@@ -108,3 +108,34 @@ def test_evaluation_verifies_the_validation_split_it_reads_not_the_rest(eval_run
     arrow.write_bytes(arrow.read_bytes()[:-8])
     with pytest.raises(UserError, match=rf"{arrow.name} does not match its checksum.*prepare"):
         run_stage(eval_run)
+
+
+def test_perplexity_has_paired_bootstrap_intervals(eval_run) -> None:
+    """Per-sequence sums add up to the totals; each 95% interval holds its point estimate
+    and matches a plain re-computation of the bootstrap from those sums."""
+    import numpy as np
+
+    from lorapipe.evaluate.nll import PARTS, bootstrap_ci
+
+    dataset = load_from_disk(str(eval_run.paths.validation_data))
+    base, tuned = _base(), PeftModel.from_pretrained(_base(), eval_run.paths.adapter)
+    totals = {name: token_nll(model, dataset, batch_size=2, pad_id=2044)
+              for name, model in (("base", base), ("finetuned", tuned))}
+    for t in totals.values():
+        for part in PARTS:
+            assert t.per_sample[part][:, 0].sum() == pytest.approx(t.nll[part], rel=1e-9)
+            assert t.per_sample[part][:, 1].sum() == t.tokens[part]
+    ci = bootstrap_ci(totals["base"], totals["finetuned"], resamples=400, seed=3)
+    point = {name: t.perplexity()["response"] for name, t in totals.items()}
+    for name in ("base", "finetuned"):
+        low, high = ci[name]["response"]
+        assert low <= point[name] <= high
+    draws = np.random.default_rng(3).integers(0, len(dataset), size=(400, len(dataset)))
+    b, f = (totals[n].per_sample["response"][draws] for n in ("base", "finetuned"))
+    change = np.exp(f[..., 0].sum(1) / f[..., 1].sum(1)) - np.exp(b[..., 0].sum(1)
+                                                                 / b[..., 1].sum(1))
+    assert ci["change"]["response"] == pytest.approx(list(np.percentile(change, [2.5, 97.5])))
+
+    report = run_stage(eval_run)["perplexity"]
+    assert report["sequences"] == len(dataset)
+    assert set(report["ci95"]) == {"base", "finetuned", "change"}
