@@ -36,6 +36,11 @@ class RunPaths:
         return self.data / "validation"
 
     @property
+    def test_data(self) -> Path:
+        """Held out for the final scores only (``data.test``)."""
+        return self.data / "test"
+
+    @property
     def tokenizer(self) -> Path:
         return self.data / "tokenizer"
 

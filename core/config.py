@@ -105,6 +105,20 @@ class ValidationConfig(Section):
         return self
 
 
+class TestSplitConfig(Section):
+    """A test set the run never trains on nor picks its best checkpoint with: evaluators
+    score it instead of the validation set. A seeded share of the cleaned data."""
+
+    fraction: float | None = Field(None, gt=0, lt=1)
+    count: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> TestSplitConfig:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("set exactly one of data.test.fraction and data.test.count")
+        return self
+
+
 class NearDedupeConfig(Section):
     """Drop conversations whose word n-gram sets have an estimated Jaccard similarity of
     at least ``threshold`` with one already kept (MinHash with ``num_perm`` permutations)."""
@@ -124,6 +138,7 @@ class DataConfig(Section):
     max_length: int = Field(2048, ge=16, le=1_048_576)
     length_strategy: Literal["drop", "truncate_history", "truncate_response"] = "drop"
     dedupe: bool = True
+    test: TestSplitConfig | None = None
     near_dedupe: NearDedupeConfig | None = None  # opt-in: MinHash of every record
     min_response_chars: int = Field(1, ge=1)  # shorter assistant replies drop the record
     strict: bool = False

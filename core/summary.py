@@ -44,6 +44,7 @@ def _prepare_line(summary: dict[str, Any], paths: RunPaths) -> str:
     )
     line += f" ({reasons})" if reasons else ""
     line += f" → {summary['train']} train / {summary['validation']} validation"
+    line += f" / {summary['test']} test" if "test" in summary else ""
     return line + (" [reused]" if summary.get("reused") else "")
 
 
@@ -79,7 +80,8 @@ def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
             after = tuned.get(metric)
             if isinstance(before, int | float) and isinstance(after, int | float):
                 parts.append(f"{evaluator}.{metric} {before:.4g} → {after:.4g}")
-    return "; ".join(parts)
+    splits = {scores.get("split") for scores in summary.values() if isinstance(scores, dict)}
+    return "; ".join(parts) + (" (on the held-out test split)" if "test" in splits else "")
 
 
 def _merge_line(summary: dict[str, Any], _paths: RunPaths) -> str:

@@ -94,8 +94,7 @@ def chunk_jobs(splits: Splits) -> list[tuple[list[str], dict[str, np.ndarray]]]:
     return list(jobs.values())
 
 
-def write_splits(jobs: list[tuple[list[str], dict[str, np.ndarray]]], directory: Path,
-                 features: Features, work: Path) -> None:
+def write_splits(splits: Splits, directory: Path, features: Features, work: Path) -> None:
     """Write each split (the ``features`` columns of its rows of each chunk) to
     ``directory/<split>`` with ``save_to_disk``; ``work`` holds the intermediate files.
 
@@ -105,8 +104,8 @@ def write_splits(jobs: list[tuple[list[str], dict[str, np.ndarray]]], directory:
     it. The final copy reads those files in order; when they are big, worker processes do
     it, one shard at a time, so those pages are never resident here.
     """
-    files = {split: work / f"{split}-{uuid.uuid4().hex}.arrow"
-             for split in ("train", "validation")}
+    jobs = chunk_jobs(splits)
+    files = {split: work / f"{split}-{uuid.uuid4().hex}.arrow" for split in splits}
     with ExitStack() as stack:
         writers = {split: stack.enter_context(ArrowWriter(features=features, path=str(path)))
                    for split, path in files.items()}

@@ -1,4 +1,4 @@
-"""Seeded train/validation split by fraction or count, optionally stratified."""
+"""Seeded train/validation (and test) split by fraction or count, optionally stratified."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import numpy as np
 from lorapipe.errors import UserError
 
 
-def validation_size(n: int, fraction: float | None, count: int | None) -> int:
+def validation_size(n: int, fraction: float | None, count: int | None,
+                    section: str = "data.validation") -> int:
     """How many of ``n`` records to hold out: at least one, and never all of them."""
     size = count if count is not None else max(1, round(n * (fraction or 0)))
     if n - size < 1:
         field = "count" if count is not None else "fraction"
         raise UserError(
-            f"data.validation.{field}: only {n} usable record(s) after cleaning, too few to "
-            f"hold out {size} for validation and still train on at least one; add data, "
-            "lower data.validation, or give a separate data.validation.loader"
+            f"{section}.{field}: only {n} usable record(s) left, too few to hold out "
+            f"{size} and still train on at least one; add data, lower {section}, or give "
+            "a separate data.validation.loader"
         )
     return size
 

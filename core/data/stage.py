@@ -41,7 +41,7 @@ from lorapipe.components import ChatTemplate, Loader, RecordError, UnrenderableC
 from lorapipe.config import DataConfig
 from lorapipe.context import RunContext
 from lorapipe.data.cache import fingerprint
-from lorapipe.data.chunks import EncodedChunks, Splits, chunk_jobs, write_splits
+from lorapipe.data.chunks import EncodedChunks, Splits, write_splits
 from lorapipe.data.cleaning import dedupe_key, validate
 from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
@@ -392,8 +392,12 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     report.update(_split_report(splits))
     report["split"].update(method=method, seed=config.train.seed,
                            stratify_by=data.validation.stratify_by)
+    if data.test is not None:
+        report["split"]["test_method"] = "count" if data.test.count is not None else "fraction"
 
-    write_splits(chunk_jobs(splits), paths.data, _OUTPUT, work)
+    write_splits(splits, paths.data, _OUTPUT, work)
+    if "test" not in splits:  # a test split of an earlier prepare must not be scored
+        shutil.rmtree(paths.test_data, ignore_errors=True)
     return report
 
 
@@ -408,12 +412,19 @@ def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loa
                 f"{source.field}: no usable records after cleaning; every record was dropped "
                 f"(counts per reason in {ctx.paths.data_report}, each record in "
                 f"{ctx.paths.data / 'dropped.jsonl'})")
+    positions = np.arange(len(kept))
+    splits: Splits = {}
+    if data.test is not None:  # held out first: the validation split never includes it
+        size = validation_size(len(kept), data.test.fraction, data.test.count, "data.test")
+        rest, test = split_indices(len(kept), size, seed + 1)
+        positions, splits["test"] = positions[rest], (kept, positions[test])
     if validation is not None:
-        return {"train": (kept, np.arange(len(kept))),
-                "validation": (validation, np.arange(len(validation)))}, "loader"
-    size = validation_size(len(kept), data.validation.fraction, data.validation.count)
-    strata = kept.column("stratum").tolist() if data.validation.stratify_by else None
-    train_idx, val_idx = split_indices(len(kept), size, seed, strata)
+        return {"train": (kept, positions),
+                "validation": (validation, np.arange(len(validation))), **splits}, "loader"
+    size = validation_size(len(positions), data.validation.fraction, data.validation.count)
+    strata = (kept.column("stratum")[positions].tolist() if data.validation.stratify_by
+              else None)
+    train_idx, val_idx = split_indices(len(positions), size, seed, strata)
     method = "count" if data.validation.count is not None else "fraction"
-    return {"train": (kept, np.asarray(train_idx, dtype=np.int64)),
-            "validation": (kept, np.asarray(val_idx, dtype=np.int64))}, method
+    return {"train": (kept, positions[train_idx]),
+            "validation": (kept, positions[val_idx]), **splits}, method

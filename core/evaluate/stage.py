@@ -18,10 +18,14 @@ from lorapipe.manifest import require_intact
 
 
 def load_validation(ctx: RunContext) -> Any:
+    """The set evaluators score: the test split when ``data.test`` made one (the
+    validation set chose the best checkpoint, so scores on it flatter the run)."""
     from datasets import load_from_disk
 
     path = ctx.paths.validation_data
-    if not path.is_dir():
+    if ctx.paths.test_data.is_dir():
+        path = ctx.paths.test_data
+    elif not path.is_dir():
         raise UserError(f"{path}: no validation data; run `lorapipe prepare` first")
     # only what evaluation reads: a large training split is not hashed again
     require_intact(ctx.paths.data, "run `lorapipe prepare CONFIG` again (it re-creates it)",
@@ -32,7 +36,7 @@ def load_validation(ctx: RunContext) -> Any:
     dataset = load_from_disk(str(path)) if shards != [] else None
     if dataset is None or len(dataset) == 0:
         raise UserError(
-            f"{path}: the validation set is empty, so there is nothing to evaluate on; "
+            f"{path}: the {path.name} set is empty, so there is nothing to evaluate on; "
             "raise data.validation.fraction / data.validation.count, or give "
             "data.validation.loader"
         )
@@ -64,7 +68,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                            template=ctx.plan.template, dataset=dataset,
                            pad_token_id=pad_token_id(tokenizer),
                            output_dir=ctx.paths.eval_dir, run=ctx.run_info)
-    report = {evaluator.name: evaluator.evaluate(eval_ctx) for evaluator in evaluators}
+    split = "test" if ctx.paths.test_data.is_dir() else "validation"
+    report = {evaluator.name: {**evaluator.evaluate(eval_ctx), "split": split}
+              for evaluator in evaluators}
     record_memory(ctx.paths.metrics, "evaluation")
     atomic_write_json(ctx.paths.eval_report, report)
     print_report(report)

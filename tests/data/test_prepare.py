@@ -305,3 +305,21 @@ def test_near_duplicates_and_short_replies_are_dropped_before_the_split(
 
     _, plain = prepare(data, output="plain", validation={"count": 4})  # both off by default
     assert read_report(plain)["kept"] == 23
+
+
+def test_a_test_split_is_held_out_apart_from_validation_and_removed_when_unset(
+        tmp_path: Path, prepare: Any) -> None:
+    data = tmp_path / "chats.jsonl"
+    write_jsonl(data, [chat(i) for i in range(40)])
+    summary, out = prepare(data, test={"count": 6}, validation={"count": 4})
+    assert (summary["train"], summary["validation"], summary["test"]) == (30, 4, 6)
+    sources = {split: set(load_from_disk(str(out / "data" / split))["source"])
+               for split in ("train", "validation", "test")}
+    assert not sources["test"] & (sources["train"] | sources["validation"])
+    assert not sources["train"] & sources["validation"]
+    assert len(set().union(*sources.values())) == 40
+    _, again = prepare(data, output="again", test={"count": 6}, validation={"count": 4})
+    assert set(load_from_disk(str(again / "data" / "test"))["source"]) == sources["test"]
+
+    summary, out = prepare(data, validation={"count": 4})  # same run directory, no test
+    assert "test" not in summary and not (out / "data" / "test").exists()

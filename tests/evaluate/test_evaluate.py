@@ -139,3 +139,17 @@ def test_perplexity_has_paired_bootstrap_intervals(eval_run) -> None:
     report = run_stage(eval_run)["perplexity"]
     assert report["sequences"] == len(dataset)
     assert set(report["ci95"]) == {"base", "finetuned", "change"}
+
+
+def test_evaluators_score_the_test_split_when_there_is_one(eval_run) -> None:
+    """With data/test (data.test), evaluators score it, not the validation set that
+    picked the best checkpoint, and the report says which."""
+    paths = eval_run.paths
+    assert run_stage(eval_run)["perplexity"]["split"] == "validation"
+    validation = load_from_disk(str(paths.validation_data))
+    validation.select([0, 2]).save_to_disk(str(paths.test_data))
+    write_manifest(paths.data)
+    report = run_stage(eval_run)["perplexity"]
+    assert report["split"] == "test" and report["sequences"] == 2
+    expected = _by_hand(_base(), validation.select([0, 2]))
+    assert report["base"] == pytest.approx(expected, rel=1e-4)
