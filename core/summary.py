@@ -80,6 +80,10 @@ def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
             after = tuned.get(metric)
             if isinstance(before, int | float) and isinstance(after, int | float):
                 parts.append(f"{evaluator}.{metric} {before:.4g} → {after:.4g}")
+        for name, general in (scores.get("general") or {}).items():
+            flag = " FORGETTING" if general.get("forgetting") else ""
+            parts.append(f"{evaluator} on {name} {general['base']:.4g} → "
+                         f"{general['finetuned']:.4g} ({general['increase']:+.1%}){flag}")
     splits = {scores.get("split") for scores in summary.values() if isinstance(scores, dict)}
     return "; ".join(parts) + (" (on the held-out test split)" if "test" in splits else "")
 

@@ -1,48 +1,128 @@
-"""The built-in ``perplexity`` evaluator: base vs fine-tuned perplexity on validation data."""
+"""The built-in ``perplexity`` evaluator: base vs fine-tuned perplexity on held-out data,
+and the forgetting check on general text.
+
+Fine-tuning on a narrow task can make a model worse at everything else. The check
+scores text unlike the training data (``general``: plain-text or JSONL files) with the
+base and the fine-tuned model; a rise in perplexity beyond ``max_general_increase`` is
+reported as forgetting, and fails the evaluation when ``on_forgetting: fail``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
-from lorapipe.plugin import EvalContext, Evaluator, Options, hookimpl
+from lorapipe.plugin import EvalContext, Evaluator, Options, UserError, hookimpl
+
+
+class GeneralText(Options):
+    """Documents of general text: a .txt file (one per non-empty line) or a .jsonl file
+    (a ``text`` field per line)."""
+
+    path: Path
+    max_tokens: int = Field(512, ge=16)  # each document is cut to this many tokens
 
 
 class PerplexityOptions(Options):
     batch_size: int = Field(8, ge=1)
+    general: dict[str, GeneralText] = Field(default_factory=dict)
+    max_general_increase: float = Field(0.05, gt=0)  # the design's rule: at most +5%
+    on_forgetting: Literal["warn", "fail"] = "warn"
+
+
+def read_documents(path: Path) -> list[str]:
+    """The documents of a general-text file; a user error names a bad file or line."""
+    path = path.expanduser()
+    if not path.is_file():
+        raise UserError(f"{path}: not found (perplexity general text)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        documents = [line for line in lines if line.strip()]
+    else:
+        documents = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{number}: expected a JSON object with a "
+                                "\"text\" field") from None
+            if not isinstance(text, str):
+                raise UserError(f"{path}:{number}: \"text\" must be a string")
+            documents.append(text)
+    if not documents:
+        raise UserError(f"{path}: no documents in it (perplexity general text)")
+    return documents
 
 
 class PerplexityEvaluator(Evaluator):
-    """Perplexity over response, prompt and all tokens; base (adapter off) vs fine-tuned."""
+    """Perplexity over response, prompt and all tokens; base (adapter off) vs fine-tuned;
+    general text base vs fine-tuned (forgetting)."""
 
     name = "perplexity"
     Options = PerplexityOptions
 
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
-        from tqdm import tqdm
+        from lorapipe.evaluate.nll import bootstrap_ci
 
-        from lorapipe.evaluate.nll import bootstrap_ci, token_nll
-
-        kwargs = {"batch_size": self.options.batch_size, "pad_id": context.pad_token_id}
-        results = {}
-        with tqdm(total=2 * len(context.dataset), desc="perplexity", unit="seq") as bar:
-            with context.base() as base:
-                results["base"] = token_nll(base, context.dataset, progress=bar.update, **kwargs)
-            results["finetuned"] = token_nll(context.model, context.dataset,
-                                             progress=bar.update, **kwargs)
-        base, tuned = (results[k].perplexity() for k in ("base", "finetuned"))
-        return {
-            "base": base,
-            "finetuned": tuned,
+        base, tuned = self._both(context, context.dataset, "perplexity")
+        base_ppl, tuned_ppl = base.perplexity(), tuned.perplexity()
+        report: dict[str, Any] = {
+            "base": base_ppl,
+            "finetuned": tuned_ppl,
             "change": {
-                part: tuned[part] - base[part] if base[part] and tuned[part] else None
-                for part in base
+                part: tuned_ppl[part] - base_ppl[part] if base_ppl[part] and tuned_ppl[part]
+                else None for part in base_ppl
             },
-            "tokens": results["base"].tokens,
-            "ci95": bootstrap_ci(results["base"], results["finetuned"]),
+            "tokens": base.tokens,
+            "ci95": bootstrap_ci(base, tuned),
             "sequences": len(context.dataset),
         }
+        if self.options.general:
+            report["general"] = {name: self._general(context, name, source)
+                                 for name, source in self.options.general.items()}
+            forgot = [name for name, result in report["general"].items() if result["forgetting"]]
+            report["forgetting"] = forgot
+            if forgot and self.options.on_forgetting == "fail":
+                detail = "; ".join(
+                    f"{name}: {report['general'][name]['base']:.4g} → "
+                    f"{report['general'][name]['finetuned']:.4g}" for name in forgot)
+                raise UserError(
+                    f"forgetting: perplexity on general text rose more than "
+                    f"{self.options.max_general_increase:.0%} ({detail}); lower "
+                    "train.learning_rate or epochs, mix general data into training, or set "
+                    "evaluate.evaluators perplexity on_forgetting: warn")
+        return report
+
+    def _both(self, context: EvalContext, dataset: Any, label: str) -> tuple[Any, Any]:
+        from tqdm import tqdm
+
+        from lorapipe.evaluate.nll import token_nll
+
+        kwargs = {"batch_size": self.options.batch_size, "pad_id": context.pad_token_id}
+        with tqdm(total=2 * len(dataset), desc=label, unit="seq") as bar:
+            with context.base() as base:
+                base_totals = token_nll(base, dataset, progress=bar.update, **kwargs)
+            tuned_totals = token_nll(context.model, dataset, progress=bar.update, **kwargs)
+        return base_totals, tuned_totals
+
+    def _general(self, context: EvalContext, name: str, source: GeneralText) -> dict[str, Any]:
+        from datasets import Dataset
+
+        documents = read_documents(source.path)
+        encoded = context.tokenizer(documents, truncation=True, max_length=source.max_tokens)
+        ids = [row for row in encoded["input_ids"] if len(row) > 1]
+        dataset = Dataset.from_dict({"input_ids": ids, "labels": ids})
+        base, tuned = (totals.perplexity()["all"]
+                       for totals in self._both(context, dataset, f"general:{name}"))
+        increase = tuned / base - 1
+        return {"path": str(source.path), "documents": len(ids), "base": base,
+                "finetuned": tuned, "increase": increase,
+                "forgetting": increase > self.options.max_general_increase}
 
 
 @hookimpl

@@ -34,7 +34,7 @@ def _by_hand(model, dataset) -> dict[str, float]:
                 nll = -float(logp[t - 1, row["input_ids"][t]])
                 sums["response" if row["labels"][t] != -100 else "prompt"].append(nll)
                 sums["all"].append(nll)
-    return {part: math.exp(sum(v) / len(v)) for part, v in sums.items()}
+    return {part: math.exp(sum(v) / len(v)) if v else None for part, v in sums.items()}
 
 
 def test_token_nll_matches_hand_computation(eval_run) -> None:
@@ -153,3 +153,49 @@ def test_evaluators_score_the_test_split_when_there_is_one(eval_run) -> None:
     assert report["split"] == "test" and report["sequences"] == 2
     expected = _by_hand(_base(), validation.select([0, 2]))
     assert report["base"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_forgetting_check_scores_general_text_and_warns_or_fails(
+        eval_run, tmp_path: Path) -> None:
+    """General text scored by base and fine-tuned model as whole documents; an adapter
+    that wrecks the model (its B matrices scaled up) raises perplexity there beyond the
+    threshold: reported as forgetting, or an error naming the numbers with on_forgetting:
+    fail. Perplexities match a hand computation."""
+    from lorapipe.components import EvalContext
+    from lorapipe.plugins.evaluators.perplexity import PerplexityEvaluator, PerplexityOptions
+
+    general = tmp_path / "general.jsonl"
+    documents = ["The river runs through the old town and under seven bridges.",
+                 "Photosynthesis turns light, water and carbon dioxide into sugar."]
+    general.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
+    model = PeftModel.from_pretrained(_base(), eval_run.paths.adapter)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(200.0)
+    context = EvalContext(model=model, tokenizer=tokenizer, template=eval_run.plan.template,
+                          dataset=load_from_disk(str(eval_run.paths.validation_data)),
+                          pad_token_id=2044)
+    options = {"general": {"wiki": {"path": str(general)}}}
+    report = PerplexityEvaluator(PerplexityOptions(**options)).evaluate(context)
+    result = report["general"]["wiki"]
+    ids = tokenizer(documents)["input_ids"]
+    rows = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    assert result["base"] == pytest.approx(_by_hand(_base(), rows)["all"], rel=1e-4)
+    assert result["finetuned"] == pytest.approx(_by_hand(model, rows)["all"], rel=1e-4)
+    assert result["increase"] > 0.05 and result["forgetting"] is True
+    assert report["forgetting"] == ["wiki"] and result["documents"] == 2
+
+    failing = PerplexityOptions(**options, on_forgetting="fail")
+    with pytest.raises(UserError, match=r"forgetting: perplexity on general text rose more "
+                                        r"than 5% \(wiki: "):
+        PerplexityEvaluator(failing).evaluate(context)
+    lenient = PerplexityOptions(**options, max_general_increase=result["increase"] * 2)
+    assert PerplexityEvaluator(lenient).evaluate(context)["forgetting"] == []
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
+    with pytest.raises(UserError, match=rf"{broken}:2: expected a JSON object"):
+        PerplexityEvaluator(PerplexityOptions(
+            general={"broken": {"path": str(broken)}})).evaluate(context)
