@@ -421,14 +421,19 @@ class Trainer:
         """Report a newly crossed memory level; at 95% with auto_batch, halve the micro
         batch for the steps that follow (same effective batch, same loss)."""
         crossed = self.memory_watch.crossed(snapshot)
-        if crossed is None:
-            return
-        level, fraction = crossed
-        self._log({"step": self.state.step, "event": "memory_pressure", "level": level,
-                   "fraction": round(fraction, 4), "suggestion": self._memory_advice()})
-        tqdm.write(f"step {self.state.step}: memory at {fraction:.0%} of the device's "
-                   f"capacity. Try: {self._memory_advice()}")
-        if level >= 0.95 and self.config.auto_batch and self.micro_batch_size > 1:
+        shrink = (crossed is not None and crossed[0] >= 0.95 and self.config.auto_batch
+                  and self.micro_batch_size > 1)
+        # each process measures its own memory; all must change the micro batch together
+        shrink = bool(self._sum(float(shrink))[0])
+        if crossed is not None:
+            level, fraction = crossed
+            record = {"step": self.state.step, "event": "memory_pressure", "level": level,
+                      "fraction": round(fraction, 4), "suggestion": self._memory_advice()}
+            self._log(record)  # metrics.jsonl holds the main process's; each one prints
+            who = f"process {self.rank}: " if self.world > 1 else ""
+            tqdm.write(f"step {self.state.step}: {who}memory at {fraction:.0%} of the "
+                       f"device's capacity. Try: {self._memory_advice()}")
+        if shrink:
             self._shrink_micro_batch()
 
     def _halve_micro_batch(self, err: torch.OutOfMemoryError) -> None:
