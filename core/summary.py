@@ -76,10 +76,16 @@ def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
         base, tuned = scores.get("base"), scores.get("finetuned")
         if not isinstance(base, dict) or not isinstance(tuned, dict):
             continue
+        interval_shown = False
         for metric, before in base.items():
             after = tuned.get(metric)
             if isinstance(before, int | float) and isinstance(after, int | float):
-                parts.append(f"{evaluator}.{metric} {before:.4g} → {after:.4g}")
+                part = f"{evaluator}.{metric} {before:.4g} → {after:.4g}"
+                interval = ((scores.get("ci95") or {}).get("change") or {}).get(metric)
+                if interval and not interval_shown:  # the headline metric's only: one line
+                    part += f" (change, 95% CI: {interval[0]:+.4g} to {interval[1]:+.4g})"
+                    interval_shown = True
+                parts.append(part)
         for name, general in (scores.get("general") or {}).items():
             flag = " FORGETTING" if general.get("forgetting") else ""
             parts.append(f"{evaluator} on {name} {general['base']:.4g} → "

@@ -62,6 +62,7 @@ def test_every_artifact_exists(finished_run: Path) -> None:
         "metrics.jsonl",
         "data/train/dataset_info.json",
         "data/validation/dataset_info.json",
+        "data/test/dataset_info.json",
         "data/tokenizer/tokenizer.json",
         "data/report.json",
         "adapter/adapter_config.json",
@@ -79,6 +80,9 @@ def test_every_artifact_exists(finished_run: Path) -> None:
     assert record["versions"]["lorapipe"] and len(record["config_hash"]) == 16
     report = json.loads((root / "eval/report.json").read_text())["perplexity"]
     assert report["finetuned"]["response"] < report["base"]["response"]
+    assert report["split"] == "test"  # the quickstart's held-out test split
+    low, high = report["ci95"]["change"]["response"]
+    assert low <= report["change"]["response"] <= high < 0
 
 
 def test_llama_cpp_loads_the_exported_file(finished_run: Path) -> None:

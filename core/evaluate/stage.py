@@ -82,14 +82,18 @@ def print_report(report: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="evaluation: base → fine-tuned")
-    for column in ("evaluator", "metric", "base", "fine-tuned", "change"):
-        table.add_column(column, justify="right" if column in ("base", "fine-tuned", "change")
-                         else "left")
+    columns = ("evaluator", "metric", "base", "fine-tuned", "change", "change, 95% CI")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:2] else "right")
     for name, result in report.items():
+        intervals = (result.get("ci95") or {}).get("change") or {}
         for metric, base in (result.get("base") or {}).items():
             tuned = result.get("finetuned", {}).get(metric)
             change = result.get("change", {}).get(metric)
-            table.add_row(name, metric, _fmt(base), _fmt(tuned), _fmt(change, signed=True))
+            interval = intervals.get(metric)
+            shown = (f"{interval[0]:+.3f} to {interval[1]:+.3f}" if interval else "—")
+            table.add_row(name, metric, _fmt(base), _fmt(tuned), _fmt(change, signed=True),
+                          shown)
     Console().print(table)
 
 
