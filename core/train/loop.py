@@ -45,7 +45,7 @@ from lorapipe.train.checkpoint import (
 from lorapipe.train.guard import NonFiniteGuard, SpikeGuard, assert_finite
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
 from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
-from lorapipe.train.memory_watch import MemoryWatch
+from lorapipe.train.memory_watch import LEVELS, MemoryPressure, MemoryWatch
 from lorapipe.train.metrics import MetricsLog
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.schedule import LearningRateSchedule
@@ -231,6 +231,12 @@ class Trainer:
                 except torch.OutOfMemoryError as err:
                     self._halve_micro_batch(err)  # or explain what to change, and stop
                     continue  # the same step again, split finer
+                except MemoryPressure as pressure:
+                    self._log({"step": self.state.step + 1, "event": "memory_pressure",
+                               "level": 0.95, "fraction": round(pressure.fraction, 4),
+                               "action": "retry at half the micro batch"})
+                    self._shrink_micro_batch()
+                    continue  # before the update: the step again, split finer
                 self._count(result)
                 window.add(result)
                 run_tokens += result.real_tokens
@@ -297,6 +303,7 @@ class Trainer:
                     summed = loss_sum(self.model, batch)
                 acc.backward(summed * scale)
             total += summed.item()
+            self._check_pressure()
         padded = sum(b["input_ids"].numel() for b in batches)
         total, real, padded = self._sum(total, real, padded)
         loss = total / max(step_tokens, 1)
@@ -418,23 +425,28 @@ class Trainer:
                    "checkpoint": path.name, "lr": lr, "problems": problems})
 
     def _watch_memory(self, snapshot: dict[str, Any]) -> None:
-        """Report a newly crossed memory level; at 95% with auto_batch, halve the micro
-        batch for the steps that follow (same effective batch, same loss)."""
+        """Report a newly crossed memory level (each process prints its own; metrics.jsonl
+        holds the main process's)."""
         crossed = self.memory_watch.crossed(snapshot)
-        shrink = (crossed is not None and crossed[0] >= 0.95 and self.config.auto_batch
-                  and self.micro_batch_size > 1)
-        # each process measures its own memory; all must change the micro batch together
-        shrink = bool(self._sum(float(shrink))[0])
-        if crossed is not None:
-            level, fraction = crossed
-            record = {"step": self.state.step, "event": "memory_pressure", "level": level,
-                      "fraction": round(fraction, 4), "suggestion": self._memory_advice()}
-            self._log(record)  # metrics.jsonl holds the main process's; each one prints
-            who = f"process {self.rank}: " if self.world > 1 else ""
-            tqdm.write(f"step {self.state.step}: {who}memory at {fraction:.0%} of the "
-                       f"device's capacity. Try: {self._memory_advice()}")
-        if shrink:
-            self._shrink_micro_batch()
+        if crossed is None:
+            return
+        level, fraction = crossed
+        self._log({"step": self.state.step, "event": "memory_pressure", "level": level,
+                   "fraction": round(fraction, 4), "suggestion": self._memory_advice()})
+        who = f"process {self.rank}: " if self.world > 1 else ""
+        tqdm.write(f"step {self.state.step}: {who}memory at {fraction:.0%} of the "
+                   f"device's capacity. Try: {self._memory_advice()}")
+
+    def _check_pressure(self) -> None:
+        """auto_batch: after a micro batch, memory at 95% of the device's on any process
+        abandons the step before its update (``MemoryPressure``), to be retried split finer
+        like an out-of-memory error."""
+        if not self.config.auto_batch or self.micro_batch_size == 1:
+            return
+        fraction = self.memory_watch.fraction(self.memory())
+        if self._sum(float(fraction >= LEVELS[-1]))[0]:  # every process decides alike
+            self.optimizer.zero_grad(set_to_none=True)
+            raise MemoryPressure(fraction)
 
     def _halve_micro_batch(self, err: torch.OutOfMemoryError) -> None:
         """auto_batch: retry the step with a smaller micro batch and more accumulation.

@@ -238,29 +238,52 @@ def test_no_spike_is_seen_in_normal_training(tmp_path: Path) -> None:
     assert summary["spikes"] == 0
 
 
-def test_memory_pressure_is_reported_per_level_and_auto_batch_halves_at_95(
-        tmp_path: Path) -> None:
-    """The process's memory, as the snapshot reports it, climbs past 80%, 90% and 95% of
-    the machine's: each level is reported once with advice, and with auto_batch the steps
-    after 95% run at half the micro batch with twice the accumulation."""
+def _fake_memory(fractions):  # noqa: ANN001, ANN202 - call number → fraction of RAM
     from lorapipe.model.memory import device_capacity
 
-    total = device_capacity("cpu")["total_bytes"]
-    readings = iter([0.5, 0.85, 0.86, 0.93, 0.97, 0.97, 0.98, 0.98, 0.98])
+    total, calls = device_capacity("cpu")["total_bytes"], [0]
 
     def memory() -> dict[str, int]:
-        used = int(next(readings, 0.98) * total)
+        calls[0] += 1
+        used = int(fractions(calls[0]) * total)
         return {"rss_bytes": used, "peak_rss_bytes": used}
 
+    return memory
+
+
+def test_memory_pressure_is_reported_once_per_level_with_advice(tmp_path: Path) -> None:
+    readings = [0.5, 0.85, 0.86, 0.93, 0.97, 0.97, 0.98]
+    memory = _fake_memory(lambda n: readings[min(n, len(readings)) - 1])
     cfg = config(micro_batch_size=4, gradient_accumulation_steps=1, max_steps=8,
-                 save_steps=100, auto_batch=True)
+                 save_steps=100)
     run(tmp_path, make_model(), make_data(40), None, cfg, memory=memory)
-    events = [m for m in _metrics(tmp_path) if m.get("event") in ("memory_pressure",
-                                                                  "auto_batch")]
-    assert [(e["event"], e["step"]) for e in events] == [
-        ("memory_pressure", 2), ("memory_pressure", 4), ("memory_pressure", 5),
-        ("auto_batch", 6)]
-    assert [e["level"] for e in events[:3]] == [0.8, 0.9, 0.95]
+    events = [m for m in _metrics(tmp_path) if m.get("event") == "memory_pressure"]
+    assert [(e["step"], e["level"]) for e in events] == [(2, 0.8), (4, 0.9), (5, 0.95)]
     assert events[1]["fraction"] == pytest.approx(0.93, abs=1e-3)
     assert "train.micro_batch_size (now 4)" in events[0]["suggestion"]
-    assert events[3]["micro_batch_size"] == 2 and events[3]["gradient_accumulation_steps"] == 2
+
+
+def test_auto_batch_retries_a_step_that_reaches_95_percent_at_half_the_micro_batch(
+        tmp_path: Path) -> None:
+    """With auto_batch the memory is read after each micro batch; at 95% the step is
+    abandoned before its update and retried split finer: the same losses as a run that
+    never came near the limit."""
+    cfg = config(micro_batch_size=4, gradient_accumulation_steps=1, max_steps=6,
+                 save_steps=100, auto_batch=True)
+    # calls: per step one after its micro batch, one for its log line; the 5th is step 3's
+    run(tmp_path / "pressed", make_model(), make_data(40), None, cfg,
+        memory=_fake_memory(lambda n: 0.97 if n == 5 else 0.5))
+    run(tmp_path / "calm", make_model(), make_data(40), None, cfg,
+        memory=_fake_memory(lambda n: 0.5))
+    events = [m for m in _metrics(tmp_path / "pressed")
+              if m.get("event") in ("memory_pressure", "auto_batch")]
+    assert [(e["event"], e["step"]) for e in events] == [("memory_pressure", 3),
+                                                         ("auto_batch", 3)]
+    assert events[0]["action"] == "retry at half the micro batch"
+    assert events[1]["micro_batch_size"] == 2 and events[1]["gradient_accumulation_steps"] == 2
+
+    def losses(out: Path) -> list[float]:
+        return [m["loss"] for m in _metrics(out) if "loss" in m and "event" not in m]
+
+    assert len(losses(tmp_path / "pressed")) == 6
+    assert losses(tmp_path / "pressed") == pytest.approx(losses(tmp_path / "calm"), rel=1e-5)
