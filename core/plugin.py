@@ -21,9 +21,9 @@ and names the module in its distribution's entry points::
     [project.entry-points."lorapipe.plugins"]
     dialogue = "my_package.dialogue"
 
-The helpers that need torch or transformers (``generate``, ``adaptable_modules``,
-``train_byte_level_bpe``) are imported on first use, so a plugin that only defines a
-loader does not pay for them when lorapipe discovers it.
+The helpers that need torch, transformers or numpy (``generate``, ``paired_bootstrap``,
+``adaptable_modules``, ``train_byte_level_bpe``) are imported on first use, so a plugin
+that only defines a loader does not pay for them when lorapipe discovers it.
 """
 
 from __future__ import annotations
@@ -56,12 +56,14 @@ from lorapipe.errors import ConfigError, UserError
 from lorapipe.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from lorapipe.evaluate.bootstrap import paired_bootstrap
     from lorapipe.evaluate.generate import generate
     from lorapipe.model.targets import adaptable_modules
     from lorapipe.model.tiny_llama import train_byte_level_bpe
 
 _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
+    "paired_bootstrap": "lorapipe.evaluate.bootstrap",
     "adaptable_modules": "lorapipe.model.targets",
     "train_byte_level_bpe": "lorapipe.model.tiny_llama",
 }
@@ -97,6 +99,7 @@ __all__ = [
     "alternating_turns",
     "atomic_write_text",
     "generate",
+    "paired_bootstrap",
     "train_byte_level_bpe",
     "trained_text",
 ]

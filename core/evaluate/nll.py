@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorapipe.evaluate.bootstrap import RESAMPLES, paired_bootstrap
+
 # response: tokens the loss covered (labels != -100); prompt: every other predicted
 # token; all: both. The first token of a sequence is never predicted, so it is in none.
 PARTS = ("response", "prompt", "all")
@@ -75,27 +77,25 @@ def token_nll(model: Any, dataset: Any, *, batch_size: int, pad_id: int,
     return totals
 
 
-def bootstrap_ci(base: NllTotals, tuned: NllTotals, resamples: int = 1000,
+def bootstrap_ci(base: NllTotals, tuned: NllTotals, resamples: int = RESAMPLES,
                  seed: int = 0) -> dict[str, dict[str, list[float] | None]]:
-    """95% intervals of base and fine-tuned perplexity and of their change, per part.
-
-    Sequences are resampled with replacement (the same draw for both models: the change
-    is a paired comparison), perplexity is recomputed token-weighted on each draw, and
-    the 2.5th and 97.5th percentiles are the interval. ``None`` where a part has no tokens.
-    """
-    rng = np.random.default_rng(seed)
+    """95% paired bootstrap intervals of base and fine-tuned perplexity and of their
+    change, per part (token-weighted on each draw); ``None`` where a part has no tokens."""
     n = len(next(iter(base.per_sample.values())))
-    draws = rng.integers(0, n, size=(resamples, n))
     out: dict[str, dict[str, list[float] | None]] = {"base": {}, "finetuned": {}, "change": {}}
     for part in PARTS:
-        tokens = base.per_sample[part][draws, 1].sum(1)
-        if not n or not (tokens > 0).all():
+        b, t = base.per_sample[part], tuned.per_sample[part]
+        if not n or not b[:, 1].any():
             for key in out:
                 out[key][part] = None
             continue
-        ppl = {name: np.exp(totals.per_sample[part][draws, 0].sum(1) / tokens)
-               for name, totals in (("base", base), ("finetuned", tuned))}
-        ppl["change"] = ppl["finetuned"] - ppl["base"]
-        for key, values in ppl.items():
-            out[key][part] = [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+        def perplexities(draw: np.ndarray, b: np.ndarray = b, t: np.ndarray = t
+                         ) -> tuple[float, float]:
+            tokens = max(b[draw, 1].sum(), 1.0)
+            return (float(np.exp(b[draw, 0].sum() / tokens)),
+                    float(np.exp(t[draw, 0].sum() / tokens)))
+
+        for key, interval in paired_bootstrap(n, perplexities, resamples, seed).items():
+            out[key][part] = interval
     return out

@@ -12,7 +12,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lorapipe.plugin import EvalContext, Evaluator, atomic_write_text
+from lorapipe.plugin import EvalContext, Evaluator, atomic_write_text, paired_bootstrap
 from lorapipe_textmetrics.generations import GenerationOptions, generations
 
 
@@ -44,6 +44,17 @@ class TextMetric(Evaluator):
             "change": {self.metric: totals["finetuned"] - totals["base"]},
             "samples": len(refs),
         }
+        if refs:
+            def on_draw(draw: Any) -> tuple[float, float]:
+                sides = (("base", gen.base), ("finetuned", gen.finetuned))
+                picked = [refs[i] for i in draw]
+                base, tuned = (self.aggregate([replies[i] for i in draw], picked,
+                                              [scores[side][i] for i in draw])
+                               for side, replies in sides)
+                return base, tuned
+
+            intervals = paired_bootstrap(len(refs), on_draw)
+            result["ci95"] = {key: {self.metric: value} for key, value in intervals.items()}
         if context.output_dir is not None:
             path = context.output_dir / self.name / "predictions.jsonl"
             self._write(path, gen, scores)

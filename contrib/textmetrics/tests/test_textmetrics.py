@@ -82,6 +82,10 @@ def test_report_has_base_finetuned_and_change(evaluated: Path) -> None:
             else:
                 expected = sum(r[f"{side}_score"] for r in predictions) / 6
             assert entry[side][metric] == pytest.approx(expected)
+            low, high = entry["ci95"][side][metric]
+            assert low <= entry[side][metric] + 1e-9 and entry[side][metric] <= high + 1e-9
+        low, high = entry["ci95"]["change"][metric]
+        assert low - 1e-9 <= entry["change"][metric] <= high + 1e-9
 
 
 def test_metrics_share_one_generation_pass_and_identical_prompts(evaluated: Path) -> None:
