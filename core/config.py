@@ -107,15 +107,18 @@ class ValidationConfig(Section):
 
 class TestSplitConfig(Section):
     """A test set the run never trains on nor picks its best checkpoint with: evaluators
-    score it instead of the validation set. A seeded share of the cleaned data."""
+    score it instead of the validation set. A seeded share of the cleaned data, or a
+    separate source."""
 
     fraction: float | None = Field(None, gt=0, lt=1)
     count: int | None = Field(None, ge=1)
+    loader: ComponentRef | None = None
 
     @model_validator(mode="after")
     def _one_size(self) -> TestSplitConfig:
-        if (self.fraction is None) == (self.count is None):
-            raise ValueError("set exactly one of data.test.fraction and data.test.count")
+        if sum(v is not None for v in (self.fraction, self.count, self.loader)) != 1:
+            raise ValueError(
+                "set exactly one of data.test.fraction, data.test.count and data.test.loader")
         return self
 
 

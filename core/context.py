@@ -38,8 +38,8 @@ class RunContext:
         from lorapipe.data.files import expand_paths
 
         found = [self.config_file] if self.config_file is not None else []
-        for loader in (self.plan.loader, self.plan.validation_loader):
-            patterns = getattr(loader.options, "path", None) if loader is not None else None
+        for loader in self.plan.loaders():
+            patterns = getattr(loader.options, "path", None)
             if isinstance(patterns, list):
                 found += expand_paths(patterns)
         return found

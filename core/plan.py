@@ -42,6 +42,7 @@ class RunPlan:
     config: PipelineConfig
     loader: Loader
     validation_loader: Loader | None
+    test_loader: Loader | None
     template: ChatTemplate
     quantizer: Quantizer
     # adapter.target_detector when set; else every detector that works with its default
@@ -57,12 +58,17 @@ class RunPlan:
         yield self.quantizer
         if self.detector_named:
             yield from self.detectors
-        yield self.loader
-        if self.validation_loader is not None:
-            yield self.validation_loader
+        yield from self.loaders()
         yield self.template
         yield from self.evaluators
         yield from self.exporters
+
+    def loaders(self) -> Iterator[Loader]:
+        """The data sources: training, then the separate validation and test ones if any."""
+        yield self.loader
+        for extra in (self.validation_loader, self.test_loader):
+            if extra is not None:
+                yield extra
 
     def resolved_dict(self) -> dict[str, Any]:
         """The config with every default and every plugin option filled in."""
@@ -109,11 +115,13 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
             key=lambda d: (d.priority, d.name)))
     _check_context(config)
     validation = data.validation.loader
+    test = data.test.loader if data.test is not None else None
     return RunPlan(
         config=config,
         loader=build("loader", "data.loader", data.loader, Loader),
         validation_loader=(build("loader", "data.validation.loader", validation, Loader)
                            if validation is not None else None),
+        test_loader=build("loader", "data.test.loader", test, Loader) if test else None,
         template=build("chat_template", "data.template", data.template, ChatTemplate),
         quantizer=build("quantizer", "model.quantizer", config.model.quantizer, Quantizer),
         detectors=detectors,

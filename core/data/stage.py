@@ -320,8 +320,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         # merged/ and every export serve the model in the format it is trained on.
         tokenizer.chat_template = template.serving_template(tokenizer)
         save_tokenizer(tokenizer, config.model, work / "tokenizer")
-        loaders = [loader] + ([val_loader] if val_loader else [])
-        fp = fingerprint(ctx.plan, loaders, work / "tokenizer")
+        fp = fingerprint(ctx.plan, list(ctx.plan.loaders()), work / "tokenizer")
         previous = _reuse(paths, fp)
         if previous is not None:
             console.print(f"[green]prepare:[/] data, config and tokenizer unchanged; reusing "
@@ -369,6 +368,8 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
         near = NearDuplicates(data.near_dedupe)
     validation: EncodedChunks | None = None
     val_log: DropLog | None = None
+    test: EncodedChunks | None = None
+    test_log: DropLog | None = None
     with (work / "dropped.jsonl").open("w", encoding="utf-8") as sink:
         log = DropLog(data.strict, sink)
         encoder = _Encoder(template, tokenizer, data, work)
@@ -376,14 +377,19 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
         if val_loader is not None:
             val_log = DropLog(data.strict, sink)
             validation = _encode(val_loader, data, val_log, seen, near, encoder)
+        if ctx.plan.test_loader is not None:
+            test_log = DropLog(data.strict, sink)
+            test = _encode(ctx.plan.test_loader, data, test_log, seen, near, encoder)
     os.replace(work / "dropped.jsonl", paths.data / "dropped.jsonl")
 
     report = log.as_dict()
     if val_log is not None:
         report["validation_source"] = val_log.as_dict()
+    if test_log is not None:
+        report["test_source"] = test_log.as_dict()
     report["dropped_list"] = "dropped.jsonl"
     try:
-        splits, method = _split(ctx, loader, kept, val_loader, validation)
+        splits, method = _split(ctx, loader, kept, val_loader, validation, test)
     except UserError as err:
         # Why the records were dropped is the answer to this error: keep the counts. With
         # no fingerprint, this report marks no outputs complete (see ``_reuse``).
@@ -393,7 +399,9 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     report["split"].update(method=method, seed=config.train.seed,
                            stratify_by=data.validation.stratify_by)
     if data.test is not None:
-        report["split"]["test_method"] = "count" if data.test.count is not None else "fraction"
+        report["split"]["test_method"] = ("loader" if data.test.loader is not None else
+                                          "count" if data.test.count is not None
+                                          else "fraction")
 
     write_splits(splits, paths.data, _OUTPUT, work)
     if "test" not in splits:  # a test split of an earlier prepare must not be scored
@@ -402,11 +410,13 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
 
 
 def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loader | None,
-           validation: EncodedChunks | None) -> tuple[Splits, str]:
+           validation: EncodedChunks | None,
+           test: EncodedChunks | None) -> tuple[Splits, str]:
     """The train and validation samples and how they were chosen; a ``UserError`` when too
     few records are left for both."""
     data, seed = ctx.config.data, ctx.config.train.seed
-    for source, samples in ((loader, kept), (val_loader, validation)):
+    for source, samples in ((loader, kept), (val_loader, validation),
+                            (ctx.plan.test_loader, test)):
         if source is not None and samples is not None and len(samples) == 0:
             raise UserError(
                 f"{source.field}: no usable records after cleaning; every record was dropped "
@@ -414,7 +424,9 @@ def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loa
                 f"{ctx.paths.data / 'dropped.jsonl'})")
     positions = np.arange(len(kept))
     splits: Splits = {}
-    if data.test is not None:  # held out first: the validation split never includes it
+    if test is not None:
+        splits["test"] = (test, np.arange(len(test)))
+    elif data.test is not None:  # held out first: the validation split never includes it
         size = validation_size(len(kept), data.test.fraction, data.test.count, "data.test")
         rest, test = split_indices(len(kept), size, seed + 1)
         positions, splits["test"] = positions[rest], (kept, positions[test])

@@ -323,3 +323,18 @@ def test_a_test_split_is_held_out_apart_from_validation_and_removed_when_unset(
 
     summary, out = prepare(data, validation={"count": 4})  # same run directory, no test
     assert "test" not in summary and not (out / "data" / "test").exists()
+
+
+def test_a_test_split_from_a_separate_source_is_deduplicated_against_training(
+        tmp_path: Path, prepare: Any) -> None:
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    write_jsonl(train, [chat(i) for i in range(30)])
+    write_jsonl(test, [chat(100 + i) for i in range(5)] + [chat(3)])  # chat(3): in training
+    summary, out = prepare(train, test={"loader": {"name": "jsonl", "path": str(test)}},
+                           validation={"count": 4})
+    assert (summary["train"], summary["validation"], summary["test"]) == (26, 4, 5)
+    report = read_report(out)
+    assert report["test_source"]["dropped"] == {"duplicate": 1}
+    assert report["split"]["test_method"] == "loader"
+    assert {s.split(":")[0] for s in load_from_disk(str(out / "data" / "test"))["source"]} == {
+        str(test)}
