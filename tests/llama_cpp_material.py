@@ -1,4 +1,5 @@
-"""Real material no one here wrote, from llama.cpp's source tree: tokenizers and its converter.
+"""Real material no one here wrote, from llama.cpp's source tree: tokenizers and its
+converter; and llama.cpp itself (llama-cpp-python) as the judge of a GGUF's logits.
 
 llama-cpp-python's source distribution (the version the tests run against) carries
 llama.cpp's tree: vocab-only GGUFs of real tokenizers (``models/ggml-vocab-*.gguf``) and
@@ -27,6 +28,8 @@ import tempfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+
+import numpy as np
 
 TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "chat_templates"
 LLAMA_CPP_VERSION = version("llama-cpp-python")
@@ -211,6 +214,20 @@ def real_tokenizer(name: str) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return target
+
+
+def cpp_logits(path: Path, ids: list[int], n_ctx: int = 512) -> np.ndarray:
+    """llama.cpp's logits for ``ids`` at every position of the GGUF at ``path``."""
+    import llama_cpp
+
+    # f32 KV cache so only the exported weights differ from transformers
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2,
+                          type_k=0, type_v=0)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
 
 
 def gguf_fields(path: Path) -> list[str]:

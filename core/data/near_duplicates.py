@@ -5,7 +5,7 @@ split into validation makes the validation loss a memorisation score. Each conve
 (roles and contents, lower-cased) becomes the set of its word n-grams; one whose
 estimated Jaccard similarity to a conversation already kept reaches the threshold is
 dropped, naming the first one. The index sees records in reading order, before the
-split, across the training and validation sources.
+split, across the training, validation and test sources.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ class NearDuplicates:
     def __init__(self, config: NearDedupeConfig) -> None:
         self.config = config
         self.index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
-        self.count = 0
 
     def _signature(self, messages: list[dict[str, str]]) -> MinHash:
         words = [w for m in messages for w in (m["role"], *_WORD.findall(m["content"].lower()))]
@@ -37,7 +36,8 @@ class NearDuplicates:
         """The location of a kept conversation this one nearly copies; else None (and it is
         kept: later ones are compared with it)."""
         signature = self._signature(messages)
-        for match in self.index.query(signature):
-            return str(match)  # any match at the threshold; the index holds locations
+        matches = self.index.query(signature)  # locations of kept ones at the threshold
+        if matches:
+            return str(matches[0])
         self.index.insert(location, signature)
         return None

@@ -44,6 +44,8 @@ class Family:
     reads_add_prefix_space: ClassVar[bool] = False
     # Phi-3's converter types the added tokens of tokenizer.json by their special flag.
     spm_added_from_tokenizer_json: ClassVar[bool] = False
+    # checkpoint tensors llama.cpp never reads for this family
+    skipped: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         self.hp = hp
@@ -104,7 +106,7 @@ class Family:
 
     def skip(self, key: str) -> bool:
         """Tensors llama.cpp recomputes or never reads."""
-        return key.endswith("rotary_emb.inv_freq")
+        return key.endswith("rotary_emb.inv_freq") or key in self.skipped
 
     def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         """A weight as llama.cpp's graph for this family expects it."""
@@ -155,6 +157,7 @@ class Gemma2(Family):
     arch = gguf.MODEL_ARCH.GEMMA2
     rope_types = ("default",)
     add_space_prefix = False
+    skipped = ("lm_head.weight",)  # tied: llama.cpp reuses token_embd
 
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         hp = self.hp
@@ -171,9 +174,6 @@ class Gemma2(Family):
         writer.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
         writer.add_sliding_window(int(hp["sliding_window"]))
 
-    def skip(self, key: str) -> bool:
-        return super().skip(key) or key == "lm_head.weight"  # tied: llama.cpp reuses token_embd
-
     def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         # transformers' Gemma RMSNorm multiplies by (1 + weight); llama.cpp by weight.
         return tensor + 1 if key.endswith("norm.weight") else tensor
@@ -183,19 +183,20 @@ class Gemma3(Gemma2):
     model_types = ("gemma3_text",)
     arch = gguf.MODEL_ARCH.GEMMA3
     rope_types = ("default", "linear")
+    skipped = ()
 
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         hp = self.hp
         Family.metadata(self, writer)
-        writer.add_rope_freq_base(float(self.rope.get("rope_theta", 1_000_000.0)))
+        # the converter's defaults where the config leaves a value out
+        if self.rope.get("rope_theta") is None:
+            writer.add_rope_freq_base(1_000_000.0)
+        if hp.get("num_key_value_heads") is None:
+            writer.add_head_count_kv(self.n_head_kv)
         if hp.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
         if hp.get("sliding_window_pattern") != 1:
             writer.add_sliding_window(int(hp["sliding_window"]))
-        writer.add_head_count_kv(self.n_head_kv)
-
-    def skip(self, key: str) -> bool:
-        return Family.skip(self, key)
 
 
 class Phi3(Family):
@@ -271,9 +272,9 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise UserError(
             f"{path}: not found; the GGUF exporter needs a Hugging Face model directory"
         )
-    model_type = json.loads(path.read_text(encoding="utf-8")).get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        return raw  # to be refused by name; transformers may not even know the type
     return AutoConfig.from_pretrained(model_dir, trust_remote_code=False).to_dict()
 
 

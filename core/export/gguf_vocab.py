@@ -80,6 +80,15 @@ def looks_special(text: str) -> bool:
     )
 
 
+def added_token(text: str, special: bool, trust_flag: bool = False) -> tuple[str, int]:
+    """An added token's text and type as llama.cpp's converter writes them: CONTROL when
+    marked special (or, unless ``trust_flag``, when it looks special), else USER_DEFINED
+    with SentencePiece's '▁' written as a space (llama.cpp expects them pre-normalised)."""
+    if special or (not trust_flag and looks_special(text)):
+        return text, int(gguf.TokenType.CONTROL)
+    return (text if trust_flag else text.replace(_SPACE, " ")), int(gguf.TokenType.USER_DEFINED)
+
+
 def is_sentencepiece_json(tokenizer: dict[str, Any]) -> bool:
     """Whether a tokenizer.json describes a SentencePiece tokenizer (spaces as '▁')."""
     model = tokenizer.get("model") or {}
@@ -125,12 +134,7 @@ def _byte_level_bpe(model_dir: Path, tokenizer: dict[str, Any],
         int(i): (text, gguf.TokenType.NORMAL) for text, i in model["vocab"].items()
     }
     for added in tokenizer.get("added_tokens", []):
-        text = added["content"]
-        if added.get("special") or looks_special(text):
-            kind = gguf.TokenType.CONTROL  # llama.cpp splits these out of text itself
-        else:
-            kind, text = gguf.TokenType.USER_DEFINED, text.replace(_SPACE, " ")
-        by_id[int(added["id"])] = (text, kind)
+        by_id[int(added["id"])] = added_token(added["content"], bool(added.get("special")))
     if by_id and max(by_id) >= vocab_size:
         raise UserError(
             f"{where}: token id {max(by_id)} does not fit the model's vocab_size {vocab_size} "
@@ -181,18 +185,12 @@ def _sentencepiece(model_dir: Path, vocab_size: int, tokenizer_json_last: bool,
         added(int(i), text, gguf.TokenType.USER_DEFINED)
     config = _read_json(model_dir / "tokenizer_config.json")
     for i, data in (config.get("added_tokens_decoder") or {}).items():
-        text = data["content"]
-        if tokenizer_json_last:
-            kind = gguf.TokenType.CONTROL if data.get("special") else gguf.TokenType.USER_DEFINED
-        elif data.get("special") or looks_special(text):
-            kind = gguf.TokenType.CONTROL
-        else:
-            kind, text = gguf.TokenType.USER_DEFINED, text.replace(_SPACE, " ")
-        added(int(i), text, kind)
+        added(int(i), *added_token(data["content"], bool(data.get("special")),
+                                   trust_flag=tokenizer_json_last))
     if tokenizer_json_last:
         for data in _read_json(model_dir / "tokenizer.json").get("added_tokens", []):
-            kind = gguf.TokenType.CONTROL if data.get("special") else gguf.TokenType.USER_DEFINED
-            added(int(data["id"]), data["content"], kind)
+            added(int(data["id"]), *added_token(data["content"], bool(data.get("special")),
+                                                trust_flag=True))
     return tokens, types, scores
 
 

@@ -233,7 +233,7 @@ class Trainer:
                     continue  # the same step again, split finer
                 except MemoryPressure as pressure:
                     self._log({"step": self.state.step + 1, "event": "memory_pressure",
-                               "level": 0.95, "fraction": round(pressure.fraction, 4),
+                               "level": LEVELS[-1], "fraction": round(pressure.fraction, 4),
                                "action": "retry at half the micro batch"})
                     self._shrink_micro_batch()
                     continue  # before the update: the step again, split finer

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader
+from llama_cpp_material import cpp_logits
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -82,17 +83,6 @@ def _hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def _cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
-    # f32 KV cache so only the exported weights differ from transformers
-    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=2,
-                          type_k=0, type_v=0)
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-
-
 def test_llama_cpp_tokenizes_like_transformers(tiny_dir: Path, exported) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     llm = llama_cpp.Llama(str(exported["f16"]), vocab_only=True, verbose=False)
@@ -112,14 +102,14 @@ def test_llama_cpp_tokenizes_like_transformers(tiny_dir: Path, exported) -> None
 def test_llama_cpp_logits_match_transformers(tiny_dir: Path, exported, gguf_type: str,
                                              limit: float) -> None:
     ids = AutoTokenizer.from_pretrained(tiny_dir)(PROMPT)["input_ids"]
-    diff = np.abs(_cpp_logits(exported[gguf_type], ids) - _hf_logits(tiny_dir, ids)).max()
+    diff = np.abs(cpp_logits(exported[gguf_type], ids) - _hf_logits(tiny_dir, ids)).max()
     assert diff < limit, f"{gguf_type}: max |logit diff| {diff}"
 
 
 def test_q8_0_top1_agrees_with_transformers(sharp_dir: Path, exported) -> None:
     tokenizer = AutoTokenizer.from_pretrained(sharp_dir)
     ids = tokenizer(" ".join([PROMPT, *TEXTS[:7]]))["input_ids"]
-    cpp, hf = _cpp_logits(exported["q8_0"], ids), _hf_logits(sharp_dir, ids)
+    cpp, hf = cpp_logits(exported["q8_0"], ids), _hf_logits(sharp_dir, ids)
     agreement = (cpp.argmax(-1) == hf.argmax(-1)).mean()
     assert agreement >= 0.99, f"top-1 agreement {agreement:.3f} over {len(ids)} positions"
     assert np.abs(cpp - hf).max() < 0.1
@@ -131,7 +121,7 @@ def test_other_types_load_and_stay_close(tiny_dir: Path, exported, gguf_type: st
     """Lossy types: the RMS logit error, relative to the spread of the logits."""
     ids = AutoTokenizer.from_pretrained(tiny_dir)(PROMPT)["input_ids"]
     hf = _hf_logits(tiny_dir, ids)
-    error = np.sqrt(np.mean((_cpp_logits(exported[gguf_type], ids) - hf) ** 2))
+    error = np.sqrt(np.mean((cpp_logits(exported[gguf_type], ids) - hf) ** 2))
     assert error / hf.std() < limit, f"relative RMS error {error / hf.std():.4f}"
 
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 from datasets import load_from_disk
 from gguf import GGUFReader
+from llama_cpp_material import cpp_logits, llama_cpp_tree, real_tokenizer
 from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -32,9 +33,6 @@ from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import build_plan
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from llama_cpp_material import llama_cpp_tree, real_tokenizer  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 LLAMA_LAYOUT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -131,17 +129,6 @@ def _reference_tokenizer(merged: Path, tokenizer: Any) -> Any:
     return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
-    # f32 KV cache so only the exported weights differ from transformers
-    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
-                          type_k=0, type_v=0)
-    try:
-        llm.eval(ids)
-        return np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-
-
 def test_family_trains_in_4bit_and_merges_exactly(family_run) -> None:
     family, model_dir, ctx = family_run
     report = json.loads(ctx.paths.model_report.read_text())
@@ -184,9 +171,9 @@ def test_family_gguf_tokenizes_and_computes_like_transformers(family_run) -> Non
 
     ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
     hf = _logits(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids).numpy()
-    f16 = _cpp_logits(export / "model-f16.gguf", ids)
+    f16 = cpp_logits(export / "model-f16.gguf", ids)
     assert np.abs(f16 - hf).max() < 0.02 * hf.std() + 1e-3, np.abs(f16 - hf).max()
-    q8 = _cpp_logits(export / "model-q8_0.gguf", ids)
+    q8 = cpp_logits(export / "model-q8_0.gguf", ids)
     error = np.sqrt(np.mean((q8 - hf) ** 2))
     assert error / hf.std() < 0.1, f"q8_0 relative RMS error {error / hf.std():.4f}"
 
