@@ -202,9 +202,8 @@ def _disk_full_message(err: OSError, output_dir: Path | None) -> str:
 
 
 def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (a scheduler, ``kill``) stops like Ctrl-C: the stage that was running is
-    recorded as interrupted in run.json and the exit code is 130. Training installs its
-    own handler, which first finishes the step and writes a checkpoint."""
+    """SIGTERM (a scheduler, ``kill``) outside a stage stops like Ctrl-C, exit code 130.
+    During a stage the pipeline's own handler records it in run.json first."""
     raise KeyboardInterrupt
 
 

@@ -12,7 +12,9 @@ import importlib
 import importlib.metadata
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,23 +98,55 @@ def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     record = _read_run_json(ctx)
     stages = record.setdefault("stages", {})
     stages[name] = {"status": "running", "started_at": time.time()}
-    _write_run_json(ctx, record)
     started = time.perf_counter()
-    try:
-        summary = func(ctx)
-    except BaseException as err:
-        stages[name].update(
-            status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-            seconds=round(time.perf_counter() - started, 3),
-            error=str(err)[:500],
-        )
+    with _stop_on_sigterm(ctx, record, name, started):
         _write_run_json(ctx, record)
-        raise
+        try:
+            summary = func(ctx)
+        except BaseException as err:
+            stages[name].update(
+                status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                seconds=round(time.perf_counter() - started, 3),
+                error=str(err)[:500],
+            )
+            _write_run_json(ctx, record)
+            raise
     stages[name].update(
         status="done", seconds=round(time.perf_counter() - started, 3), summary=summary or {}
     )
     _write_run_json(ctx, record)
     return summary or {}
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(ctx: RunContext, record: dict[str, Any], name: str,
+                     started: float) -> Iterator[None]:
+    """SIGTERM (a scheduler, ``kill``) during a stage: record it as interrupted, exit 130.
+
+    The process ends at once, as after ``kill -9`` (which every stage survives: writes are
+    atomic and the next start removes what a killed stage left), rather than by raising
+    KeyboardInterrupt wherever the signal lands: an exception raised in the middle of an
+    import, a fork or a library's ``except BaseException`` can be swallowed or leave
+    half-made state behind. Training installs its own handler inside this one, which first
+    finishes the step and writes a checkpoint.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        record["stages"][name].update(status="interrupted", error="SIGTERM",
+                                      seconds=round(time.perf_counter() - started, 3))
+        _write_run_json(ctx, record)
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def check_exporters(ctx: RunContext) -> None:

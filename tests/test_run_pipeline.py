@@ -175,18 +175,25 @@ def test_kill_9_in_a_later_stage_then_resume_ends_like_the_uninterrupted_run(
     record["stages"][stage]["status"] = "running"  # what a kill during it leaves
     previous_start = record["stages"][stage]["started_at"]
     delay = point * record["stages"][stage]["seconds"]
-    run_json.write_text(json.dumps(record))
-    # output_dir is part of the config, so the copy's hash differs
-    process = _run(output_dir, "--resume", "--allow-config-change", wait=False)
-    deadline = time.monotonic() + 300
-    while json.loads(run_json.read_text())["stages"][stage]["started_at"] == previous_start:
-        assert process.poll() is None, f"run ended before {stage} started again"
-        assert time.monotonic() < deadline, f"{stage} never started"
-        time.sleep(0.05)
-    time.sleep(delay)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert json.loads(run_json.read_text())["stages"][stage]["status"] == "running"
+    # A stage of a second or so can finish sooner than it did before (warm caches): then
+    # the kill came too late to test anything, and it is tried again earlier.
+    for _ in range(4):
+        run_json.write_text(json.dumps(record))
+        # output_dir is part of the config, so the copy's hash differs
+        process = _run(output_dir, "--resume", "--allow-config-change", wait=False)
+        deadline = time.monotonic() + 300
+        while json.loads(run_json.read_text())["stages"][stage]["started_at"] == previous_start:
+            assert process.poll() is None, f"run ended before {stage} started again"
+            assert time.monotonic() < deadline, f"{stage} never started"
+            time.sleep(0.05)
+        time.sleep(delay)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        if json.loads(run_json.read_text())["stages"][stage]["status"] == "running":
+            break
+        delay /= 2
+    else:
+        pytest.fail(f"{stage} always finished before the kill")
 
     resumed = _run(output_dir, "--resume", "--allow-config-change")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

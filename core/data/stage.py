@@ -224,8 +224,8 @@ _worker_encoder: _Encoder | None = None  # set in each worker process by _start_
 def _start_worker(encoder: _Encoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
-    # The pool stops its workers with SIGTERM; the handler the CLI installs for the main
-    # process (stop as interrupted) is not theirs to run.
+    # The pool stops its workers with SIGTERM; the handler the pipeline installs for the
+    # main process (record the stage as interrupted, exit) is not theirs to run.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # What the worker inherited (torch, transformers: a million objects) lives as long as
     # it does; the cyclic GC need not scan it again at every full collection.
