@@ -1,9 +1,7 @@
-"""Folding a LoRA adapter into the base weights, verified by logits.
+"""What the merge checks: the base is stored unquantized, and logits agree.
 
 Merging into 4-bit weights (what QLoRA trained against) would re-quantize the sum and
-lose most of what the adapter learned, so the base is always reloaded unquantized.
-The check compares logits before and after ``merge_and_unload`` on the same model
-object, so no second copy of the weights is held.
+lose most of what the adapter learned, so the merge always reads the unquantized base.
 """
 
 from __future__ import annotations
@@ -45,18 +43,3 @@ def logits(model: Any, samples: list[list[int]]) -> list[torch.Tensor]:
 
 def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-
-
-def merge_adapter(model: Any, samples: list[list[int]]) -> tuple[Any, dict[str, Any]]:
-    """``merge_and_unload`` a ``PeftModel``; report how far the merged logits moved.
-
-    Returns the plain merged model and the verification numbers.
-    """
-    before = logits(model, samples)
-    merged = model.merge_and_unload()
-    after = logits(merged, samples)
-    return merged, {
-        "max_abs_logit_diff_vs_adapter": max_abs_diff(before, after),
-        "verified_tokens": sum(len(ids) for ids in samples),
-        "_merged_logits": after,
-    }

@@ -3,20 +3,29 @@
 ``merged/`` is a plain Hugging Face model directory (safetensors, config, generation
 config, the tokenizer that produced the training ids with its chat template) written
 atomically, plus ``lorapipe_merge.json`` recording how it was made and verified.
+
+The weights are merged shard by shard (``streaming``), so a model larger than memory
+merges; base + adapter and the merged model are then compared by their logits whenever
+the model fits in memory once.
 """
 
 from __future__ import annotations
 
 import gc
+import math
+import resource
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lorapipe.atomic import atomic_directory, atomic_write_json
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
-from lorapipe.merge.merging import logits, max_abs_diff, merge_adapter, refuse_quantized_checkpoint
+from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
+from lorapipe.merge.streaming import Architecture, merge_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
 # Merged vs base+adapter in the same precision differ only by rounding of W + BA.
@@ -24,60 +33,138 @@ MERGE_REPORT = "lorapipe_merge.json"
 # (adapter missing, wrong scaling) exceeds these.
 _TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
 _SAMPLES, _SAMPLE_TOKENS = 4, 64
+_MAX_SHARD_BYTES = 2 << 30
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-    from peft import PeftModel
-
     from lorapipe.model.dtypes import dtype_name, resolve_dtype
-    from lorapipe.model.loading import load_base_model
+    from lorapipe.model.memory import weightless_model
     from lorapipe.model.pretrained import prepared_tokenizer
-    from lorapipe.model.source import resolve_model_path
 
     config, device = ctx.config, ctx.device
     if not config.merge.enabled:
         return {"skipped": "merge.enabled is false"}
     adapter = ctx.paths.require_adapter("merge")
-    refuse_quantized_checkpoint(resolve_model_path(config.model.name_or_path))
+    base_dir = _local_model_dir(config.model.name_or_path)
+    refuse_quantized_checkpoint(str(base_dir))
 
     dtype = resolve_dtype(config.merge.dtype, device=device) if config.merge.dtype else ctx.dtype
     started = time.perf_counter()
-    base = load_base_model(config.model, dtype=dtype, device=device)  # exact weights
-    model = PeftModel.from_pretrained(base, adapter)
     tokenizer = prepared_tokenizer(ctx.paths, config.model)
     samples = _verification_samples(ctx, tokenizer)
-    merged, report = merge_adapter(model, samples)
-    merged_logits = report.pop("_merged_logits")
-    limit = _TOLERANCE.get(dtype_name(dtype), 1e-3)
-    if report["max_abs_logit_diff_vs_adapter"] > limit:
-        raise RuntimeError(
-            f"merged model's logits differ from base+adapter by "
-            f"{report['max_abs_logit_diff_vs_adapter']:.3g} (> {limit}); merged/ not written"
-        )
-    merged.config.use_cache = True  # the loader turned it off for training
-    report.update(
-        dtype=dtype_name(dtype),
-        base_model=config.model.name_or_path,
-        adapter=str(adapter),
-        tolerance=limit,
-    )
+    budget = _memory_budget()
+    model_bytes = _weight_bytes(base_dir, dtype)
+    # The logits of base + adapter need the model in memory once (peft cannot run on a
+    # model offloaded to disk); beyond memory each tensor's probe check stands alone.
+    fits = model_bytes * 1.25 < budget
+    reference = _adapter_logits(ctx, adapter, dtype, samples) if fits else None
+    architecture = Architecture.of(weightless_model(config.model))
     with atomic_directory(ctx.paths.merged) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
+        report = merge_checkpoint(base_dir, adapter, tmp, dtype=dtype,
+                                  shard_bytes=min(_MAX_SHARD_BYTES, max(budget // 4, 1 << 20)),
+                                  architecture=architecture)
         _write_tokenizer(ctx, tokenizer, tmp)
+        report.update(dtype=dtype_name(dtype), base_model=config.model.name_or_path,
+                      adapter=str(adapter), model_bytes=model_bytes)
+        merged_logits = None
+        if reference is not None:
+            merged_logits = _model_logits(tmp, ctx, dtype, samples)
+            limit = _TOLERANCE.get(dtype_name(dtype), 1e-3)
+            report.update(max_abs_logit_diff_vs_adapter=max_abs_diff(reference, merged_logits),
+                          verified_tokens=sum(len(ids) for ids in samples), tolerance=limit)
+            if report["max_abs_logit_diff_vs_adapter"] > limit:
+                raise RuntimeError(
+                    f"merged model's logits differ from base+adapter by "
+                    f"{report['max_abs_logit_diff_vs_adapter']:.3g} (> {limit}); merged/ not "
+                    "written")
+        else:
+            report["logits_not_compared"] = (
+                f"the model ({model_bytes:,} bytes) does not fit in the memory available "
+                f"({budget:,} bytes); each merged tensor was checked on probe vectors")
         atomic_write_json(tmp / MERGE_REPORT, report)
-    del merged, model, base
-    gc.collect()
 
-    report["max_abs_logit_diff_vs_training_model"] = _diff_vs_training_model(
-        ctx, samples, merged_logits, device
-    )
-    atomic_write_json(ctx.paths.merged / MERGE_REPORT, report)
+    if merged_logits is not None:
+        report["max_abs_logit_diff_vs_training_model"] = _diff_vs_training_model(
+            ctx, samples, merged_logits, device)
+        atomic_write_json(ctx.paths.merged / MERGE_REPORT, report)
     # Hashed once, when merged/ is final: until then it has no manifest, which export and
     # --resume read as "merge did not finish".
     write_manifest(ctx.paths.merged)
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["path"] = str(ctx.paths.merged)
     return report
+
+
+def _local_model_dir(name_or_path: str) -> Path:
+    """The base's files on disk: its directory, or the hub's cached snapshot (fetched the
+    way transformers fetches it when it is not there yet)."""
+    from lorapipe.model.source import resolve_model_path
+
+    path = Path(resolve_model_path(name_or_path))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def _memory_budget() -> int:
+    """Bytes this process may still use: the machine's available memory, or less when a
+    resource limit on the process's data (``ulimit -d``) says so."""
+    from lorapipe.model.memory import device_capacity
+
+    available = device_capacity("cpu")["available_bytes"]
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft != resource.RLIM_INFINITY:
+        status = Path("/proc/self/status").read_text()
+        used = next(int(line.split()[1]) * 1024 for line in status.splitlines()
+                    if line.startswith("VmData:"))
+        available = min(available, soft - used)
+    return available
+
+
+def _weight_bytes(base_dir: Path, dtype: torch.dtype) -> int:
+    """The model's weights in ``dtype`` (from the safetensors headers, nothing loaded)."""
+    from safetensors import safe_open
+
+    from lorapipe.merge.streaming import Layout
+
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for shard in Layout.of(base_dir).shards:
+        with safe_open(str(base_dir / shard), framework="pt") as handle:
+            total += sum(math.prod(handle.get_slice(key).get_shape()) * itemsize
+                         for key in handle.keys())  # noqa: SIM118 (safe_open is not a dict)
+    return total
+
+
+def _adapter_logits(ctx: RunContext, adapter: Path, dtype: torch.dtype,
+                    samples: list[list[int]]) -> list[torch.Tensor]:
+    """What base + adapter computes (peft, unmerged), the reference for the merged model."""
+    from peft import PeftModel
+
+    from lorapipe.model.loading import load_base_model
+
+    base = load_base_model(ctx.config.model, dtype=dtype, device=ctx.device)
+    model = PeftModel.from_pretrained(base, adapter)
+    model.eval()
+    result = logits(model, samples)
+    del model, base
+    gc.collect()
+    return result
+
+
+def _model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,
+                  samples: list[list[int]]) -> list[torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                 device_map={"": ctx.device})
+    model.eval()
+    result = logits(model, samples)
+    del model
+    gc.collect()
+    return result
 
 
 def _write_tokenizer(ctx: RunContext, tokenizer: Any, out_dir: Path) -> None:

@@ -1,0 +1,304 @@
+"""Folding a LoRA adapter into the base checkpoint one tensor at a time.
+
+peft's ``merge_and_unload`` needs the whole model in memory, so a model larger than the
+machine's memory could be trained (4-bit) but not merged. Here each base tensor is read
+from its safetensors shard, updated (``W + s·B·A``; DoRA's ``m / ‖W + s·B·A‖`` row
+scaling; replaced biases and ``modules_to_save``), checked, and written to an output shard
+of bounded size, so memory holds one shard being written and the adapter, never the
+model. The arithmetic is done in float32 and rounded once to the output dtype.
+
+Each updated tensor is checked on random probe vectors against what the adapter computes
+at that layer (``W x + s B A x``, or DoRA's form), so a merge that went wrong in one
+tensor is caught whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from lorapipe.atomic import atomic_write_json
+from lorapipe.errors import UserError
+
+_PREFIX = "base_model.model."
+# Files of the base's model directory that merged/ keeps (the tokenizer is written apart).
+_MODEL_FILES = ("generation_config.json",)
+_PROBES = 4
+# Relative error of a probe allowed between the merged tensor and the adapter's own form,
+# both in float32: only a wrong update (scale, transpose, missing term) comes near it.
+_PROBE_TOLERANCE = 1e-4
+
+
+@dataclass
+class _Update:
+    """What the adapter does to one weight of the base."""
+
+    scale: float
+    a: torch.Tensor | None = None  # (r, in)
+    b: torch.Tensor | None = None  # (out, r)
+    embedding: bool = False  # lora_embedding_A (r, vocab), lora_embedding_B (dim, r)
+    magnitude: torch.Tensor | None = None  # DoRA, one per output row
+    replaced: dict[str, torch.Tensor] = field(default_factory=dict)  # "weight"/"bias" → new
+
+    def delta_rows(self) -> torch.Tensor:
+        """``s·B·A`` with one row per output (per token for an embedding), float32."""
+        delta = (self.b.float() @ self.a.float()) * self.scale
+        return delta.T if self.embedding else delta
+
+
+@dataclass
+class Adapter:
+    """A saved peft LoRA adapter, grouped by the base module each tensor updates."""
+
+    updates: dict[str, _Update]
+
+    @classmethod
+    def load(cls, adapter_dir: Path) -> Adapter:
+        from peft import LoraConfig
+
+        config = LoraConfig.from_pretrained(str(adapter_dir))
+        tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+        updates: dict[str, _Update] = {}
+        for key, tensor in tensors.items():
+            module, part = _split(key)
+            update = updates.setdefault(module, _Update(scale=0.0))
+            if part in ("lora_A.weight", "lora_embedding_A"):
+                update.a, update.embedding = tensor, part == "lora_embedding_A"
+            elif part in ("lora_B.weight", "lora_embedding_B"):
+                update.b = tensor
+            elif part == "lora_magnitude_vector":
+                update.magnitude = tensor
+            elif part in ("weight", "bias", "base_layer.weight", "base_layer.bias"):
+                update.replaced[part.rsplit(".", 1)[-1]] = tensor
+            else:
+                raise UserError(f"{adapter_dir}: the adapter holds {key}, which the merge does "
+                                "not know how to fold in (a LoRA, DoRA, bias or "
+                                "modules_to_save tensor was expected)")
+        for module, update in updates.items():
+            if update.a is not None:
+                update.scale = _scale(config, module, rank=update.a.shape[0])
+        return cls(updates)
+
+
+def _split(key: str) -> tuple[str, str]:
+    """``base_model.model.X.lora_A.weight`` → (``X``, ``lora_A.weight``)."""
+    name = key.removeprefix(_PREFIX)
+    match = re.match(r"(.+?)\.(lora_[AB]\.weight|lora_embedding_[AB]|lora_magnitude_vector"
+                     r"|base_layer\.(?:weight|bias))$", name)
+    if match:
+        return match.group(1), match.group(2)
+    module, _, part = name.rpartition(".")
+    return module, part
+
+
+def _scale(config: Any, module: str, rank: int) -> float:
+    """``alpha / r`` (``alpha / √r`` with rsLoRA), with peft's per-module patterns."""
+    from peft.utils.other import get_pattern_key
+
+    alpha = config.lora_alpha
+    if config.alpha_pattern:
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module),
+                                         alpha)
+    return alpha / (math.sqrt(rank) if config.use_rslora else rank)
+
+
+@dataclass
+class Layout:
+    """The base checkpoint as stored: its shards and which tensor lives where."""
+
+    directory: Path
+    shards: list[str]
+
+    @classmethod
+    def of(cls, model_dir: Path) -> Layout:
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return cls(model_dir, sorted(set(weight_map.values())))
+        if (model_dir / "model.safetensors").is_file():
+            return cls(model_dir, ["model.safetensors"])
+        raise UserError(f"model.name_or_path: {model_dir} has no safetensors weights "
+                        "(model.safetensors or an index of shards); merging reads only "
+                        "safetensors. Convert the checkpoint with transformers' "
+                        "save_pretrained(safe_serialization=True)")
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for shard in self.shards:
+            with safe_open(str(self.directory / shard), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    yield key, handle.get_tensor(key)
+
+
+@dataclass
+class Architecture:
+    """What the checkpoint's tensors do not say: which modules store their weight (in, out)
+    (GPT-2's ``Conv1D``) and, when the base ties them, the input and output embeddings."""
+
+    transposed: set[str]
+    tied: tuple[str, str] | None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> Architecture:
+        """From the model built without weights (``lorapipe.model.memory.weightless_model``)."""
+        from transformers.pytorch_utils import Conv1D
+
+        names = {id(module): name for name, module in model.named_modules()}
+        inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = (outputs is not None and getattr(model.config, "tie_word_embeddings", False)
+                and names.get(id(inputs)) is not None)
+        return cls(
+            transposed={name for name, module in model.named_modules()
+                        if isinstance(module, Conv1D)},
+            tied=(names[id(inputs)], names[id(outputs)]) if tied else None,
+        )
+
+
+def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: torch.dtype,
+                     shard_bytes: int, architecture: Architecture) -> dict[str, Any]:
+    """Write ``base_dir``'s weights with ``adapter_dir`` folded in to ``out_dir``, and
+    the config that loads them.
+
+    When the base ties its embeddings and the adapter changes either of them, the merged
+    model stores both (the caller sets ``tie_word_embeddings: false``): a tied model could
+    not hold what base + adapter computes. Returns what was done: tensors updated, the worst
+    probe error, the shards written and whether the embeddings were untied.
+    """
+    adapter = Adapter.load(adapter_dir)
+    untie = None
+    if architecture.tied and any(name in adapter.updates for name in architecture.tied):
+        untie = architecture.tied
+    writer = _ShardWriter(out_dir, shard_bytes)
+    applied: set[str] = set()
+    worst = 0.0
+
+    def add(key: str, module: str, tensor: torch.Tensor) -> None:
+        nonlocal worst
+        update = adapter.updates.get(module)
+        part = key.rpartition(".")[2]
+        merged, error = _apply(tensor, update, part, transposed=module in architecture.transposed)
+        worst = max(worst, error)
+        applied.update([module] if update else [])
+        writer.add(key, merged.to(dtype))
+
+    for key, tensor in Layout.of(base_dir).tensors():
+        module = key.rpartition(".")[0]
+        if untie and module == untie[1]:
+            continue  # written from the input embedding below
+        if untie and module == untie[0]:
+            add(f"{untie[1]}.weight", untie[1], tensor)
+        add(key, module, tensor)
+    _write_model_config(base_dir, out_dir, dtype, untied=untie is not None)
+    missing = sorted(set(adapter.updates) - applied)
+    if missing:
+        raise UserError(f"{adapter_dir}: the adapter updates {', '.join(missing[:3])}, which "
+                        f"{base_dir} does not hold; was the adapter trained on another model?")
+    return {"updated_modules": len(applied), "max_probe_rel_error": worst,
+            "shards": writer.close(), "untied_embeddings": untie is not None}
+
+
+def _write_model_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, *,
+                        untied: bool) -> None:
+    """The base's config.json for the merged weights: their dtype, the KV cache on, and
+    untied embeddings when the merge had to store both."""
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config.pop("torch_dtype", None)
+    config["use_cache"] = True
+    if untied:
+        config["tie_word_embeddings"] = False
+        if isinstance(config.get("text_config"), dict):
+            config["text_config"]["tie_word_embeddings"] = False
+    atomic_write_json(out_dir / "config.json", config)
+    for name in _MODEL_FILES:
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, out_dir / name)
+
+
+def _apply(tensor: torch.Tensor, update: _Update | None, part: str, *,
+           transposed: bool) -> tuple[torch.Tensor, float]:
+    """The merged tensor (float32 when changed) and its probe check's relative error."""
+    if update is None:
+        return tensor, 0.0
+    tensor = update.replaced.get(part, tensor)
+    if part != "weight" or update.a is None or update.b is None:
+        return tensor, 0.0
+    # Rows are outputs: (out, in) for Linear, (vocab, dim) for Embedding; Conv1D stores
+    # (in, out).
+    rows = tensor.float().T if transposed else tensor.float()
+    merged = rows + update.delta_rows()
+    if update.magnitude is not None:
+        if update.embedding:
+            raise UserError("DoRA on an embedding layer cannot be merged; train DoRA on "
+                            "linear layers only")
+        merged = merged * (update.magnitude.float() / torch.linalg.norm(merged, dim=1))[:, None]
+    error = _probe(rows, merged, update)
+    return (merged.T if transposed else merged), error
+
+
+def _probe(rows: torch.Tensor, merged: torch.Tensor, update: _Update) -> float:
+    """Relative error of the merged layer against the adapter's own form on random inputs.
+
+    A linear layer: ``W x + s B (A x)`` (times DoRA's ``m / ‖W + s B A‖`` row scaling); an
+    embedding, for a random mixture ``p`` of tokens: ``Wᵀ p + s B (A p)``.
+    """
+    a, b = update.a.float(), update.b.float()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(a.shape[1], _PROBES, generator=generator)
+    expected = (rows.T if update.embedding else rows) @ x + update.scale * (b @ (a @ x))
+    if update.magnitude is not None:
+        norm = torch.linalg.norm(rows + update.delta_rows(), dim=1)
+        expected = expected * (update.magnitude.float() / norm)[:, None]
+    got = (merged.T if update.embedding else merged) @ x
+    return float((got - expected).norm() / expected.norm().clamp_min(1e-30))
+
+
+class _ShardWriter:
+    """Tensors to safetensors files of at most ``limit`` bytes each (one tensor larger
+    than the limit gets a file of its own), named and indexed as transformers writes them."""
+
+    def __init__(self, out_dir: Path, limit: int) -> None:
+        self.out_dir, self.limit = out_dir, limit
+        self.current: dict[str, torch.Tensor] = {}
+        self.size = 0
+        self.written: list[tuple[str, list[str], int]] = []  # (temp name, keys, bytes)
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.current and self.size + nbytes > self.limit:
+            self._flush()
+        self.current[key] = tensor.contiguous()
+        self.size += nbytes
+
+    def _flush(self) -> None:
+        name = f".shard-{len(self.written):05d}.safetensors"
+        save_file(self.current, str(self.out_dir / name), metadata={"format": "pt"})
+        self.written.append((name, list(self.current), self.size))
+        self.current, self.size = {}, 0
+
+    def close(self) -> int:
+        if self.current or not self.written:
+            self._flush()
+        if len(self.written) == 1:
+            os.replace(self.out_dir / self.written[0][0], self.out_dir / "model.safetensors")
+            return 1
+        total = len(self.written)
+        weight_map: dict[str, str] = {}
+        for number, (temp, keys, _) in enumerate(self.written, start=1):
+            final = f"model-{number:05d}-of-{total:05d}.safetensors"
+            os.replace(self.out_dir / temp, self.out_dir / final)
+            weight_map.update(dict.fromkeys(keys, final))
+        index = {"metadata": {"total_size": sum(size for *_, size in self.written)},
+                 "weight_map": weight_map}
+        (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        return total
