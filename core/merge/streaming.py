@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class _Update:
     """What the adapter does to one weight of the base."""
 
     scale: float
+    alpha: float = 0.0
     a: torch.Tensor | None = None  # (r, in)
     b: torch.Tensor | None = None  # (out, r)
     embedding: bool = False  # lora_embedding_A (r, vocab), lora_embedding_B (dim, r)
@@ -59,9 +60,15 @@ class _Update:
 
 @dataclass
 class Adapter:
-    """A saved peft LoRA adapter, grouped by the base module each tensor updates."""
+    """A saved peft LoRA adapter, grouped by the base module each tensor updates.
+
+    ``init`` is set when the adapter's initialisation moved part of the base weight into
+    it (PiSSA, OLoRA): it was trained against that residual, which the merge recomputes.
+    """
 
     updates: dict[str, _Update]
+    config: Any  # peft's LoraConfig
+    init: str | None = None
 
     @classmethod
     def load(cls, adapter_dir: Path) -> Adapter:
@@ -87,8 +94,17 @@ class Adapter:
                                 "modules_to_save tensor was expected)")
         for module, update in updates.items():
             if update.a is not None:
-                update.scale = _scale(config, module, rank=update.a.shape[0])
-        return cls(updates)
+                update.alpha = _alpha(config, module)
+                rank = update.a.shape[0]
+                update.scale = update.alpha / (math.sqrt(rank) if config.use_rslora else rank)
+        init = config.init_lora_weights
+        if isinstance(init, str) and init != "gaussian":
+            if not init.startswith(("pissa", "olora")):
+                raise UserError(f"{adapter_dir}: adapters initialised with {init!r} change the "
+                                "base weights in a way the merge cannot recompute; only "
+                                "PiSSA and OLoRA can be merged")
+            return cls(updates, config, init)
+        return cls(updates, config)
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -102,15 +118,30 @@ def _split(key: str) -> tuple[str, str]:
     return module, part
 
 
-def _scale(config: Any, module: str, rank: int) -> float:
-    """``alpha / r`` (``alpha / √r`` with rsLoRA), with peft's per-module patterns."""
+def _alpha(config: Any, module: str) -> float:
+    """``lora_alpha``, or its per-module value from peft's ``alpha_pattern``."""
     from peft.utils.other import get_pattern_key
 
-    alpha = config.lora_alpha
-    if config.alpha_pattern:
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module),
-                                         alpha)
-    return alpha / (math.sqrt(rank) if config.use_rslora else rank)
+    if not config.alpha_pattern:
+        return config.lora_alpha
+    key = get_pattern_key(config.alpha_pattern.keys(), module)
+    return config.alpha_pattern.get(key, config.lora_alpha)
+
+
+def _residual(rows: torch.Tensor, update: _Update, adapter: Adapter) -> torch.Tensor:
+    """The base weight PiSSA/OLoRA trained against: ``W`` less the principal part that
+    initialisation moved into the adapter. peft's own layer computes it, as
+    ``PeftModel.from_pretrained`` does when it loads such an adapter."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if update.embedding:
+        raise UserError(f"{adapter.init} initialisation on an embedding cannot be merged")
+    layer = torch.nn.Linear(rows.shape[1], rows.shape[0], bias=False)
+    layer.weight.data = rows.clone()
+    config = replace(adapter.config, fan_in_fan_out=False)  # rows are (out, in) here
+    LoraLinear(layer, "default", config, r=update.a.shape[0], lora_alpha=update.alpha,
+               init_lora_weights=adapter.init, use_rslora=config.use_rslora)
+    return layer.weight.data
 
 
 @dataclass
@@ -186,7 +217,8 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
         nonlocal worst
         update = adapter.updates.get(module)
         part = key.rpartition(".")[2]
-        merged, error = _apply(tensor, update, part, transposed=module in architecture.transposed)
+        merged, error = _apply(tensor, update, part, adapter,
+                               transposed=module in architecture.transposed)
         worst = max(worst, error)
         applied.update([module] if update else [])
         writer.add(key, merged.to(dtype))
@@ -225,7 +257,7 @@ def _write_model_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, *,
             shutil.copy2(base_dir / name, out_dir / name)
 
 
-def _apply(tensor: torch.Tensor, update: _Update | None, part: str, *,
+def _apply(tensor: torch.Tensor, update: _Update | None, part: str, adapter: Adapter, *,
            transposed: bool) -> tuple[torch.Tensor, float]:
     """The merged tensor (float32 when changed) and its probe check's relative error."""
     if update is None:
@@ -236,6 +268,8 @@ def _apply(tensor: torch.Tensor, update: _Update | None, part: str, *,
     # Rows are outputs: (out, in) for Linear, (vocab, dim) for Embedding; Conv1D stores
     # (in, out).
     rows = tensor.float().T if transposed else tensor.float()
+    if adapter.init:
+        rows = _residual(rows, update, adapter)
     merged = rows + update.delta_rows()
     if update.magnitude is not None:
         if update.embedding:

@@ -86,6 +86,10 @@ CASES = {
                                           bias="all", init_lora_weights=False)),
     "conv1d (gpt-2)": (_gpt2, LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"],
                                          fan_in_fan_out=True, init_lora_weights=False)),
+    "pissa": (_llama, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                 init_lora_weights="pissa")),
+    "olora": (_llama, LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "o_proj"],
+                                 init_lora_weights="olora")),
     "untied head": (_llama, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False,
                                        modules_to_save=["lm_head"])),
 }
