@@ -55,7 +55,7 @@ def _merge(tmp_path: Path, build, lora: LoraConfig, *, max_shard_size: str = "5G
     architecture = Architecture.of(base)
     model = get_peft_model(base, lora)
     with torch.no_grad():  # what training would have moved away from the initial values
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.1)
     model.save_pretrained(adapter_dir)
