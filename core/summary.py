@@ -97,8 +97,12 @@ def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
 def _merge_line(summary: dict[str, Any], _paths: RunPaths) -> str:
     if summary.get("skipped"):
         return "skipped"
+    shards = f", {summary['shards']} shards" if summary.get("shards", 1) > 1 else ""
+    if "max_abs_logit_diff_vs_adapter" not in summary:
+        return (f"{summary['dtype']}{shards}; checked tensor by tensor (max probe error "
+                f"{summary['max_probe_rel_error']:.2g}): {summary['logits_not_compared']}")
     return (
-        f"{summary['dtype']}; max |logit diff| vs base+adapter "
+        f"{summary['dtype']}{shards}; max |logit diff| vs base+adapter "
         f"{summary['max_abs_logit_diff_vs_adapter']:.2g}"
     )
 

@@ -85,6 +85,32 @@ def test_every_artifact_exists(finished_run: Path) -> None:
     assert low <= report["change"]["response"] <= high < 0
 
 
+def test_model_cards_read_as_the_hub_reads_them(finished_run: Path) -> None:
+    """adapter/README.md and merged/README.md, parsed by huggingface_hub: the front matter
+    the hub indexes, the settings, and (merged) the evaluation table of the report."""
+    from huggingface_hub import ModelCard
+
+    adapter = ModelCard.load(finished_run / "adapter" / "README.md")
+    merged = ModelCard.load(finished_run / "merged" / "README.md")
+    for card, library in ((adapter, "peft"), (merged, "transformers")):
+        data = card.data.to_dict()
+        assert data["base_model"] == "tiny-llama" and data["library_name"] == library
+        assert data["pipeline_tag"] == "text-generation"
+        assert {"lorapipe", "qlora"} <= set(data["tags"])  # the quickstart trains on nf4
+        assert data["datasets"] == ["quickstart.jsonl"]
+        assert "| LoRA rank / alpha | 16 / 32.0 |" in card.text
+        assert "| optimizer steps |" in card.text and "| best validation loss |" in card.text
+    report = json.loads((finished_run / "eval/report.json").read_text())["perplexity"]
+    row = next(line for line in merged.text.splitlines()
+               if line.startswith("| perplexity | test | response |"))
+    assert f"{report['base']['response']:.4g}" in row
+    assert f"{report['finetuned']['response']:.4g}" in row
+    assert "AutoModelForCausalLM.from_pretrained" in merged.text
+    assert "AutoPeftModelForCausalLM.from_pretrained" in adapter.text
+    # the card is part of what adapter/'s manifest covers
+    assert "README.md" in json.loads((finished_run / "adapter/manifest.json").read_text())
+
+
 def test_llama_cpp_loads_the_exported_file(finished_run: Path) -> None:
     import llama_cpp  # installed by .ci/run: this check must not skip quietly
 

@@ -12,6 +12,7 @@ the model fits in memory once.
 from __future__ import annotations
 
 import gc
+import json
 import math
 import resource
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
+from lorapipe.cards import write_model_card
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
 from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
@@ -64,6 +66,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                                   shard_bytes=min(_MAX_SHARD_BYTES, max(budget // 4, 1 << 20)),
                                   architecture=architecture)
         _write_tokenizer(ctx, tokenizer, tmp)
+        write_model_card(tmp, ctx.paths, "merged", training=_training_summary(ctx))
         report.update(dtype=dtype_name(dtype), base_model=config.model.name_or_path,
                       adapter=str(adapter), model_bytes=model_bytes)
         merged_logits = None
@@ -93,6 +96,14 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     report["seconds"] = round(time.perf_counter() - started, 2)
     report["path"] = str(ctx.paths.merged)
     return report
+
+
+def _training_summary(ctx: RunContext) -> dict[str, Any] | None:
+    """What run.json recorded of the train stage (None when train ran elsewhere)."""
+    if not ctx.paths.run_json.is_file():
+        return None
+    stage = json.loads(ctx.paths.run_json.read_text()).get("stages", {}).get("train", {})
+    return stage.get("summary")
 
 
 def _local_model_dir(name_or_path: str) -> Path:

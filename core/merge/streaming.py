@@ -219,6 +219,9 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
         part = key.rpartition(".")[2]
         merged, error = _apply(tensor, update, part, adapter,
                                transposed=module in architecture.transposed)
+        if error > _PROBE_TOLERANCE:
+            raise RuntimeError(f"merging {key} went wrong: on probe vectors it computes "
+                               f"{error:.2g} (relative) away from base + adapter")
         worst = max(worst, error)
         applied.update([module] if update else [])
         writer.add(key, merged.to(dtype))

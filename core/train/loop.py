@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_directory
+from lorapipe.cards import write_model_card
 from lorapipe.config import TrainConfig
 from lorapipe.errors import UserError
 from lorapipe.manifest import require_intact, write_manifest
@@ -538,16 +539,6 @@ class Trainer:
         """Publish the best adapter (or the last, without validation) as ``adapter/``."""
         state = self.state
         chosen = state.best_step if state.best_step is not None else state.step
-        if self.accelerator.is_main_process:
-            source = self.paths.checkpoint(chosen)
-            require_intact(source, f"checkpoint step-{chosen} was damaged after it was "
-                           "written; delete it and run `lorapipe train CONFIG --resume`")
-            with atomic_directory(self.paths.adapter) as tmp:
-                shutil.copytree(source / "adapter", tmp, dirs_exist_ok=True)
-                write_manifest(tmp)
-            self.metrics.write({"step": state.step, "event": "end", "memory": self.memory()})
-            self.metrics.close()
-        self.accelerator.wait_for_everyone()
         summary = {
             "steps": state.step, "epochs": round(state.step / self.steps_per_epoch, 4),
             "seconds": round(seconds, 2), "tokens_per_s": round(run_tokens / max(seconds, 1e-9), 1),
@@ -556,6 +547,17 @@ class Trainer:
             "nonfinite_steps": state.nonfinite_steps, "spikes": state.spikes,
             "rollbacks": state.rollbacks,
         }
+        if self.accelerator.is_main_process:
+            source = self.paths.checkpoint(chosen)
+            require_intact(source, f"checkpoint step-{chosen} was damaged after it was "
+                           "written; delete it and run `lorapipe train CONFIG --resume`")
+            with atomic_directory(self.paths.adapter) as tmp:
+                shutil.copytree(source / "adapter", tmp, dirs_exist_ok=True)
+                write_model_card(tmp, self.paths, "adapter", training=summary)
+                write_manifest(tmp)
+            self.metrics.write({"step": state.step, "event": "end", "memory": self.memory()})
+            self.metrics.close()
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             best = "n/a" if state.best_eval_loss is None else f"{state.best_eval_loss:.4f}"
             tqdm.write(f"trained {state.step} steps in {seconds:.1f}s "

@@ -18,6 +18,7 @@ from lorapipe.merge.stage import MERGE_REPORT
 from lorapipe.model.source import resolve_model_path
 
 IDS = [[2042, 100, 200, 300, 400, 500, 600, 700], [2042, 5, 6, 7, 8]]
+SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 
 
 def _logits(model, ids: list[int]) -> torch.Tensor:
@@ -115,3 +116,63 @@ def test_a_damaged_adapter_is_refused_naming_the_file(adapter_run, capsys) -> No
                                         r"checksum.*lorapipe train CONFIG"):
         run_stage(adapter_run)
     assert not adapter_run.paths.merged.exists()
+
+
+LIMITED_MERGE = r"""
+import json, resource, sys
+from pathlib import Path
+import peft, torch, transformers  # noqa: F401 (imported before the limit, as the stage's)
+from lorapipe.config import validate_config
+from lorapipe.context import RunContext
+from lorapipe.merge import run_stage
+from lorapipe.plan import build_plan
+model_dir, output_dir, data, headroom = sys.argv[1:5]
+ctx = RunContext(build_plan(validate_config({
+    "model": {"name_or_path": model_dir}, "data": {"loader": {"name": "jsonl", "path": data}},
+    "output_dir": output_dir})))
+status = Path("/proc/self/status").read_text().splitlines()
+used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:"))
+resource.setrlimit(resource.RLIMIT_DATA, (used + int(headroom), resource.RLIM_INFINITY))
+print(json.dumps(run_stage(ctx)))
+"""
+
+
+def test_a_model_larger_than_the_memory_left_merges(tmp_path: Path) -> None:
+    """``ulimit -d`` leaves the merge half the model's size: it merges shard by shard,
+    checks each tensor, says the logits could not be compared, and merged/ computes what
+    base + adapter computes."""
+    import subprocess
+    import sys
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = Path(resolve_model_path("tiny-llama"))
+    vocab = AutoModelForCausalLM.from_pretrained(tiny).config.vocab_size
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=512,
+                                        intermediate_size=1408, num_hidden_layers=8,
+                                        num_attention_heads=8, num_key_value_heads=4))
+    model_dir, run = tmp_path / "model", tmp_path / "run"
+    base.save_pretrained(model_dir, max_shard_size="20MB")
+    for path in tiny.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy2(path, model_dir / path.name)
+    size = sum(p.numel() * p.element_size() for p in base.parameters())
+    peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "down_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(run / "adapter")
+    write_manifest(run / "adapter")
+    with torch.no_grad():
+        expected = peft_model(input_ids=torch.tensor([IDS[0]])).logits
+
+    done = subprocess.run([sys.executable, "-c", LIMITED_MERGE, str(model_dir), str(run),
+                           str(SAMPLE), str(size // 2)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "does not fit in the memory available" in summary["logits_not_compared"]
+    assert summary["shards"] > 1 and summary["max_probe_rel_error"] < 1e-5
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged", dtype=torch.float32)
+    with torch.no_grad():
+        got = merged(input_ids=torch.tensor([IDS[0]])).logits
+    assert (got - expected).abs().max() < 1e-4
