@@ -35,6 +35,8 @@ MERGE_REPORT = "lorapipe_merge.json"
 # (adapter missing, wrong scaling) exceeds these.
 _TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
 _SAMPLES, _SAMPLE_TOKENS = 4, 64
+# An output shard is held, then serialised (a second copy), while the next input shard is
+# mapped: an eighth of the memory left keeps the whole well inside it.
 _MAX_SHARD_BYTES = 2 << 30
 
 
@@ -63,7 +65,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     architecture = Architecture.of(weightless_model(config.model))
     with atomic_directory(ctx.paths.merged) as tmp:
         report = merge_checkpoint(base_dir, adapter, tmp, dtype=dtype,
-                                  shard_bytes=min(_MAX_SHARD_BYTES, max(budget // 4, 1 << 20)),
+                                  shard_bytes=min(_MAX_SHARD_BYTES, max(budget // 8, 1 << 20)),
                                   architecture=architecture)
         _write_tokenizer(ctx, tokenizer, tmp)
         write_model_card(tmp, ctx.paths, "merged", training=_training_summary(ctx))

@@ -122,6 +122,7 @@ LIMITED_MERGE = r"""
 import json, resource, sys
 from pathlib import Path
 import peft, torch, transformers  # noqa: F401 (imported before the limit, as the stage's)
+import transformers.models.llama.modeling_llama  # noqa: F401
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.merge import run_stage
@@ -138,7 +139,7 @@ print(json.dumps(run_stage(ctx)))
 
 
 def test_a_model_larger_than_the_memory_left_merges(tmp_path: Path) -> None:
-    """``ulimit -d`` leaves the merge half the model's size: it merges shard by shard,
+    """``ulimit -d`` leaves the merge 60% of the model's size: it merges shard by shard,
     checks each tensor, says the logits could not be compared, and merged/ computes what
     base + adapter computes."""
     import subprocess
@@ -150,9 +151,10 @@ def test_a_model_larger_than_the_memory_left_merges(tmp_path: Path) -> None:
     tiny = Path(resolve_model_path("tiny-llama"))
     vocab = AutoModelForCausalLM.from_pretrained(tiny).config.vocab_size
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=512,
-                                        intermediate_size=1408, num_hidden_layers=8,
-                                        num_attention_heads=8, num_key_value_heads=4))
+    # large enough (370 MB) that what the interpreter allocates besides is small beside it
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=1024,
+                                        intermediate_size=2816, num_hidden_layers=8,
+                                        num_attention_heads=16, num_key_value_heads=8))
     model_dir, run = tmp_path / "model", tmp_path / "run"
     base.save_pretrained(model_dir, max_shard_size="20MB")
     for path in tiny.iterdir():
@@ -167,7 +169,7 @@ def test_a_model_larger_than_the_memory_left_merges(tmp_path: Path) -> None:
         expected = peft_model(input_ids=torch.tensor([IDS[0]])).logits
 
     done = subprocess.run([sys.executable, "-c", LIMITED_MERGE, str(model_dir), str(run),
-                           str(SAMPLE), str(size // 2)], capture_output=True, text=True)
+                           str(SAMPLE), str(size * 6 // 10)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert "does not fit in the memory available" in summary["logits_not_compared"]
