@@ -66,16 +66,19 @@ def write_model_card(out_dir: Path, paths: RunPaths, kind: Literal["adapter", "m
 
 
 def _dataset_names(config: dict[str, Any]) -> list[str]:
-    """The sources the data came from, as the loaders name them (a file's name, a hub id)."""
+    """The sources the data came from: the files' names, or a loader's hub dataset id."""
     data = config.get("data") or {}
     refs = [data.get("loader")] + [(data.get(part) or {}).get("loader")
                                    for part in ("validation", "test")]
-    names = []
+    names: list[str] = []
     for ref in refs:
-        if isinstance(ref, dict):
-            source = ref.get("path") or ref.get("dataset") or ref.get("name")
-            if source:
-                names.append(Path(str(source)).name if ref.get("path") else str(source))
+        if not isinstance(ref, dict):
+            continue
+        if ref.get("path"):
+            paths = ref["path"] if isinstance(ref["path"], list) else [ref["path"]]
+            names += [Path(str(path)).name for path in paths]
+        elif ref.get("dataset"):
+            names.append(str(ref["dataset"]))
     return list(dict.fromkeys(names))
 
 
