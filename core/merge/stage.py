@@ -148,6 +148,7 @@ def _weight_bytes(base_dir: Path, dtype: torch.dtype) -> int:
         with safe_open(str(base_dir / shard), framework="pt") as handle:
             total += sum(math.prod(handle.get_slice(key).get_shape()) * itemsize
                          for key in handle.keys())  # noqa: SIM118 (safe_open is not a dict)
+        del handle  # its mapping goes now, not when the next shard is already mapped
     return total
 
 

@@ -166,9 +166,15 @@ class Layout:
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for shard in self.shards:
-            with safe_open(str(self.directory / shard), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    yield key, handle.get_tensor(key)
+            yield from _shard_tensors(self.directory / shard)
+
+
+def _shard_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """One shard's tensors. Its own generator, so the shard's mapping (released only when
+    the handle is freed, not when the ``with`` ends) is gone before the next is mapped."""
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+            yield key, handle.get_tensor(key)
 
 
 @dataclass
@@ -224,7 +230,9 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
                                f"{error:.2g} (relative) away from base + adapter")
         worst = max(worst, error)
         applied.update([module] if update else [])
-        writer.add(key, merged.to(dtype))
+        # A copy: a tensor read from a shard lives in the shard's mapping, which it would
+        # keep alive (the whole shard) until its output shard is written.
+        writer.add(key, merged.to(dtype, copy=True))
 
     for key, tensor in Layout.of(base_dir).tensors():
         module = key.rpartition(".")[0]
@@ -233,6 +241,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
         if untie and module == untie[0]:
             add(f"{untie[1]}.weight", untie[1], tensor)
         add(key, module, tensor)
+        del tensor  # the last of a shard would keep its mapping alive into the next
     _write_model_config(base_dir, out_dir, dtype, untied=untie is not None)
     missing = sorted(set(adapter.updates) - applied)
     if missing:
