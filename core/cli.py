@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="resume even though the config changed",
             )
 
+    inspect = sub.add_parser("inspect", help="prepared samples with the trained tokens highlighted")
+    _add_config_args(inspect)
+    inspect.add_argument("--split", choices=["train", "validation", "test"], default="train")
+    inspect.add_argument("--count", type=int, default=3, help="how many samples (default 3)")
+    inspect.add_argument("--start", type=int, default=0, help="index of the first sample")
+    inspect.add_argument("--ids", action="store_true", help="show each token's id")
+
     plugins = sub.add_parser("plugins", help="installed plugins, their hooks and load failures")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -160,6 +167,19 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lorapipe.context import RunContext
+    from lorapipe.data.inspect import show_samples
+    from lorapipe.plan import load_plan
+
+    if args.count < 1 or args.start < 0:
+        raise UserError("--count must be at least 1 and --start at least 0")
+    ctx = RunContext(load_plan(args.config, args.overrides))
+    show_samples(ctx.paths, console, split=args.split, count=args.count, start=args.start,
+                 ids=args.ids)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lorapipe.context import RunContext
     from lorapipe.pipeline import run_pipeline
@@ -181,6 +201,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "plugins": cmd_plugins,
     "components": cmd_components,
+    "inspect": cmd_inspect,
     **{verb: cmd_stage for verb in STAGE_VERBS},
 }
 
