@@ -35,10 +35,9 @@ def write_model_card(out_dir: Path, paths: RunPaths, kind: Literal["adapter", "m
     if not paths.resolved_config.is_file():
         return None
     config = yaml.safe_load(paths.resolved_config.read_text(encoding="utf-8"))
-    adapter = json.loads((paths.adapter / "adapter_config.json").read_text(encoding="utf-8")) \
-        if (paths.adapter / "adapter_config.json").is_file() else {}
-    if kind == "adapter" and (out_dir / "adapter_config.json").is_file():
-        adapter = json.loads((out_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter_config = (out_dir if kind == "adapter" else paths.adapter) / "adapter_config.json"
+    adapter = (json.loads(adapter_config.read_text(encoding="utf-8"))
+               if adapter_config.is_file() else {})
     base = config["model"]["name_or_path"]
     quantizer = (config["model"].get("quantizer") or {}).get("name", "none")
     quantized = quantizer != "none"
@@ -53,10 +52,12 @@ def write_model_card(out_dir: Path, paths: RunPaths, kind: Literal["adapter", "m
         datasets=_dataset_names(config) or None,
         license=_base_license(adapter.get("base_model_name_or_path")),
     )
-    evaluation = _evaluation_table(paths.eval_report) if paths.eval_report.is_file() else ""
+    # Only merged/ is written after evaluate: a report beside a retrained adapter is stale.
+    evaluation = (_evaluation_table(paths.eval_report)
+                  if kind == "merged" and paths.eval_report.is_file() else "")
     body = "\n\n".join(part for part in (
         _title(base, kind, quantized),
-        _settings_table(config, adapter, training),
+        _settings_table(config, adapter, quantizer, training),
         evaluation,
         _how_to_load(kind, base),
     ) if part)
@@ -101,14 +102,14 @@ def _title(base: str, kind: str, quantized: bool) -> str:
             f"Fine-tuned from `{base}` with {method} by lorapipe {__version__}.")
 
 
-def _settings_table(config: dict[str, Any], adapter: dict[str, Any],
+def _settings_table(config: dict[str, Any], adapter: dict[str, Any], quantizer: str,
                     training: dict[str, Any] | None) -> str:
     train = config.get("train") or {}
     rows = [
         ("LoRA rank / alpha", f"{adapter.get('r')} / {adapter.get('lora_alpha')}"),
         ("target modules", ", ".join(sorted(adapter.get("target_modules") or []))),
         ("DoRA / rsLoRA", f"{bool(adapter.get('use_dora'))} / {bool(adapter.get('use_rslora'))}"),
-        ("quantizer", (config["model"].get("quantizer") or {}).get("name", "none")),
+        ("quantizer", quantizer),
         ("learning rate, schedule", f"{train.get('learning_rate')}, {train.get('lr_scheduler')}"),
         ("epochs", train.get("epochs")),
         ("micro batch × accumulation", f"{train.get('micro_batch_size')} × "

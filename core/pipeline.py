@@ -104,18 +104,18 @@ def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
         try:
             summary = func(ctx)
         except BaseException as err:
-            stages[name].update(
-                status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-                seconds=round(time.perf_counter() - started, 3),
-                error=str(err)[:500],
-            )
-            _write_run_json(ctx, record)
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            _end_stage(ctx, record, name, started, status=status, error=str(err)[:500])
             raise
-    stages[name].update(
-        status="done", seconds=round(time.perf_counter() - started, 3), summary=summary or {}
-    )
-    _write_run_json(ctx, record)
+    _end_stage(ctx, record, name, started, status="done", summary=summary or {})
     return summary or {}
+
+
+def _end_stage(ctx: RunContext, record: dict[str, Any], name: str, started: float,
+               **outcome: Any) -> None:
+    """Record how stage ``name`` ended (status, time taken, error or summary) in run.json."""
+    record["stages"][name].update(seconds=round(time.perf_counter() - started, 3), **outcome)
+    _write_run_json(ctx, record)
 
 
 @contextlib.contextmanager
@@ -135,9 +135,7 @@ def _stop_on_sigterm(ctx: RunContext, record: dict[str, Any], name: str,
         return
 
     def stop(signum: int, frame: object) -> None:
-        record["stages"][name].update(status="interrupted", error="SIGTERM",
-                                      seconds=round(time.perf_counter() - started, 3))
-        _write_run_json(ctx, record)
+        _end_stage(ctx, record, name, started, status="interrupted", error="SIGTERM")
         print("interrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ from lorapipe.cards import write_model_card
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
 from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
-from lorapipe.merge.streaming import Architecture, merge_checkpoint
+from lorapipe.merge.streaming import Architecture, Layout, merge_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
 # Merged vs base+adapter in the same precision differ only by rounding of W + BA.
@@ -42,7 +40,7 @@ _MAX_SHARD_BYTES = 2 << 30
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from lorapipe.model.dtypes import dtype_name, resolve_dtype
-    from lorapipe.model.memory import weightless_model
+    from lorapipe.model.memory import memory_left, weightless_model
     from lorapipe.model.pretrained import prepared_tokenizer
 
     config, device = ctx.config, ctx.device
@@ -56,8 +54,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     started = time.perf_counter()
     tokenizer = prepared_tokenizer(ctx.paths, config.model)
     samples = _verification_samples(ctx, tokenizer)
-    budget = _memory_budget()
-    model_bytes = _weight_bytes(base_dir, dtype)
+    budget = memory_left()
+    model_bytes = Layout.of(base_dir).numel() * torch.tensor([], dtype=dtype).element_size()
     # The logits of base + adapter need the model in memory once (peft cannot run on a
     # model offloaded to disk); beyond memory each tensor's probe check stands alone.
     fits = model_bytes * 1.25 < budget
@@ -119,37 +117,6 @@ def _local_model_dir(name_or_path: str) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors"]))
-
-
-def _memory_budget() -> int:
-    """Bytes this process may still use: the machine's available memory, or less when a
-    resource limit on the process's data (``ulimit -d``) says so."""
-    from lorapipe.model.memory import device_capacity
-
-    available = device_capacity("cpu")["available_bytes"]
-    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
-    if soft != resource.RLIM_INFINITY:
-        status = Path("/proc/self/status").read_text()
-        used = next(int(line.split()[1]) * 1024 for line in status.splitlines()
-                    if line.startswith("VmData:"))
-        available = min(available, soft - used)
-    return available
-
-
-def _weight_bytes(base_dir: Path, dtype: torch.dtype) -> int:
-    """The model's weights in ``dtype`` (from the safetensors headers, nothing loaded)."""
-    from safetensors import safe_open
-
-    from lorapipe.merge.streaming import Layout
-
-    itemsize = torch.tensor([], dtype=dtype).element_size()
-    total = 0
-    for shard in Layout.of(base_dir).shards:
-        with safe_open(str(base_dir / shard), framework="pt") as handle:
-            total += sum(math.prod(handle.get_slice(key).get_shape()) * itemsize
-                         for key in handle.keys())  # noqa: SIM118 (safe_open is not a dict)
-        del handle  # its mapping goes now, not when the next shard is already mapped
-    return total
 
 
 def _adapter_logits(ctx: RunContext, adapter: Path, dtype: torch.dtype,

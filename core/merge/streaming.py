@@ -68,7 +68,11 @@ class Adapter:
 
     updates: dict[str, _Update]
     config: Any  # peft's LoraConfig
-    init: str | None = None
+
+    @property
+    def init(self) -> str | None:
+        init = self.config.init_lora_weights
+        return init if isinstance(init, str) and init != "gaussian" else None
 
     @classmethod
     def load(cls, adapter_dir: Path) -> Adapter:
@@ -97,14 +101,12 @@ class Adapter:
                 update.alpha = _alpha(config, module)
                 rank = update.a.shape[0]
                 update.scale = update.alpha / (math.sqrt(rank) if config.use_rslora else rank)
-        init = config.init_lora_weights
-        if isinstance(init, str) and init != "gaussian":
-            if not init.startswith(("pissa", "olora")):
-                raise UserError(f"{adapter_dir}: adapters initialised with {init!r} change the "
-                                "base weights in a way the merge cannot recompute; only "
-                                "PiSSA and OLoRA can be merged")
-            return cls(updates, config, init)
-        return cls(updates, config)
+        adapter = cls(updates, config)
+        if adapter.init and not adapter.init.startswith(("pissa", "olora")):
+            raise UserError(f"{adapter_dir}: adapters initialised with {adapter.init!r} change "
+                            "the base weights in a way the merge cannot recompute; only PiSSA "
+                            "and OLoRA can be merged")
+        return adapter
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -146,7 +148,7 @@ def _residual(rows: torch.Tensor, update: _Update, adapter: Adapter) -> torch.Te
 
 @dataclass
 class Layout:
-    """The base checkpoint as stored: its shards and which tensor lives where."""
+    """The base checkpoint as stored: its safetensors shards."""
 
     directory: Path
     shards: list[str]
@@ -168,13 +170,23 @@ class Layout:
         for shard in self.shards:
             yield from _shard_tensors(self.directory / shard)
 
+    def numel(self) -> int:
+        """How many numbers the checkpoint holds (from the headers, nothing loaded)."""
+        return sum(_shard_numel(self.directory / shard) for shard in self.shards)
 
+
+# Each shard is opened in its own function: its mapping is released only when the handle
+# is freed (not when the ``with`` ends), and must be gone before the next is mapped.
 def _shard_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """One shard's tensors. Its own generator, so the shard's mapping (released only when
-    the handle is freed, not when the ``with`` ends) is gone before the next is mapped."""
     with safe_open(str(path), framework="pt") as handle:
         for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
             yield key, handle.get_tensor(key)
+
+
+def _shard_numel(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape())
+                   for key in handle.keys())  # noqa: SIM118
 
 
 @dataclass
@@ -207,8 +219,8 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     the config that loads them.
 
     When the base ties its embeddings and the adapter changes either of them, the merged
-    model stores both (the caller sets ``tie_word_embeddings: false``): a tied model could
-    not hold what base + adapter computes. Returns what was done: tensors updated, the worst
+    model stores both and its config says ``tie_word_embeddings: false``: a tied model
+    could not hold what base + adapter computes. Returns what was done: tensors updated, the worst
     probe error, the shards written and whether the embeddings were untied.
     """
     adapter = Adapter.load(adapter_dir)
@@ -242,11 +254,11 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
             add(f"{untie[1]}.weight", untie[1], tensor)
         add(key, module, tensor)
         del tensor  # the last of a shard would keep its mapping alive into the next
-    _write_model_config(base_dir, out_dir, dtype, untied=untie is not None)
     missing = sorted(set(adapter.updates) - applied)
     if missing:
         raise UserError(f"{adapter_dir}: the adapter updates {', '.join(missing[:3])}, which "
                         f"{base_dir} does not hold; was the adapter trained on another model?")
+    _write_model_config(base_dir, out_dir, dtype, untied=untie is not None)
     return {"updated_modules": len(applied), "max_probe_rel_error": worst,
             "shards": writer.close(), "untied_embeddings": untie is not None}
 

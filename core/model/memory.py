@@ -231,6 +231,17 @@ def device_capacity(device: str) -> dict[str, int]:
     return {"total_bytes": total, "available_bytes": total}
 
 
+def memory_left() -> int:
+    """Bytes this process may still use on the CPU: the machine's available memory, or
+    less when a limit on the process's data segment (``ulimit -d``) says so."""
+    available = device_capacity("cpu")["available_bytes"]
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    used = _proc_kib("/proc/self/status", ("VmData",))
+    if soft != resource.RLIM_INFINITY and used:
+        available = min(available, soft - used["VmData"])
+    return available
+
+
 def memory_snapshot() -> dict[str, Any]:
     """Memory in use now: process RSS and its peak, plus CUDA allocated/reserved/peak on GPU.
 
