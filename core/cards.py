@@ -78,8 +78,9 @@ def _dataset_names(config: dict[str, Any]) -> list[str]:
         if ref.get("path"):
             paths = ref["path"] if isinstance(ref["path"], list) else [ref["path"]]
             names += [Path(str(path)).name for path in paths]
-        elif ref.get("dataset"):
-            names.append(str(ref["dataset"]))
+        elif ref.get("dataset"):  # the hf loader: a hub id, or a local directory
+            local = Path(str(ref["dataset"]))
+            names.append(local.name if local.exists() else str(ref["dataset"]))
     return list(dict.fromkeys(names))
 
 

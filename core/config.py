@@ -133,7 +133,8 @@ class NearDedupeConfig(Section):
 
 class DataConfig(Section):
     loader: ComponentRef
-    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_response"] = "auto"
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "instruction_response",
+                    "prompt_response"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)
     template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tokenizer"))
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"

@@ -1,9 +1,10 @@
 """Common dataset schemas mapped onto one canonical conversation.
 
 Loaders yield raw JSON objects; this module — not each loader — knows the file formats
-people actually have: OpenAI-style ``messages``, alpaca, ShareGPT and prompt/response
-columns. ``data.format: auto`` detects the schema per record, so files in different
-formats can be combined; ``data.columns`` renames fields for files that use other names.
+people actually have: OpenAI-style ``messages``, alpaca, ShareGPT, prompt/response
+columns and the design's own instruction/response records. ``data.format: auto``
+detects the schema per record, so files in different formats can be combined;
+``data.columns`` renames fields for files that use other names.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "system": "system"},
     "sharegpt": {"conversations": "conversations", "from": "from", "value": "value"},
+    "instruction_response": {"instruction": "instruction", "input": "input",
+                             "response": "response", "system": "system"},
     "prompt_response": {"prompt": "prompt", "response": "response", "system": "system"},
 }
+# Not part of the conversation: records sharing one are kept on the same side of every
+# split (see ``split.py``), so turns of one dialogue cannot leak into the held-out sets.
+CONVERSATION_ID = "conversation_id"
 
 # Fields a record must have to be in that format; detection tries them in this order.
 REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",), "sharegpt": ("conversations",),
-    "alpaca": ("instruction", "output"), "prompt_response": ("prompt", "response"),
+    "alpaca": ("instruction", "output"), "instruction_response": ("instruction", "response"),
+    "prompt_response": ("prompt", "response"),
 }
 
 ROLES = ("system", "user", "assistant")
@@ -37,7 +44,8 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
 
 def check_columns(columns: dict[str, str]) -> None:
     """``data.columns`` may only rename canonical fields some format knows."""
-    known = sorted({name for mapping in COLUMNS.values() for name in mapping})
+    known = sorted({name for mapping in COLUMNS.values() for name in mapping}
+                   | {CONVERSATION_ID})
     for key in columns:
         if key not in known:
             raise ConfigError(
@@ -60,8 +68,9 @@ def detect_format(data: dict[str, Any], columns: dict[str, str]) -> str:
     keys = ", ".join(sorted(data)) or "none"
     raise RecordError(
         "unknown_schema",
-        "no known schema (expected 'messages', 'conversations', 'instruction'+'output' or "
-        f"'prompt'+'response' fields; map other names with data.columns); keys: {keys}",
+        "no known schema (expected 'messages', 'conversations', 'instruction'+'output', "
+        "'instruction'+'response' or 'prompt'+'response' fields; map other names with "
+        f"data.columns); keys: {keys}",
     )
 
 
@@ -115,13 +124,13 @@ def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list
     if fmt == "sharegpt":
         return _turns(data, names["conversations"], names["from"], names["value"],
                       SHAREGPT_ROLES)
-    if fmt == "alpaca":
+    if fmt in ("alpaca", "instruction_response"):
         system = _text(data, names["system"], required=False)
         prompt = _text(data, names["instruction"])
         extra = _text(data, names["input"], required=False)
         if extra and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
-        reply = _text(data, names["output"])
+        reply = _text(data, names["output" if fmt == "alpaca" else "response"])
     else:
         system = _text(data, names["system"], required=False)
         prompt = _text(data, names["prompt"])
@@ -129,3 +138,13 @@ def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": prompt},
                        {"role": "assistant", "content": reply}]
+
+
+def conversation_id(data: dict[str, Any], columns: dict[str, str]) -> str | None:
+    """The record's ``conversation_id`` (any scalar, as text), or ``None``."""
+    value = data.get(columns.get(CONVERSATION_ID, CONVERSATION_ID))
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        raise RecordError("wrong_type", f"'{CONVERSATION_ID}' must be a string or number")
+    return str(value)

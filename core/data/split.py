@@ -23,27 +23,67 @@ def validation_size(n: int, fraction: float | None, count: int | None,
     return size
 
 
-def split_indices(n: int, size: int, seed: int,
-                  strata: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Sorted (train, validation) indices; the same seed gives the same split.
+def split_indices(n: int, size: int, seed: int, strata: list[str] | None = None,
+                  groups: list[str | None] | None = None) -> tuple[list[int], list[int]]:
+    """Sorted (train, held-out) indices; the same seed gives the same split.
 
-    With ``strata`` each group contributes to validation in proportion to its size
-    (largest remainders first), so rare groups are not left out by chance.
+    With ``strata`` each stratum contributes to the held-out side in proportion to its
+    size (largest remainders first), so rare strata are not left out by chance. With
+    ``groups`` (a ``conversation_id`` per record, ``None`` for a record on its own) a
+    group is never divided: whole groups are held out until the share is reached, so
+    the held-out side may be a little larger than ``size``.
     """
     rng = np.random.default_rng(seed)
+    if groups is not None and any(g is not None for g in groups):
+        return _grouped(n, size, rng, strata, groups)
     if strata is None:
         chosen = rng.permutation(n)[:size]
     else:
-        groups: dict[str, list[int]] = defaultdict(list)
+        by_stratum: dict[str, list[int]] = defaultdict(list)
         for index, value in enumerate(strata):
-            groups[value].append(index)
-        names = sorted(groups)
-        exact = np.array([len(groups[g]) * size / n for g in names])
-        take = np.floor(exact).astype(int)
-        for g in np.argsort(-(exact - take), kind="stable")[: size - take.sum()]:
-            take[g] += 1
+            by_stratum[value].append(index)
+        names = sorted(by_stratum)
+        take = _shares([len(by_stratum[s]) for s in names], size, n)
         chosen = np.concatenate([
-            rng.permutation(groups[g])[:k] for g, k in zip(names, take, strict=True)
+            rng.permutation(by_stratum[s])[:k] for s, k in zip(names, take, strict=True)
         ]).astype(int)
     held = set(chosen.tolist())
     return [i for i in range(n) if i not in held], sorted(held)
+
+
+def _shares(sizes: list[int], size: int, n: int) -> np.ndarray:
+    """``size`` divided among strata of ``sizes`` in proportion, largest remainders first."""
+    exact = np.array([k * size / n for k in sizes])
+    take = np.floor(exact).astype(int)
+    for g in np.argsort(-(exact - take), kind="stable")[: size - take.sum()]:
+        take[g] += 1
+    return take
+
+
+def _grouped(n: int, size: int, rng: np.random.Generator, strata: list[str] | None,
+             groups: list[str | None]) -> tuple[list[int], list[int]]:
+    members: dict[tuple[str, str | int], list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(("id", group) if group is not None else ("row", index),
+                           []).append(index)
+    units = list(members.values())
+    by_stratum: dict[str, list[int]] = defaultdict(list)
+    for u, unit in enumerate(units):
+        by_stratum[strata[unit[0]] if strata is not None else ""].append(u)
+    names = sorted(by_stratum)
+    take = _shares([sum(len(units[u]) for u in by_stratum[s]) for s in names], size, n)
+    held: list[int] = []
+    for name, wanted in zip(names, take, strict=True):
+        taken = 0
+        for u in rng.permutation(by_stratum[name]):
+            if taken >= wanted:
+                break
+            held.extend(units[u])
+            taken += len(units[u])
+    if len(held) >= n:
+        raise UserError(
+            f"the records form too few conversations (conversation_id) to hold out {size} "
+            "record(s) and still train on one; add data or hold out fewer"
+        )
+    chosen = set(held)
+    return [i for i in range(n) if i not in chosen], sorted(chosen)

@@ -45,7 +45,7 @@ from lorapipe.data.chunks import EncodedChunks, Splits, write_splits
 from lorapipe.data.cleaning import dedupe_key, validate
 from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog, print_summary, token_stats
-from lorapipe.data.schemas import check_columns, to_messages
+from lorapipe.data.schemas import check_columns, conversation_id, to_messages
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.data.template_check import check_template
 from lorapipe.errors import UserError
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 _OUTPUT = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
     "labels": Sequence(Value("int32")), "messages": Value("string"), "source": Value("string"),
+    "conversation_id": Value("string"),
 })
 # Records a worker templates and tokenizes at once (one task, one Arrow file): big enough
 # that the per-task cost (pickling the batch, opening a file) is small, small enough that
@@ -84,6 +85,7 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, 
             continue
         try:
             messages = to_messages(record.data, data.format, data.columns)
+            conversation = conversation_id(record.data, data.columns)
             validate(messages, data.max_length, truncating=data.length_strategy != "drop",
                      min_response_chars=data.min_response_chars)
         except RecordError as err:
@@ -101,12 +103,12 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, 
             continue
         stratum = str(record.data.get(field, "(missing)")) if field else ""
         yield {"messages": json.dumps(messages, ensure_ascii=False),
-               "source": record.location, "stratum": stratum}
+               "source": record.location, "stratum": stratum, "conversation": conversation}
 
 
-def _batches(rows: Iterator[dict[str, str]], size: int) -> Iterator[dict[str, list[str]]]:
+def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, list[Any]]]:
     while chunk := list(islice(rows, size)):
-        yield {name: [row[name] for row in chunk] for name in ("messages", "source", "stratum")}
+        yield {name: [row[name] for row in chunk] for name in chunk[0]}
 
 
 # --- templating -----------------------------------------------------------------------
@@ -119,7 +121,7 @@ def _list_array(rows: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
 Drop = tuple[str, str, str]  # reason, location, detail
 
 
-def _encode_batch(batch: dict[str, list[str]], template: ChatTemplate, tokenizer: Any,
+def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer: Any,
                   data: DataConfig) -> tuple[pa.Table, dict[str, np.ndarray], list[Drop]]:
     """Template and tokenize one batch: the kept samples as an Arrow table, their small
     per-sample columns (lengths, flags), and the drops in order.
@@ -175,11 +177,13 @@ def _encode_batch(batch: dict[str, list[str]], template: ChatTemplate, tokenizer
         "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
         "messages": pa.array(texts, pa.string()),
         "source": pa.array([batch["source"][i] for i in kept], pa.string()),
+        "conversation_id": pa.array([batch["conversation"][i] for i in kept], pa.string()),
     }, schema=_OUTPUT.arrow_schema)
     columns = {
         "n_tokens": lengths,
         "n_trainable": trained_before[offsets[1:]] - trained_before[offsets[:-1]],
         "truncated": np.array(truncated_rows, dtype=bool),
+        "conversation": np.array([batch["conversation"][i] for i in kept], dtype=object),
     }
     if data.validation.stratify_by:
         columns["stratum"] = np.array([batch["stratum"][i] for i in kept], dtype=object)
@@ -207,7 +211,7 @@ class _Encoder:
                  work: Path) -> None:
         self.template, self.tokenizer, self.data, self.work = template, tokenizer, data, work
 
-    def __call__(self, batch: dict[str, list[str]]) -> _Encoded:
+    def __call__(self, batch: dict[str, list[Any]]) -> _Encoded:
         table, columns, drops = _encode_batch(batch, self.template, self.tokenizer, self.data)
         if not len(table):
             return _Encoded(None, 0, columns, drops)
@@ -232,12 +236,12 @@ def _start_worker(encoder: _Encoder) -> None:
     gc.freeze()
 
 
-def _encode_in_worker(batch: dict[str, list[str]]) -> _Encoded:
+def _encode_in_worker(batch: dict[str, list[Any]]) -> _Encoded:
     assert _worker_encoder is not None
     return _worker_encoder(batch)
 
 
-def _in_order(pool: Pool, workers: int, batches: Iterator[dict[str, list[str]]]
+def _in_order(pool: Pool, workers: int, batches: Iterator[dict[str, list[Any]]]
               ) -> Iterator[_Encoded]:
     """The batches encoded by ``pool``, in order, with just enough of them in flight to
     keep every worker busy: this process reads the next batches meanwhile, and memory
@@ -261,7 +265,7 @@ def _encode(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, st
     reading, so ``dropped.jsonl`` and strict mode see them in the same order as a
     read-then-encode loop would.
     """
-    out = EncodedChunks(["n_tokens", "n_trainable", "truncated"]
+    out = EncodedChunks(["n_tokens", "n_trainable", "truncated", "conversation"]
                         + (["stratum"] if data.validation.stratify_by else []), _CHUNK_BYTES)
     batches = _batches(_raw_rows(loader, data, log, seen, near), _BATCH)
     head = list(islice(batches, 2))
@@ -428,7 +432,8 @@ def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loa
         splits["test"] = (test, np.arange(len(test)))
     elif data.test is not None:  # held out first: the validation split never includes it
         size = validation_size(len(kept), data.test.fraction, data.test.count, "data.test")
-        rest, test = split_indices(len(kept), size, seed + 1)
+        rest, test = split_indices(len(kept), size, seed + 1,
+                                   groups=kept.column("conversation").tolist())
         positions, splits["test"] = positions[rest], (kept, positions[test])
     if validation is not None:
         return {"train": (kept, positions),
@@ -436,7 +441,8 @@ def _split(ctx: RunContext, loader: Loader, kept: EncodedChunks, val_loader: Loa
     size = validation_size(len(positions), data.validation.fraction, data.validation.count)
     strata = (kept.column("stratum")[positions].tolist() if data.validation.stratify_by
               else None)
-    train_idx, val_idx = split_indices(len(positions), size, seed, strata)
+    groups = kept.column("conversation")[positions].tolist()
+    train_idx, val_idx = split_indices(len(positions), size, seed, strata, groups)
     method = "count" if data.validation.count is not None else "fraction"
     return {"train": (kept, positions[train_idx]),
             "validation": (kept, positions[val_idx]), **splits}, method

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 
 def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -16,7 +17,7 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, template: Any,
              conversations: list[list[dict[str, str]]], *, max_new_tokens: int,
-             pad_token_id: int, batch_size: int = 8) -> list[str]:
+             pad_token_id: int, batch_size: int = 8, desc: str = "generating") -> list[str]:
     """The model's greedy reply to each conversation's prompt, in order.
 
     The prompt is the conversation before its last assistant message, rendered by
@@ -28,6 +29,7 @@ def generate(model: Any, tokenizer: Any, template: Any,
     pad_id = pad_token_id
     prompts = [template.generation_prompt(_prompt(conv), tokenizer) for conv in conversations]
     replies: list[str] = []
+    bar = tqdm(total=len(prompts), desc=desc, unit="seq")
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         width = max(len(p) for p in batch)
@@ -41,4 +43,6 @@ def generate(model: Any, tokenizer: Any, template: Any,
             max_new_tokens=max_new_tokens, pad_token_id=pad_id,
         )
         replies += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        bar.update(len(batch))
+    bar.close()
     return replies

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from lorapipe.atomic import atomic_write_json
 from lorapipe.errors import UserError
@@ -246,7 +247,10 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
         # keep alive (the whole shard) until its output shard is written.
         writer.add(key, merged.to(dtype, copy=True))
 
-    for key, tensor in Layout.of(base_dir).tensors():
+    layout = Layout.of(base_dir)
+    bar = tqdm(total=layout.numel(), desc="merging", unit="param", unit_scale=True)
+    for key, tensor in layout.tensors():
+        bar.update(tensor.numel())
         module = key.rpartition(".")[0]
         if untie and module == untie[1]:
             continue  # written from the input embedding below
@@ -254,6 +258,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
             add(f"{untie[1]}.weight", untie[1], tensor)
         add(key, module, tensor)
         del tensor  # the last of a shard would keep its mapping alive into the next
+    bar.close()
     missing = sorted(set(adapter.updates) - applied)
     if missing:
         raise UserError(f"{adapter_dir}: the adapter updates {', '.join(missing[:3])}, which "

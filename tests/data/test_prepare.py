@@ -142,6 +142,23 @@ def test_stratified_split_keeps_every_group(tmp_path: Path, prepare: Any) -> Non
     assert sum((line - 1) % 10 == 0 for line in lines) == 1  # 5 of 50 are rare → 1 of 10
 
 
+def test_records_of_one_conversation_stay_on_one_side_of_every_split(
+        tmp_path: Path, prepare: Any) -> None:
+    # The design's own schema: instruction/response, conversation_id kept as metadata.
+    rows = [{"instruction": f"Step {i} of task {i // 4}?", "response": f"Done {i}.",
+             "conversation_id": f"task-{i // 4}"} for i in range(80)]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    _, out = prepare(data, validation={"count": 10}, test={"count": 10})
+    sides = {}
+    for split in ("train", "validation", "test"):
+        for conversation in load_from_disk(str(out / "data" / split))["conversation_id"]:
+            sides.setdefault(conversation, set()).add(split)
+    assert len(sides) == 20
+    assert all(len(found) == 1 for found in sides.values())
+    sizes = read_report(out)["split"]["sizes"]
+    assert sizes["validation"] == sizes["test"] == 12  # whole conversations of 4
+
+
 def test_separate_validation_loader(tmp_path: Path, prepare: Any) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", [chat(i) for i in range(10)])
     held = write_jsonl(tmp_path / "val.jsonl", [chat(i) for i in range(8, 14)])

@@ -8,7 +8,7 @@ import pytest
 from prepare_helpers import write_jsonl
 
 from lorapipe.data.files import FileOptions as JsonlOptions
-from lorapipe.data.schemas import RecordError, check_columns, to_messages
+from lorapipe.data.schemas import RecordError, check_columns, conversation_id, to_messages
 from lorapipe.errors import ConfigError
 from lorapipe.plugins.loaders.jsonl import JsonlLoader
 
@@ -21,6 +21,8 @@ RECORDS = {
     "sharegpt": {"conversations": [{"from": "system", "value": "Be brief."},
                                    {"from": "human", "value": "Name a prime."},
                                    {"from": "gpt", "value": "7."}]},
+    "instruction_response": {"system": "Be brief.", "instruction": "Name a prime.",
+                             "response": "7.", "conversation_id": "c-1"},
     "prompt_response": {"system": "Be brief.", "prompt": "Name a prime.", "response": "7."},
 }
 
@@ -35,6 +37,19 @@ def test_each_schema_gives_the_canonical_conversation(fmt: str, tmp_path: Path) 
     assert record.location.endswith(f"{fmt}.jsonl:1")
     assert to_messages(record.data, "auto", {}) == CANONICAL
     assert to_messages(record.data, fmt, {}) == CANONICAL
+
+
+def test_instruction_response_takes_its_input_and_keeps_the_conversation_id() -> None:
+    record = {"instruction": "Translate.", "input": "chat", "response": "cat",
+              "conversation_id": 17}
+    assert to_messages(record, "auto", {}) == [
+        {"role": "user", "content": "Translate.\n\nchat"},
+        {"role": "assistant", "content": "cat"}]
+    assert conversation_id(record, {}) == "17"
+    assert conversation_id({"conversation": "a"}, {"conversation_id": "conversation"}) == "a"
+    assert conversation_id({"instruction": "x"}, {}) is None
+    with pytest.raises(RecordError, match="conversation_id"):
+        conversation_id({"conversation_id": ["a"]}, {})
 
 
 def test_alpaca_input_joins_the_instruction() -> None:

@@ -49,7 +49,8 @@ def _generate(context: EvalContext, options: GenerationOptions) -> Generations:
     kwargs = {"max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size}
     with context.base() as base:
         base_replies = generate(base, context.tokenizer, context.template, conversations,
-                                pad_token_id=context.pad_token_id, **kwargs)
+                                pad_token_id=context.pad_token_id, desc="base replies",
+                                **kwargs)
     tuned = generate(context.model, context.tokenizer, context.template, conversations,
-                     pad_token_id=context.pad_token_id, **kwargs)
+                     pad_token_id=context.pad_token_id, desc="fine-tuned replies", **kwargs)
     return Generations(conversations, references, base_replies, tuned)
