@@ -91,12 +91,22 @@ class RunPaths:
         return self.eval_dir / "report.json"
 
     @property
+    def eval_samples(self) -> Path:
+        """A few held-out prompts with base and fine-tuned replies, for report.html."""
+        return self.eval_dir / "samples.jsonl"
+
+    @property
     def merged(self) -> Path:
         return self.root / "merged"
 
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def report(self) -> Path:
+        """report.html: the whole run on one page, built from the other artifacts."""
+        return self.root / "report.html"
 
     @property
     def exports(self) -> Path:
@@ -109,4 +119,4 @@ class RunPaths:
         """Everything a run writes at the top of ``root``: what ``--overwrite`` removes."""
         return [self.resolved_config, self.run_json, self.data, self.model_report,
                 self.checkpoints, self.adapter, self.metrics, self.tensorboard, self.eval_dir,
-                self.merged, self.exports]
+                self.merged, self.exports, self.report]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -76,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--count", type=int, default=3, help="how many samples (default 3)")
     inspect.add_argument("--start", type=int, default=0, help="index of the first sample")
     inspect.add_argument("--ids", action="store_true", help="show each token's id")
+
+    chat = sub.add_parser("chat", help="talk to the fine-tuned model in its chat template")
+    chat.add_argument("run", help="the run's output_dir or its config file")
+    chat.add_argument("--base", action="store_true", help="talk to the base model instead")
+    chat.add_argument("--gguf", type=Path, help="talk to this exported GGUF through llama.cpp")
+    chat.add_argument("--prompt", help="answer this one message and exit (no prompt loop)")
+    chat.add_argument("--system", help="system prompt (in the chat: /system TEXT)")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--top-k", type=int, default=0, help="0: no top-k cut")
+    chat.add_argument("--seed", type=int, default=0, help="for sampling (temperature > 0)")
+
+    report = sub.add_parser("report", help="write report.html: a run's curves, data, scores")
+    report.add_argument("run_dir", help="the run's output_dir")
 
     plugins = sub.add_parser("plugins", help="installed plugins, their hooks and load failures")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -180,6 +196,44 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lorapipe.chat import HELP, ChatSession, Sampling, interact, load_backend, open_run
+
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 \
+            or args.top_k < 0:
+        raise UserError("--max-new-tokens must be at least 1, --temperature at least 0, "
+                        "--top-p in (0, 1] and --top-k at least 0")
+    config, paths = open_run(args.run)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k,
+                        args.seed)
+    backend = load_backend(config, paths, base=args.base, gguf=args.gguf, sampling=sampling)
+    session = ChatSession(backend, system=args.system)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if args.prompt is not None:
+        session.ask(args.prompt, write)
+        write("\n")
+        return 0
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    how = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
+    console.print(f"[bold]{escape(backend.label)}[/] from {escape(str(paths.root))}, {how}\n"
+                  f"[dim]{escape(HELP)}[/]")
+    interact(session, input, write)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lorapipe.report.page import write_report
+
+    path = write_report(Path(args.run_dir))
+    console.print(f"[green]✓[/] wrote {escape(str(path))}", soft_wrap=True)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from lorapipe.context import RunContext
     from lorapipe.pipeline import run_pipeline
@@ -202,6 +256,8 @@ COMMANDS = {
     "plugins": cmd_plugins,
     "components": cmd_components,
     "inspect": cmd_inspect,
+    "report": cmd_report,
+    "chat": cmd_chat,
     **{verb: cmd_stage for verb in STAGE_VERBS},
 }
 

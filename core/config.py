@@ -192,7 +192,20 @@ class TrainConfig(Section):
     spikes: SpikeConfig = Field(default_factory=SpikeConfig)
     auto_batch: bool = False  # on out-of-memory: halve micro batch, double accumulation, retry
     seed: int = 42
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        import importlib.util
+
+        if len(set(names)) != len(names):
+            raise ValueError(f"each tracker once, please (got {names})")
+        for name in names:
+            if importlib.util.find_spec(name) is None:
+                extra = "mlflow-skinny" if name == "mlflow" else name
+                raise ValueError(f"{name} is not installed; pip install {extra}")
+        return names
 
     @field_validator("learning_rate")
     @classmethod

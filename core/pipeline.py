@@ -26,6 +26,7 @@ from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem
 from lorapipe.model.source import resolve_model_path
+from lorapipe.report.page import write_report
 from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
 
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
@@ -157,7 +158,8 @@ def check_exporters(ctx: RunContext) -> None:
 
 
 def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str, Any]]:
-    """Every stage in order; with ``ctx.resume`` the ones already done are skipped."""
+    """Every stage in order, then report.html; with ``ctx.resume`` the stages already done
+    are skipped."""
     with run_directory(ctx):
         return _run_pipeline(ctx, overwrite)
 
@@ -193,6 +195,8 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
             print(f"{name}: running again, its output is damaged: {damaged}", file=sys.stderr)
         rerun = True
         summaries[name] = _run_stage(ctx, name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_report(root)
     return summaries
 
 

@@ -88,20 +88,26 @@ class RunPlan:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def build_component(registry: Registry, kind: str, field: str, ref: ComponentRef,
+                    base: type[C]) -> C:
+    """The component ``ref`` names, its options validated; errors name ``field``."""
+    cls = registry.get(kind, ref.name, f"{field}.name")
+    try:
+        options = cls.Options.model_validate(ref.raw_options)
+    except ValidationError as err:
+        raise config_error(err, cls.Options, prefix=field,
+                           owner=f"{kind.replace('_', ' ')} '{ref.name}'") from None
+    # The registry only holds subclasses of the kind's base (registry.py).
+    return cast(C, cls(options, field=field))
+
+
 def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunPlan:
     """Resolve and instantiate every component ``config`` names."""
     registry = registry if registry is not None else get_registry()
     data, adapter = config.data, config.adapter
 
     def build(kind: str, field: str, ref: ComponentRef, base: type[C]) -> C:
-        cls = registry.get(kind, ref.name, f"{field}.name")
-        try:
-            options = cls.Options.model_validate(ref.raw_options)
-        except ValidationError as err:
-            raise config_error(err, cls.Options, prefix=field,
-                               owner=f"{kind.replace('_', ' ')} '{ref.name}'") from None
-        # The registry only holds subclasses of the kind's base (registry.py).
-        return cast(C, cls(options, field=field))
+        return build_component(registry, kind, field, ref, base)
 
     if adapter.target_detector is not None:
         detectors: tuple[TargetDetector, ...] = (build(

@@ -30,6 +30,7 @@ def artifacts(paths: RunPaths) -> list[tuple[str, int]]:
     export_root = paths.root / "export"
     if export_root.is_dir():
         found += sorted(p for p in export_root.rglob("*") if p.is_file() and p.name != MANIFEST)
+    found.append(paths.report)  # last: the line to open first
     return [(str(p), _size(p)) for p in found if p.exists()]
 
 
@@ -123,6 +124,16 @@ LINES = {
 }
 
 
+def stage_line(stage: str, summary: dict[str, Any], paths: RunPaths) -> str:
+    """One line saying what ``stage`` did, from its run.json summary."""
+    describe = LINES.get(stage)
+    try:
+        text = describe(summary, paths) if describe and summary else ""
+    except (KeyError, TypeError, ValueError):
+        text = ""  # a stage summary of another shape: fall back to its raw form
+    return text or json.dumps(summary, default=str)[:300]
+
+
 def print_run_summary(
     summaries: dict[str, dict[str, Any]], paths: RunPaths, console: Console
 ) -> None:
@@ -130,12 +141,7 @@ def print_run_summary(
     table.add_column("stage", style="bold")
     table.add_column("result", overflow="fold")
     for stage, summary in summaries.items():
-        describe = LINES.get(stage)
-        try:
-            text = describe(summary, paths) if describe and summary else ""
-        except (KeyError, TypeError, ValueError):
-            text = ""  # a stage summary of another shape: fall back to its raw form
-        table.add_row(stage, text or json.dumps(summary, default=str)[:300])
+        table.add_row(stage, stage_line(stage, summary, paths))
     for path, size in artifacts(paths):
         table.add_row("", f"{path}  {format_bytes(size)}")
     console.print(table)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from quickstart_run import run_quickstart
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
@@ -14,6 +15,15 @@ from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished shortened quickstart run; tests only read it (copy it to change it)."""
+    output_dir = tmp_path_factory.mktemp("run") / "quickstart"
+    result = run_quickstart(output_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output_dir
 
 
 @pytest.fixture

@@ -6,51 +6,13 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from quickstart_run import run_quickstart as _run
 
 from lorapipe.manifest import problem
-
-REPO = Path(__file__).resolve().parents[1]
-
-# The quickstart, shortened: the same stages and artifacts in a fraction of the time.
-SHORT = [
-    "train.epochs=1",
-    "train.max_steps=12",
-    "train.save_steps=3",
-    "train.eval_steps=6",
-    "train.logging_steps=2",
-    "export.exporters.0.types=[q8_0]",
-]
-
-
-def _run(output_dir: Path, *extra: str, wait: bool = True):  # noqa: ANN202
-    args = [
-        sys.executable,
-        "-m",
-        "lorapipe.cli",
-        "run",
-        "configs/quickstart.yaml",
-        *[item for kv in [*SHORT, f"output_dir={output_dir}"] for item in ("--set", kv)],
-        *extra,
-    ]
-    if not wait:
-        return subprocess.Popen(
-            args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=False)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output_dir = tmp_path_factory.mktemp("run") / "quickstart"
-    result = _run(output_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output_dir
 
 
 def test_every_artifact_exists(finished_run: Path) -> None:
@@ -68,10 +30,12 @@ def test_every_artifact_exists(finished_run: Path) -> None:
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
         "eval/report.json",
+        "eval/samples.jsonl",
         "merged/config.json",
         "merged/model.safetensors",
         "merged/tokenizer.json",
         "export/gguf/model-q8_0.gguf",
+        "report.html",
     ]:
         assert (root / relative).is_file(), relative
     assert any((root / "checkpoints").glob("step-*"))
@@ -144,7 +108,7 @@ def test_kill_9_during_training_then_resume_gives_the_same_adapter(
     output_dir = tmp_path / "killed"
     process = _run(output_dir, wait=False)
     deadline = time.monotonic() + 300
-    while not (output_dir / "checkpoints" / "step-9" / "manifest.json").is_file():
+    while not (output_dir / "checkpoints" / "step-12" / "manifest.json").is_file():
         assert process.poll() is None, "run ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.2)

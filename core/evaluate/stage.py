@@ -2,7 +2,8 @@
 
 The model is loaded once as it was trained (quantized base + ``adapter/``); evaluators
 switch the adapter off for the base score. Results go to ``eval/report.json`` keyed by
-evaluator name, and a table is printed.
+evaluator name, and a table is printed; ``eval/samples.jsonl`` keeps a few replies of both
+models for report.html.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from lorapipe.atomic import atomic_write_json
 from lorapipe.components import EvalContext
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
+from lorapipe.evaluate.samples import write_samples
 from lorapipe.manifest import require_intact
 
 
@@ -71,6 +73,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     split = "test" if ctx.paths.test_data.is_dir() else "validation"
     report = {evaluator.name: {**evaluator.evaluate(eval_ctx), "split": split}
               for evaluator in evaluators}
+    write_samples(eval_ctx, ctx.paths.eval_samples)
     record_memory(ctx.paths.metrics, "evaluation")
     atomic_write_json(ctx.paths.eval_report, report)
     print_report(report)

@@ -62,6 +62,8 @@ class TrainState:
     # the last normal steps' loss and gradient norm, which spikes are measured against
     recent_losses: list[float] = dataclasses.field(default_factory=list)
     recent_grad_norms: list[float] = dataclasses.field(default_factory=list)
+    # the W&B and MLflow run ids (train.report_to), so a resumed run continues that run
+    tracker_ids: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def lr_scale(self) -> float:

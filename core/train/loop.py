@@ -50,6 +50,7 @@ from lorapipe.train.memory_watch import LEVELS, MemoryPressure, MemoryWatch
 from lorapipe.train.metrics import MetricsLog
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.schedule import LearningRateSchedule
+from lorapipe.train.trackers import Trackers
 
 MAX_ROLLBACKS = 5
 
@@ -57,19 +58,23 @@ MAX_ROLLBACKS = 5
 def train(model: torch.nn.Module, train_data, validation_data, *,  # noqa: ANN001 - Datasets
           config: TrainConfig, paths: RunPaths, pad_token_id: int, max_length: int,
           config_hash: str, resume: bool = False, allow_config_change: bool = False,
-          memory: Callable[[], dict] | None = None) -> dict[str, Any]:
+          memory: Callable[[], dict] | None = None,
+          run_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train the trainable parameters of ``model`` (a PeftModel); return the run's summary.
 
     Writes ``paths.checkpoints``, ``paths.metrics`` and, at the end, the best adapter to
     ``paths.adapter``. ``validation_data`` may be None (then the final adapter is kept).
-    ``memory`` returns the snapshot logged with each step (default: the model stage's).
+    ``memory`` returns the snapshot logged with each step (default: the model stage's);
+    ``run_config`` (the resolved pipeline config) is what ``train.report_to`` trackers
+    record as the run's hyperparameters.
     """
     if memory is None:
         from lorapipe.model.memory import memory_snapshot as memory
 
     return Trainer(model, train_data, validation_data, config=config, paths=paths,
                    pad_token_id=pad_token_id, max_length=max_length, config_hash=config_hash,
-                   memory=memory).run(resume=resume, allow_config_change=allow_config_change)
+                   memory=memory, run_config=run_config).run(
+                       resume=resume, allow_config_change=allow_config_change)
 
 
 def _mixed_precision(model: torch.nn.Module) -> str:
@@ -142,9 +147,9 @@ class Trainer:
 
     def __init__(self, model, train_data, validation_data, *, config: TrainConfig,  # noqa: ANN001
                  paths: RunPaths, pad_token_id: int, max_length: int, config_hash: str,
-                 memory: Callable[[], dict]) -> None:
+                 memory: Callable[[], dict], run_config: dict[str, Any] | None = None) -> None:
         self.config, self.paths, self.pad = config, paths, pad_token_id
-        self.memory = memory
+        self.memory, self.run_config = memory, run_config
         # Under torchrun without GPUs accelerate only goes multi-process when told "cpu".
         cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = acc = Accelerator(mixed_precision=_mixed_precision(model), cpu=cpu)
@@ -517,11 +522,17 @@ class Trainer:
             tqdm.write(f"resuming from {path} (step {self.state.step}/{self.total_steps})")
         elif resume:
             tqdm.write(f"no valid checkpoint in {root}; starting from the beginning")
-        tensorboard = "tensorboard" in self.config.report_to and self.accelerator.is_main_process
-        self.metrics = MetricsLog(
-            self.paths.metrics, resume_step=self.state.step if path is not None else None,
-            tensorboard_dir=self.paths.tensorboard if tensorboard else None,
-        ) if self.accelerator.is_main_process else None
+        self.metrics = None
+        if self.accelerator.is_main_process:
+            resume_step = self.state.step if path is not None else None
+            trackers = None
+            if self.config.report_to:
+                trackers = Trackers(self.config.report_to, paths=self.paths,
+                                    resume_step=resume_step, ids=self.state.tracker_ids)
+                if path is None and self.run_config is not None:
+                    trackers.store_config(self.run_config)  # once: a resumed run has it
+            self.metrics = MetricsLog(self.paths.metrics, resume_step=resume_step,
+                                      trackers=trackers)
         if path is None:
             set_seed(self.config.seed)
             self.save()  # step 0: a rollback target before the first scheduled checkpoint

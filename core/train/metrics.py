@@ -1,4 +1,4 @@
-"""metrics.jsonl (one JSON object per logged step, evaluation or event) and TensorBoard.
+"""metrics.jsonl (one JSON object per logged step, evaluation or event), and the trackers.
 
 The log is append-only, one line per record, flushed at once, so it can be tailed while
 training runs. A resumed run first drops the records written after its checkpoint
@@ -12,19 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from lorapipe.atomic import atomic_write_text
+from lorapipe.train.trackers import Trackers
 
 
 class MetricsLog:
-    def __init__(self, path: Path, *, resume_step: int | None, tensorboard_dir: Path | None):
+    def __init__(self, path: Path, *, resume_step: int | None, trackers: Trackers | None = None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
         self._file = path.open("a", encoding="utf-8")
-        self._writer = None
-        if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(tensorboard_dir), purge_step=resume_step)
+        self._trackers = trackers
 
     def _truncate_after(self, step: int | None) -> None:
         if not self.path.exists():
@@ -45,13 +42,11 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._writer.add_scalar(f"train/{key}", value, record["step"])
+        if self._trackers is not None:
+            self._trackers.log(record)
 
     def close(self) -> None:
         self._file.close()
-        if self._writer is not None:
-            self._writer.close()
+        if self._trackers is not None:
+            self._trackers.close()
 

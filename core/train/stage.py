@@ -43,6 +43,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         pad_token_id=pad_token_id(tokenizer),
         max_length=config.data.max_length,
         config_hash=ctx.config_hash,
+        run_config=ctx.plan.resolved_dict(),
         resume=ctx.resume,
         allow_config_change=ctx.allow_config_change,
         memory=memory_snapshot,
