@@ -252,6 +252,7 @@ class RunInfo:
     base_model: str  # model.name_or_path
     config_hash: str  # hash of the resolved config, as in run.json
     quantizer: str  # name of the quantizer training used
+    max_length: int | None = None  # data.max_length: the context the model was trained on
 
 
 @dataclass

@@ -66,4 +66,5 @@ class RunContext:
     def run_info(self) -> RunInfo:
         """What components may know about this run (provenance, where to write)."""
         return RunInfo(paths=self.paths, base_model=self.config.model.name_or_path,
-                       config_hash=self.config_hash, quantizer=self.plan.quantizer.name)
+                       config_hash=self.config_hash, quantizer=self.plan.quantizer.name,
+                       max_length=self.config.data.max_length)

@@ -111,7 +111,16 @@ def _merge_line(summary: dict[str, Any], _paths: RunPaths) -> str:
 def _export_line(summary: dict[str, Any], _paths: RunPaths) -> str:
     if "note" in summary:  # nothing configured
         return summary["note"]
-    return ", ".join(f"{a['exporter']}: {Path(a['path']).name}" for a in summary["artifacts"])
+    files: dict[str, list[str]] = {}
+    for artifact in summary["artifacts"]:
+        files.setdefault(artifact["exporter"], []).append(Path(artifact["path"]).name)
+    line = "; ".join(f"{name}: {', '.join(names)}" for name, names in files.items())
+    for scores in summary.get("scores", {}).values():
+        each = ", ".join(f"{name} {s['perplexity']:.4g} ({s['increase']:+.1%})"
+                         for name, s in scores["files"].items())
+        line += (f"; response perplexity on {scores['split']}: merged/ "
+                 f"{scores['merged']:.4g}, {each}")
+    return line
 
 
 # One line per stage, from its summary (and, for prepare, data/report.json's reasons).
@@ -145,3 +154,10 @@ def print_run_summary(
     for path, size in artifacts(paths):
         table.add_row("", f"{path}  {format_bytes(size)}")
     console.print(table)
+    hints = []
+    if paths.report.is_file():
+        hints.append(f"open {paths.report} in a browser")
+    if (paths.adapter / "adapter_config.json").is_file():
+        hints.append(f"talk to the model: lorapipe chat {paths.root}")
+    if hints:
+        console.print("next: " + " · ".join(hints), soft_wrap=True)

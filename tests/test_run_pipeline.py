@@ -47,6 +47,12 @@ def test_every_artifact_exists(finished_run: Path) -> None:
     assert report["split"] == "test"  # the quickstart's held-out test split
     low, high = report["ci95"]["change"]["response"]
     assert low <= report["change"]["response"] <= high < 0
+    # Ollama's recipe beside the GGUF: the trained context and end of turn, and a
+    # TEMPLATE (tiny-llama's template is framed like Llama 3's; test_modelfile.py runs it)
+    recipe = (root / "export/gguf/model-q8_0.Modelfile").read_text().splitlines()
+    assert recipe[1:4] == ["FROM ./model-q8_0.gguf", "PARAMETER num_ctx 256",
+                           'PARAMETER stop "<|eot_id|>"']
+    assert recipe[4].startswith('TEMPLATE """')
 
 
 def test_model_cards_read_as_the_hub_reads_them(finished_run: Path) -> None:

@@ -6,6 +6,7 @@ unsupported model is refused before any file is written.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lorapipe.context import RunContext
@@ -26,11 +27,15 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     require_intact(merged, "run `lorapipe merge CONFIG` again")
     for exporter in exporters:
         exporter.check(merged)
-    artifacts = []
+    artifacts: list[dict[str, Any]] = []
+    summary_scores: dict[str, Any] = {}
     for exporter in exporters:
         out_dir = ctx.paths.export_dir(exporter.name)
         for path in exporter.export(merged, out_dir, ctx.run_info):
             artifacts.append({"exporter": exporter.name, "path": str(path),
                               "bytes": path.stat().st_size})
         write_manifest(out_dir)
-    return {"artifacts": artifacts}
+        scores = out_dir / "scores.json"  # an exporter's scores of what it wrote, if any
+        if scores.is_file():
+            summary_scores[exporter.name] = json.loads(scores.read_text())
+    return {"artifacts": artifacts, **({"scores": summary_scores} if summary_scores else {})}

@@ -41,7 +41,10 @@ def test_run_writes_the_report_and_its_summary_names_it(finished_run: Path) -> N
                  json.loads((finished_run / "run.json").read_text())["stages"].items()}
     console = Console(record=True, width=300)
     print_run_summary(summaries, RunPaths(finished_run), console)
-    assert f"{report}  " in console.export_text()  # with the deliverables, and its size
+    text = console.export_text()
+    assert f"{report}  " in text  # with the deliverables, and its size
+    assert f"next: open {report} in a browser · talk to the model: lorapipe chat " \
+           f"{finished_run}" in text
 
 
 def test_the_report_holds_every_section_with_the_runs_numbers(finished_run: Path) -> None:
