@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from datasets import load_from_disk
+from gguf import GGUFReader
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
@@ -37,11 +38,11 @@ def test_merged_perplexity_is_the_evaluate_stages(finished_run: Path) -> None:
     assert shipped != expected and abs(shipped / expected - 1) < 0.05
 
 
-def _export(run: Path, tmp_path: Path, score: dict, capsys: pytest.CaptureFixture[str]
-            ) -> tuple[int, str]:
+def _export(run: Path, tmp_path: Path, score: dict, capsys: pytest.CaptureFixture[str],
+            **options: object) -> tuple[int, str]:
     config = yaml.safe_load((run / "config.resolved.yaml").read_text())
     config["output_dir"] = str(run)
-    config["export"]["exporters"][0].update(types=["q8_0", "q4_0"], score=score)
+    config["export"]["exporters"][0].update(types=["q8_0", "q4_0"], score=score, **options)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     code = main(["export", str(path)])
@@ -52,8 +53,11 @@ def test_export_scores_each_file_and_its_threshold_fails_the_run(
         finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    code, err = _export(run, tmp_path, {"max_samples": 16}, capsys)
+    code, err = _export(run, tmp_path, {"max_samples": 16}, capsys, adapter=["f16"])
     assert code == 0, err
+    # the adapter alone, for llama.cpp's --lora (judged in test_gguf_adapter.py)
+    adapter = GGUFReader(run / "export/gguf/adapter-f16.gguf")
+    assert bytes(adapter.fields["general.type"].parts[-1]) == b"adapter"
     scores = json.loads((run / "export/gguf/scores.json").read_text())
     assert scores["split"] == "test" and set(scores["files"]) == {"model-q8_0.gguf",
                                                                   "model-q4_0.gguf"}

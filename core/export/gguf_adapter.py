@@ -1,0 +1,92 @@
+"""The LoRA adapter as a GGUF for llama.cpp's ``--lora`` (what ``convert_lora_to_gguf.py``
+writes): each adapted weight's ``A`` and ``B`` under the base tensor's llama.cpp name
+with ``.lora_a``/``.lora_b``, and the adapter's alpha.
+
+llama.cpp scales every pair by ``alpha / rank``. When every module shares one rank and
+alpha (plain LoRA) that is written as is, like the converter does; rsLoRA
+(``alpha / √rank``) and per-module ``alpha_pattern``/``rank_pattern`` cannot be said
+with one alpha, so each module's own scale is folded into its ``B`` and alpha is written
+as 0, which llama.cpp reads as "scale 1". Q and K ``B`` rows are reordered exactly as the
+base weights are (``Family.transform``), so the pair multiplies out to the update of the
+GGUF's own weight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from lorapipe.errors import UserError
+from lorapipe.export.gguf_model import model_family
+from lorapipe.merge.streaming import Adapter
+
+ADAPTER_TYPES = {"f32": np.float32, "f16": np.float16}
+
+
+def _refuse_unsupported(adapter: Adapter, adapter_dir: Path) -> None:
+    """llama.cpp's LoRA applies ``s·B·A`` to linear weights and nothing else."""
+    why = None
+    if adapter.init:
+        why = f"its {adapter.init} initialisation changed the base weights"
+    elif any(u.magnitude is not None for u in adapter.updates.values()):
+        why = "DoRA's magnitude vectors"
+    elif any(u.replaced for u in adapter.updates.values()):
+        why = "trained biases or modules_to_save"
+    elif any(u.embedding for u in adapter.updates.values()):
+        why = "LoRA on the embeddings"
+    if why is not None:
+        raise UserError(f"{adapter_dir}: llama.cpp's --lora cannot apply {why}; export the "
+                        "merged model's GGUF instead (remove adapter from the gguf exporter)")
+
+
+def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_name: str,
+                       provenance: dict[str, str] | None = None) -> Path:
+    """Write ``adapter_dir`` (a peft LoRA of the model whose config is in ``model_dir``)
+    to ``out_path`` atomically."""
+    family = model_family(model_dir)
+    adapter = Adapter.load(adapter_dir)
+    _refuse_unsupported(adapter, adapter_dir)
+    updates = {module: u for module, u in sorted(adapter.updates.items()) if u.a is not None}
+    shapes = {(u.alpha, u.a.shape[0]) for u in updates.values()}
+    uniform = len(shapes) == 1 and not adapter.config.use_rslora
+    names = gguf.get_tensor_name_map(family.arch, family.n_layers)
+    dtype = ADAPTER_TYPES[type_name]
+
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[family.arch])
+    try:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA,
+                           float(next(iter(shapes))[0]) if uniform else 0.0)
+        for key, value in (provenance or {}).items():
+            writer.add_string(f"lorapipe.{key}", value)
+        for module, update in updates.items():
+            key = f"{module}.weight"
+            name = names.get_name(key, try_suffixes=(".weight",))
+            if name is None:
+                raise UserError(f"{adapter_dir}: the adapter updates {module}, which has no "
+                                f"llama.cpp counterpart in the {family.arch.name.lower()} "
+                                "architecture")
+            b = family.transform(key, update.b.float())
+            if not uniform:
+                b = b * update.scale
+            for suffix, tensor in ((".lora_a", update.a.float()), (".lora_b", b)):
+                writer.add_tensor(name + suffix, tensor.numpy().astype(dtype))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return out_path
+
