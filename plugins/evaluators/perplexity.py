@@ -2,7 +2,8 @@
 and the forgetting check on general text.
 
 Fine-tuning on a narrow task can make a model worse at everything else. The check
-scores text unlike the training data (``general``: plain-text or JSONL files) with the
+scores text unlike the training data (``general``: plain-text or JSONL files, or any
+loader's records) with the
 base and the fine-tuned model; a rise in perplexity beyond ``max_general_increase`` is
 reported as forgetting, and fails the evaluation when ``on_forgetting: fail``.
 """
@@ -13,17 +14,33 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lorapipe.plugin import EvalContext, Evaluator, Options, UserError, hookimpl
+from lorapipe.config import ComponentRef
+from lorapipe.plugin import EvalContext, Evaluator, Loader, Options, UserError, hookimpl
 
 
 class GeneralText(Options):
-    """Documents of general text: a .txt file (one per non-empty line) or a .jsonl file
-    (a ``text`` field per line)."""
+    """Documents of general text: a .txt file (one per non-empty line), a .jsonl file
+    (a ``text`` field per line), or the ``field`` of a loader's records (any source: e.g.
+    ``{name: hf, dataset: wikitext, subset: wikitext-2-raw-v1, split: test}``)."""
 
-    path: Path
+    path: Path | None = None
+    loader: ComponentRef | None = None
+    field: str = "text"
+    max_documents: int = Field(1000, ge=1)  # the first ones; every one costs two passes
     max_tokens: int = Field(512, ge=16)  # each document is cut to this many tokens
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GeneralText:
+        if (self.path is None) == (self.loader is None):
+            raise ValueError("give either path (a .txt or .jsonl file) or loader")
+        if self.loader is not None:  # a wrong name or option fails at validate
+            try:
+                _build_loader(self.loader, "loader")
+            except UserError as err:
+                raise ValueError(str(err)) from None
+        return self
 
 
 class PerplexityOptions(Options):
@@ -57,6 +74,32 @@ def read_documents(path: Path) -> list[str]:
     if not documents:
         raise UserError(f"{path}: no documents in it (perplexity general text)")
     return documents
+
+
+def _build_loader(ref: ComponentRef, field: str) -> Loader:
+    from lorapipe.plan import build_component
+    from lorapipe.registry import get_registry
+
+    return build_component(get_registry(), "loader", field, ref, Loader)
+
+
+def loader_documents(loader: Loader, field: str, limit: int) -> tuple[list[str], dict[str, int]]:
+    """The first ``limit`` non-empty ``field`` texts of ``loader``'s records, and how many
+    records were dropped for each reason (unreadable, no such text field, empty)."""
+    documents: list[str] = []
+    dropped: dict[str, int] = {}
+    for record in loader.records():
+        if len(documents) == limit:
+            break
+        text = record.data.get(field) if record.data is not None else None
+        reason = (record.error.reason if record.error is not None
+                  else f"no_{field}" if not isinstance(text, str)
+                  else "empty" if not text.strip() else None)
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            documents.append(text)
+    return documents, dropped
 
 
 class PerplexityEvaluator(Evaluator):
@@ -113,14 +156,24 @@ class PerplexityEvaluator(Evaluator):
     def _general(self, context: EvalContext, name: str, source: GeneralText) -> dict[str, Any]:
         from datasets import Dataset
 
-        documents = read_documents(source.path)
+        if source.loader is not None:
+            field = f"{self.field}.general.{name}.loader"
+            documents, dropped = loader_documents(_build_loader(source.loader, field),
+                                                  source.field, source.max_documents)
+            if not documents:
+                raise UserError(f"{field}: no record with a non-empty {source.field!r} text "
+                                f"(dropped: {dropped}); set general.{name}.field")
+            origin = {"loader": source.loader.name, "dropped": dropped}
+        else:
+            documents = read_documents(source.path)[: source.max_documents]
+            origin = {"path": str(source.path)}
         encoded = context.tokenizer(documents, truncation=True, max_length=source.max_tokens)
         ids = [row for row in encoded["input_ids"] if len(row) > 1]
         dataset = Dataset.from_dict({"input_ids": ids, "labels": ids})
         base, tuned = (totals.perplexity()["all"]
                        for totals in self._both(context, dataset, f"general:{name}"))
         increase = tuned / base - 1
-        return {"path": str(source.path), "documents": len(ids), "base": base,
+        return {**origin, "documents": len(ids), "base": base,
                 "finetuned": tuned, "increase": increase,
                 "forgetting": increase > self.options.max_general_increase}
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 import torch
 from datasets import Dataset, load_from_disk
 from peft import PeftModel
@@ -194,6 +195,21 @@ def test_the_forgetting_check_scores_general_text_and_warns_or_fails(
         PerplexityEvaluator(failing).evaluate(context)
     lenient = PerplexityOptions(**options, max_general_increase=result["increase"] * 2)
     assert PerplexityEvaluator(lenient).evaluate(context)["forgetting"] == []
+
+    # the same documents from any loader (here 🤗 datasets' save_to_disk), other records
+    # counted by why they were not used
+    saved = tmp_path / "saved"
+    Dataset.from_list([{"body": documents[0]}, {"body": ""}, {"body": None},
+                       {"body": documents[1]}]).save_to_disk(saved)
+    from_loader = {"general": {"wiki": {"loader": {"name": "hf", "dataset": str(saved)},
+                                        "field": "body"}}}
+    loaded = PerplexityEvaluator(PerplexityOptions(**from_loader)).evaluate(context)
+    assert loaded["general"]["wiki"]["finetuned"] == pytest.approx(result["finetuned"])
+    assert loaded["general"]["wiki"]["dropped"] == {"empty": 1, "no_body": 1}
+    with pytest.raises(ValidationError, match="loader.name: unknown loader 'hff'"):
+        PerplexityOptions(general={"x": {"loader": {"name": "hff", "dataset": "d"}}})
+    with pytest.raises(ValidationError, match="give either path"):
+        PerplexityOptions(general={"x": {"field": "text"}})
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "fine"}\n{"txt": "no text field"}\n')
