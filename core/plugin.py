@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from lorapipe.atomic import atomic_write_text
+from lorapipe.atomic import atomic_directory, atomic_write_text
 from lorapipe.components import (
     ChatTemplate,
     Conversation,
@@ -97,6 +97,7 @@ __all__ = [
     "PieceTemplate",
     "adaptable_modules",
     "alternating_turns",
+    "atomic_directory",
     "atomic_write_text",
     "generate",
     "paired_bootstrap",

@@ -1,6 +1,6 @@
-"""The four contrib distributions install like any third-party plugin and register.
+"""The contrib distributions install like any third-party plugin and register.
 
-A fresh virtual environment gets lorapipe and all four packages installed for real
+A fresh virtual environment gets lorapipe and all five packages installed for real
 (wheels built from copies of the sources, no network, no editable installs); its own
 ``lorapipe components`` must list every contributed name. The heavy dependencies
 (torch, transformers, pyarrow, ...) come from the development environment through a
@@ -17,12 +17,13 @@ import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ["tabular", "templates", "gpt2", "textmetrics"]
+PACKAGES = ["tabular", "templates", "gpt2", "textmetrics", "onnx"]
 NAMES = {
     "loaders": ["csv", "json", "parquet"],
     "chat_templates": ["alpaca", "chatml", "mistral", "vicuna"],
     "target_detectors": ["gpt2"],
     "evaluators": ["bleu", "exact_match", "rouge_l"],
+    "exporters": ["onnx"],
 }
 _SKIP = ("lorapipe", "__editable__")
 
@@ -50,7 +51,7 @@ def _sources(tmp_path: Path) -> list[Path]:
     return copies
 
 
-def test_all_four_install_into_a_fresh_venv(tmp_path: Path) -> None:
+def test_all_five_install_into_a_fresh_venv(tmp_path: Path) -> None:
     env = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
@@ -23,33 +23,41 @@ from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType as F
 
 from lorapipe.errors import UserError
+from lorapipe.export import kquants
+from lorapipe.export.gguf_mix import is_70b, possible_types, tensor_types
 from lorapipe.export.gguf_model import Family, model_family
 from lorapipe.export.gguf_vocab import GgufVocab, read_vocab
 
-# GGUF type name (as users write it) → (tensor type of 2-D weights, file type).
+if TYPE_CHECKING:
+    import torch
+
+# GGUF type name (as users write it, llama-quantize's names) → (main tensor type, file type).
+# The K types are llama-quantize's mixes (see gguf_mix); the others hold one type.
 GGUF_TYPES: dict[str, tuple[Q, F]] = {
     "f32": (Q.F32, F.ALL_F32),
     "f16": (Q.F16, F.MOSTLY_F16),
     "bf16": (Q.BF16, F.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
     "q4_0": (Q.Q4_0, F.MOSTLY_Q4_0),
-    # Every 2-D weight in Q4_K: llama.cpp's "small" Q4_K mix is the closest file type.
-    "q4_k": (Q.Q4_K, F.MOSTLY_Q4_K_S),
+    "q4_k_m": (Q.Q4_K, F.MOSTLY_Q4_K_M),
+    "q4_k_s": (Q.Q4_K, F.MOSTLY_Q4_K_S),
+    "q5_k_m": (Q.Q5_K, F.MOSTLY_Q5_K_M),
+    "q6_k": (Q.Q6_K, F.MOSTLY_Q6_K),
 }
-
-# Fallback for a weight whose rows do not divide into the type's blocks (llama.cpp's
-# converter does the same).
-_FALLBACK = Q.F16
 
 
 def can_produce(type_name: str) -> bool:
-    """Whether the installed gguf package implements quantization to ``type_name``."""
-    qtype = GGUF_TYPES[type_name][0]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    try:
-        gguf.quants.quantize(np.zeros((1, block), dtype=np.float32), qtype)
-    except NotImplementedError:
-        return False
+    """Whether every tensor type a ``type_name`` file may hold can be encoded here.
+
+    The K-quants are ours (kquants); the rest come from the installed gguf package.
+    """
+    wanted, file_type = GGUF_TYPES[type_name]
+    for qtype in possible_types(wanted, file_type):
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        try:
+            _quantize(np.zeros((1, block), dtype=np.float32), qtype)
+        except NotImplementedError:
+            return False
     return True
 
 
@@ -61,6 +69,7 @@ class _Planned:
     shape: tuple[int, ...]
     qtype: Q
     data: np.ndarray | None = None  # generated tensors only (tiny)
+    fallback: bool = False  # its rows do not fit the wanted type's blocks
 
 
 @dataclass
@@ -87,13 +96,6 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def _tensor_type(shape: tuple[int, ...], wanted: Q) -> Q:
-    if len(shape) < 2:
-        return Q.F32  # norms and biases: tiny, and llama.cpp keeps them in F32
-    block = gguf.GGML_QUANT_SIZES[wanted][0]
-    return wanted if shape[-1] % block == 0 else _FALLBACK
-
-
 def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     if qtype == Q.F32:
         return prod(shape) * 4
@@ -102,7 +104,8 @@ def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return prod(gguf.quant_shape_to_byte_shape(shape, qtype))
 
 
-def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q) -> list[_Planned]:
+def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
+          file_type: F) -> list[_Planned]:
     """Every tensor of the file, named, shaped and typed, from the headers only."""
     from safetensors import safe_open
 
@@ -124,7 +127,12 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q) -> list[_Pla
                 shape = tuple(handle.get_slice(key).get_shape())
                 if gguf_name.startswith("token_embd.") and shape[0] > n_vocab:
                     shape = (n_vocab, *shape[1:])  # rows beyond the vocabulary are dropped
-                plan.append(_Planned(gguf_name, key, file, shape, _tensor_type(shape, wanted)))
+                plan.append(_Planned(gguf_name, key, file, shape, Q.F32))
+    types = tensor_types([(item.gguf_name, item.shape) for item in plan], wanted, file_type,
+                         family.n_layers,
+                         is_70b(family.arch, family.n_layers, family.n_head, family.n_head_kv))
+    for item, (qtype, fallback) in zip(plan, types, strict=True):
+        item.qtype, item.fallback = qtype, fallback
     return plan
 
 
@@ -146,15 +154,22 @@ def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, n
             tensor = family.transform(item.source, handle.get_tensor(item.source).float())
             if tuple(tensor.shape) != item.shape:
                 tensor = tensor[: item.shape[0]]  # embedding rows beyond the vocabulary
-            yield item, _convert(tensor.numpy(), item.qtype)
+            yield item, _convert(tensor, item.qtype)
 
 
-def _convert(array: np.ndarray, qtype: Q) -> np.ndarray:
-    if qtype == Q.F32:
-        return np.ascontiguousarray(array, dtype=np.float32)
+def _convert(tensor: torch.Tensor, qtype: Q) -> np.ndarray:
+    """A float32 torch tensor as ``qtype`` bytes."""
     if qtype == Q.F16:
-        return np.ascontiguousarray(array.astype(np.float16))
-    return gguf.quants.quantize(np.ascontiguousarray(array), qtype)
+        # torch rounds to f16 as numpy does (to nearest even), several times faster
+        return tensor.half().contiguous().numpy()
+    array = np.ascontiguousarray(tensor.numpy(), dtype=np.float32)
+    return array if qtype == Q.F32 else _quantize(array, qtype)
+
+
+def _quantize(array: np.ndarray, qtype: Q) -> np.ndarray:
+    if qtype in kquants.TYPES:
+        return kquants.quantize(array, qtype)
+    return gguf.quants.quantize(array, qtype)
 
 
 def _write_metadata(writer: gguf.GGUFWriter, family: Family, vocab: GgufVocab,
@@ -207,7 +222,7 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
     family, vocab = check_model(model_dir)
     wanted, file_type = GGUF_TYPES[type_name]
     n_vocab = len(vocab.tokens)
-    plan = _plan(model_dir, family, n_vocab, wanted)
+    plan = _plan(model_dir, family, n_vocab, wanted, file_type)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
@@ -234,10 +249,7 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fallbacks = {
-        item.gguf_name: item.qtype.name.lower()
-        for item in plan if len(item.shape) >= 2 and item.qtype != wanted
-    }
+    fallbacks = {item.gguf_name: item.qtype.name.lower() for item in plan if item.fallback}
     return GgufResult(out_path, type_name, len(plan), out_path.stat().st_size, fallbacks)
 
 

@@ -6,19 +6,41 @@ A thin shell over ``lorapipe.export.gguf_writer``: options, provenance, file nam
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from lorapipe import __version__
-from lorapipe.plugin import Exporter, Options, RunInfo, hookimpl
+from lorapipe.plugin import Exporter, Options, RunInfo, UserError, hookimpl
 
-GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k"]
+GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k"]
+
+
+class GgufScore(Options):
+    """Score each file through llama.cpp on the held-out set (``score: {}`` for defaults)."""
+
+    max_increase: float = Field(0.05, gt=0)  # response perplexity vs merged/, relative
+    on_exceed: Literal["warn", "fail"] = "warn"
+    max_samples: int = Field(200, ge=1)
 
 
 class GgufOptions(Options):
     types: list[GgufType] = Field(default_factory=lambda: ["q8_0"], min_length=1)
+    score: GgufScore | None = None
+    # also the LoRA adapter alone, for llama.cpp's --lora on a GGUF of the base model
+    adapter: list[Literal["f32", "f16"]] = Field(default_factory=list)
+
+    @field_validator("score")
+    @classmethod
+    def _llama_cpp_installed(cls, score: GgufScore | None) -> GgufScore | None:
+        import importlib.util
+
+        if score is not None and importlib.util.find_spec("llama_cpp") is None:
+            raise ValueError("scoring GGUF files runs llama.cpp: pip install "
+                             "'lorapipe[llama-cpp]' (or remove score)")
+        return score
 
     @field_validator("types")
     @classmethod
@@ -38,7 +60,11 @@ class GgufOptions(Options):
 
 
 class GgufExporter(Exporter):
-    """GGUF for llama.cpp (f32, f16, bf16, q8_0, q4_0), tokenizer and chat template included."""
+    """GGUF for llama.cpp, tokenizer and chat template included.
+
+    f32, f16, bf16, q8_0 and q4_0 hold one type (F16 where rows do not fit its blocks);
+    q4_k_m, q4_k_s, q5_k_m and q6_k are llama-quantize's mixes, byte for byte.
+    """
 
     name = "gguf"
     Options = GgufOptions
@@ -49,13 +75,67 @@ class GgufExporter(Exporter):
         check_model(model_dir)
 
     def export(self, merged_dir: Path, out_dir: Path, run: RunInfo | None) -> list[Path]:
+        """Each GGUF with an Ollama Modelfile beside it (``model-<type>.Modelfile``), the
+        adapter GGUFs asked for, and ``scores.json`` when ``score`` is set."""
+        from transformers import AutoTokenizer
+
+        from lorapipe.atomic import atomic_write_text
+        from lorapipe.export.gguf_adapter import write_adapter_gguf
         from lorapipe.export.gguf_writer import write_gguf
+        from lorapipe.export.modelfile import modelfile
 
         provenance = _provenance(run) if run is not None else {}
-        return [
-            write_gguf(merged_dir, out_dir / f"model-{type_name}.gguf", type_name, provenance).path
-            for type_name in self.options.types
-        ]
+        tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+        written, ggufs = [], []
+        for type_name in self.options.types:
+            gguf = write_gguf(merged_dir, out_dir / f"model-{type_name}.gguf", type_name,
+                              provenance).path
+            recipe = gguf.with_suffix(".Modelfile")
+            atomic_write_text(recipe, modelfile(gguf.name, tokenizer,
+                                                run.max_length if run is not None else None))
+            written += [gguf, recipe]
+            ggufs.append(gguf)
+        for type_name in self.options.adapter:
+            if run is None:
+                raise UserError("the gguf exporter's adapter option needs the run's adapter/; "
+                                "export within a run")
+            written.append(write_adapter_gguf(
+                run.paths.adapter, merged_dir, out_dir / f"adapter-{type_name}.gguf", type_name,
+                {"base_model": run.base_model, "config_hash": run.config_hash}))
+        if self.options.score is not None:
+            if run is None:
+                raise UserError("the gguf exporter's score option needs the run's held-out "
+                                "data; export within a run")
+            written.append(self._score(merged_dir, out_dir, run, ggufs))
+        return written
+
+    def _score(self, merged_dir: Path, out_dir: Path, run: RunInfo, files: list[Path]) -> Path:
+        """``scores.json``: each file's response perplexity beside merged/'s; a user error
+        when one rose more than allowed and ``on_exceed: fail``."""
+        from lorapipe.atomic import atomic_write_json
+        from lorapipe.export.gguf_score import (
+            Samples,
+            gguf_perplexity,
+            merged_perplexity,
+            score_report,
+        )
+
+        score = self.options.score
+        samples = Samples.held_out(run.paths, score.max_samples)
+        report = score_report(merged_perplexity(merged_dir, samples),
+                              {f.name: gguf_perplexity(f, samples) for f in files},
+                              score.max_increase, samples.split)
+        atomic_write_json(out_dir / "scores.json", report)
+        if report["exceeded"]:
+            worst = ", ".join(f"{name} {report['files'][name]['increase']:+.1%}"
+                              for name in report["exceeded"])
+            message = (f"response perplexity on the {samples.split} split rose more than "
+                       f"{score.max_increase:.0%} over merged/ ({report['merged']:.4g}) in "
+                       f"{worst}; ship a type with more bits (q8_0, q6_k, q5_k_m)")
+            if score.on_exceed == "fail":
+                raise UserError(f"{self.field}.score: {message}, or set on_exceed: warn")
+            print(f"warning: {message}", file=sys.stderr)
+        return out_dir / "scores.json"
 
 
 def _provenance(run: RunInfo) -> dict[str, Any]:

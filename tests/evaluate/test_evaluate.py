@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 import torch
 from datasets import Dataset, load_from_disk
 from peft import PeftModel
+from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.errors import UserError

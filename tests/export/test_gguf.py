@@ -167,16 +167,16 @@ def test_metadata_and_tensor_layout(tiny_dir: Path, exported) -> None:
     assert q8["blk.0.attn_norm.weight"] == "F32" and q8["blk.0.attn_q.weight"] == "Q8_0"
 
 
-def test_unproducible_type_is_refused_at_validate() -> None:
-    with pytest.raises(ValidationError, match="q4_k"):
-        GgufOptions(types=["q4_k"])
+def test_unknown_type_is_refused_at_validate() -> None:
+    with pytest.raises(ValidationError, match="q4_k_m"):
+        GgufOptions(types=["q4_k"])  # llama.cpp names mixes: q4_k_m or q4_k_s
     data = {
         "model": {"name_or_path": "tiny-llama"},
         "data": {"loader": {"name": "jsonl", "path": str(SAMPLE)}},
         "export": {"exporters": [{"name": "gguf", "types": ["f16", "q4_k"]}]},
         "output_dir": "out",
     }
-    with pytest.raises(ConfigError, match=r"export\.exporters\.0\.types.*q4_k.*llama-quantize"):
+    with pytest.raises(ConfigError, match=r"export\.exporters\.0\.types.*q4_k_m.*got 'q4_k'"):
         build_plan(validate_config(data))
 
 
@@ -219,8 +219,9 @@ def test_export_stage_writes_file_with_provenance(tiny_dir: Path, tmp_path: Path
     write_manifest(ctx.paths.merged)  # as the merge stage does
     summary = run_stage(ctx)
     path = ctx.paths.export_dir("gguf") / "model-q8_0.gguf"
+    recipe = path.with_suffix(".Modelfile")  # Ollama's, beside it (test_modelfile.py)
     assert summary["artifacts"] == [
-        {"exporter": "gguf", "path": str(path), "bytes": path.stat().st_size}
+        {"exporter": "gguf", "path": str(p), "bytes": p.stat().st_size} for p in (path, recipe)
     ]
     reader = GGUFReader(path)
     assert _field(reader, "general.base_model.0.name") == "tiny-llama"
