@@ -158,10 +158,9 @@ def test_resume_runs_again_what_was_damaged_after_it_finished(finished_run: Path
 
 
 @pytest.mark.parametrize("stage", ["evaluate", "merge", "export"])
-@pytest.mark.parametrize("point", [0.1, 0.5])
 def test_kill_9_in_a_later_stage_then_resume_ends_like_the_uninterrupted_run(
-        finished_run: Path, tmp_path: Path, stage: str, point: float) -> None:
-    """kill -9 at a point of evaluate, merge or export (a fraction of the time the stage
+        finished_run: Path, tmp_path: Path, stage: str) -> None:
+    """kill -9 a third of the way into evaluate, merge or export (of the time the stage
     took in the uninterrupted run), then --resume: the run finishes, with the evaluation,
     merged model and GGUF of the run that was never killed, and no half-written file."""
     output_dir = tmp_path / "killed"
@@ -170,7 +169,7 @@ def test_kill_9_in_a_later_stage_then_resume_ends_like_the_uninterrupted_run(
     record = json.loads(run_json.read_text())
     record["stages"][stage]["status"] = "running"  # what a kill during it leaves
     previous_start = record["stages"][stage]["started_at"]
-    delay = point * record["stages"][stage]["seconds"]
+    delay = record["stages"][stage]["seconds"] / 3
     # A stage of a second or so can finish sooner than it did before (warm caches): then
     # the kill came too late to test anything, and it is tried again earlier.
     for _ in range(4):

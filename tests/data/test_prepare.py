@@ -91,7 +91,8 @@ def test_outputs_follow_the_contract(tmp_path: Path, prepare: Any) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [chat(i, turns=2, system=True) for i in range(20)])
     _, out = prepare(data, validation={"count": 3})
     train = load_from_disk(str(out / "data" / "train"))
-    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "source"]
+    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "source",
+                                  "conversation_id"]
     assert len(train) == 17 and len(load_from_disk(str(out / "data" / "validation"))) == 3
     tokenizer = AutoTokenizer.from_pretrained(out / "data" / "tokenizer")
     row = train[0]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader
+from llama_cpp_material import cpp_logits
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,15 +21,6 @@ from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.model.source import resolve_model_path
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
-
-
-def cpp_logits(model: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
-    llm = llama_cpp.Llama(str(model), n_ctx=128, logits_all=True, verbose=False,
-                          lora_path=str(lora) if lora else None)
-    llm.eval(ids)
-    logits = np.array(llm.scores[: len(ids)])
-    llm.close()
-    return logits
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +72,7 @@ def test_base_plus_adapter_gguf_is_the_merged_gguf(tmp_path: Path, base_gguf: Pa
 
     ids = llama_cpp.Llama(str(merged_gguf), vocab_only=True, verbose=False).tokenize(
         PROMPT.encode())
-    with_lora = cpp_logits(base_gguf, ids, adapter_gguf)
+    with_lora = cpp_logits(base_gguf, ids, lora=adapter_gguf)
     expected = cpp_logits(merged_gguf, ids)
     base = cpp_logits(base_gguf, ids)
     assert np.abs(expected - base).max() > 0.05  # the adapter changes the model visibly

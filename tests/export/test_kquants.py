@@ -21,7 +21,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
-from llama_cpp_material import cpp_logits
+from llama_cpp_material import compare_tensors, cpp_logits, llama_quantize
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from lorapipe.export import kquants
@@ -80,15 +80,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _llama_quantize(f16: Path, out: Path, type_name: str) -> Path:
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[type_name]
-    params.nthread = 2
-    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(),
-                                          ctypes.byref(params)) == 0
-    return out
-
-
 # (model, type) pairs compared; the 70B rule only touches the K mixes' attn_v, so one is enough
 CASES = [(model, t) for model in ("wide", "narrow") for t in FTYPES] + [("70b", "q4_k_m")]
 
@@ -103,30 +94,17 @@ def pairs(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     for model_name, type_name in CASES:
         ours = write_gguf(models[model_name], out / f"{model_name}-{type_name}.gguf", type_name,
                           progress=False)
-        theirs = _llama_quantize(f16[model_name], out / f"{model_name}-{type_name}-cpp.gguf",
-                                 type_name)
+        theirs = llama_quantize(f16[model_name], out / f"{model_name}-{type_name}-cpp.gguf",
+                                FTYPES[type_name])
         files[model_name, type_name] = (ours, theirs)
     return files
-
-
-def _blocks(tensor) -> np.ndarray:  # noqa: ANN001 - gguf's ReaderTensor
-    """One row per quantization block (one per value for float types)."""
-    block_bytes = gguf.GGML_QUANT_SIZES[tensor.tensor_type][1]
-    return np.asarray(tensor.data).view(np.uint8).reshape(-1, block_bytes)
 
 
 @pytest.mark.parametrize(("model_name", "type_name"), CASES)
 def test_same_types_and_bytes_as_llama_quantize(pairs, model_name: str, type_name: str) -> None:
     ours, theirs = pairs[model_name, type_name]
-    got = {t.name: t for t in GGUFReader(ours.path).tensors}
-    want = {t.name: t for t in GGUFReader(theirs).tensors}
-    assert {n: t.tensor_type.name for n, t in got.items()} == \
-        {n: t.tensor_type.name for n, t in want.items()}
-    same = total = 0
-    for name, tensor in got.items():
-        mine, reference = _blocks(tensor), _blocks(want[name])
-        same += int((mine == reference).all(axis=1).sum())
-        total += len(mine)
+    differ, same, total = compare_tensors(ours.path, theirs)
+    assert not differ
     # Every block matches here; the bound leaves room for a llama.cpp build whose compiler
     # fuses multiply-adds (ours is plain float32, like the SSE2 build the tests install).
     assert same / total >= 0.999, f"{same}/{total} blocks identical"

@@ -24,19 +24,28 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
-from gguf import GGUFReader
-from llama_cpp_material import cpp_logits, llama_cpp_tree, real_tokenizer
+from llama_cpp_material import (
+    compare_tensors,
+    cpp_logits,
+    llama_cpp_tree,
+    llama_quantize,
+    read_gguf,
+    real_tokenizer,
+)
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
+from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import build_plan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 LLAMA_LAYOUT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+# intermediate 256: ffn_down's rows fill K-quant blocks (the other rows, 64, fall back)
+SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512)
 # family → (config beyond SHAPE, modules the default detector targets, real tokenizer)
 FAMILIES: dict[str, tuple[dict[str, Any], list[str], str]] = {
@@ -179,13 +188,12 @@ def test_family_gguf_tokenizes_and_computes_like_transformers(family_run) -> Non
 
 
 def _fields(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple, np.ndarray]]]:
-    reader = GGUFReader(path)
-    meta = {key: field.contents() for key, field in reader.fields.items()
-            if not key.startswith(("GGUF.", "general.", "lorapipe."))}
-    meta["general.architecture"] = reader.fields["general.architecture"].contents()
-    meta["general.file_type"] = reader.fields["general.file_type"].contents()
-    tensors = {t.name: (t.tensor_type.name, tuple(int(n) for n in t.shape), np.array(t.data))
-               for t in reader.tensors}
+    fields, found = read_gguf(path)
+    meta = {key: value for key, value in fields.items()
+            if not key.startswith(("general.", "lorapipe."))}
+    meta["general.architecture"] = fields["general.architecture"]
+    meta["general.file_type"] = fields["general.file_type"]
+    tensors = {t.name: (t.type.name, t.shape, t.data) for t in found.values()}
     return meta, tensors
 
 
@@ -201,9 +209,39 @@ def test_family_gguf_has_parity_with_llama_cpp_converter(family_run, tmp_path: P
     assert {name: t[:2] for name, t in ours.items()} == {name: t[:2] for name, t in theirs.items()}
     for name, (_, _, data) in ours.items():
         if name.startswith("rope_"):  # computed, not read: float32 rounding may differ
-            np.testing.assert_allclose(data, theirs[name][2], rtol=1e-6, err_msg=name)
+            np.testing.assert_allclose(data.view(np.float32), theirs[name][2].view(np.float32),
+                                       rtol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(data, theirs[name][2], err_msg=name)
+
+
+K_MIXES = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+           "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+           "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}
+
+
+def test_family_k_quants_are_llama_quantizes(family_run, tmp_path: Path) -> None:
+    """Each K mix of the family's merged model: the tensor types and quantized bytes
+    llama.cpp's own quantizer gives (from our f16 file, so both start from the same f16
+    values), and llama.cpp runs it."""
+    _, _, ctx = family_run
+    f16 = ctx.paths.export_dir("gguf") / "model-f16.gguf"  # the export stage's
+    # ours starts from the same f16 values llama-quantize reads from that file
+    rounded = tmp_path / "merged-f16-values"
+    shutil.copytree(ctx.paths.merged, rounded)
+    weights = rounded / "model.safetensors"
+    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
+    ids = AutoTokenizer.from_pretrained(rounded)(PROBES[1])["input_ids"]
+    for type_name, ftype in K_MIXES.items():
+        ours = write_gguf(rounded, tmp_path / f"{type_name}.gguf", type_name,
+                          progress=False).path
+        theirs = llama_quantize(f16, tmp_path / f"{type_name}-cpp.gguf", ftype)
+        differ, same, total = compare_tensors(ours, theirs)
+        assert not differ, type_name
+        assert same == total, f"{type_name}: {same}/{total} blocks identical"
+        types = {t.name: t.type.name for t in read_gguf(ours)[1].values()}
+        assert "Q6_K" in types.values()  # ffn_down: K-quant blocks, not only fallbacks
+        assert np.isfinite(cpp_logits(ours, ids)).all()
 
 
 def test_gguf_export_refuses_other_architectures_before_training(tmp_path: Path) -> None:
