@@ -9,7 +9,7 @@ import pytest
 from lorapipe.cli import main
 
 BUILTINS = {
-    "loaders": ["jsonl"],
+    "loaders": ["jsonl", "hf"],
     "chat_templates": ["tokenizer", "llama3", "llama2"],
     "target_detectors": ["llama", "all_linear"],
     "quantizers": ["nf4", "none"],
