@@ -31,7 +31,7 @@ _SHAPE_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 def possible_types(default: Q, file_type: F) -> set[Q]:
     """Every quantized type a file of this type may hold (to check they can be produced)."""
     if file_type not in K_MIXES:
-        return {default}
+        return {default, Q.Q6_K, Q.Q8_0} if default == Q.Q4_0 else {default}
     types = {default, Q.Q5_K, Q.Q6_K, Q.Q8_0}
     return types | {_SHAPE_FALLBACK[t] for t in types if t in _SHAPE_FALLBACK}
 
@@ -47,10 +47,11 @@ def is_70b(arch: gguf.MODEL_ARCH, n_layers: int, n_head: int, n_head_kv: int) ->
 def tensor_types(tensors: Sequence[tuple[str, tuple[int, ...]]], default: Q, file_type: F,
                  n_layers: int, seventy_b: bool = False) -> list[tuple[Q, bool]]:
     """For each (GGUF name, numpy shape): its type, and whether its shape forced a fallback."""
-    if file_type not in K_MIXES:
-        return [_pure(shape, default) for _name, shape in tensors]
     names = [name for name, _shape in tensors]
     tied = "output.weight" not in names
+    if file_type not in K_MIXES:
+        return [_output(shape, default) if _is_output(name, tied) and default in (Q.Q4_0, Q.Q8_0)
+                else _pure(shape, default) for name, shape in tensors]
     n_attn_v = sum(_is_attn_v(name) for name in names)
     counters = {"attn_v": 0, "ffn_down": 0}
     chosen: dict[str, tuple[Q, bool]] = {}
@@ -67,6 +68,18 @@ def tensor_types(tensors: Sequence[tuple[str, tuple[int, ...]]], default: Q, fil
                 wanted = Q.Q5_K
             chosen[name] = _fit(wanted, shape[-1], _SHAPE_FALLBACK.get(wanted, wanted))
     return [chosen[name] for name in names]
+
+
+def _is_output(name: str, tied: bool) -> bool:
+    return name == "output.weight" or (tied and name == "token_embd.weight")
+
+
+def _output(shape: tuple[int, ...], default: Q) -> tuple[Q, bool]:
+    """llama-quantize's output layer (or tied embeddings) in a quantized single-type file:
+    Q6_K (Q8_0 where the rows do not fit its blocks), and a Q8_0 file keeps Q8_0."""
+    if default == Q.Q8_0 or shape[-1] % gguf.GGML_QUANT_SIZES[default][0]:
+        return _fit(Q.Q8_0, shape[-1], Q.F16)
+    return _fit(Q.Q6_K, shape[-1], Q.Q8_0)
 
 
 def _pure(shape: tuple[int, ...], wanted: Q) -> tuple[Q, bool]:
@@ -106,7 +119,7 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
 def _mix_type(name: str, n_cols: int, default: Q, file_type: F, tied: bool, n_attn_v: int,
               n_layers: int, counters: dict[str, int]) -> Q:
     """``llama_tensor_get_type_impl`` for the K mixes, without its MoE/Falcon/70B cases."""
-    if name == "output.weight" or (tied and name == "token_embd.weight"):
+    if _is_output(name, tied):
         if n_cols % gguf.GGML_QUANT_SIZES[default][0]:
             return Q.Q8_0
         return Q.Q6_K

@@ -62,7 +62,8 @@ class GgufOptions(Options):
 class GgufExporter(Exporter):
     """GGUF for llama.cpp, tokenizer and chat template included.
 
-    f32, f16, bf16, q8_0 and q4_0 hold one type (F16 where rows do not fit its blocks);
+    f32, f16, bf16 and q8_0 hold one type (F16 where rows do not fit its blocks), q4_0 too
+    but for its Q6_K output layer;
     q4_k_m, q4_k_s, q5_k_m and q6_k are llama-quantize's mixes, byte for byte.
     """
 

@@ -1,4 +1,4 @@
-"""K-quant GGUF files (q4_k_m, q4_k_s, q5_k_m, q6_k), judged by llama.cpp itself.
+"""Quantized GGUF files (q4_k_m, q4_k_s, q5_k_m, q6_k, q4_0, q8_0), judged by llama.cpp.
 
 llama-quantize (``llama_cpp.llama_model_quantize``) turns our f16 file of a model into
 each mix; our writer makes the same mix from the same merged model. Both files must give
@@ -34,6 +34,9 @@ FTYPES = {
     "q4_k_s": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_S,
     "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
     "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
+    # single-type files, but llama-quantize still gives the output layer Q6_K in q4_0
+    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
 }
 HELD_OUT = (
     "The committee met on Tuesday to review the budget. After a long discussion about "
