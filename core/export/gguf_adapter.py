@@ -13,8 +13,6 @@ GGUF's own weight.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import gguf
@@ -22,6 +20,7 @@ import numpy as np
 
 from lorapipe.errors import UserError
 from lorapipe.export.gguf_model import model_family
+from lorapipe.export.gguf_writer import atomic_gguf
 from lorapipe.merge.streaming import Adapter
 
 ADAPTER_TYPES = {"f32": np.float32, "f16": np.float16}
@@ -56,10 +55,7 @@ def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_
     names = gguf.get_tensor_name_map(family.arch, family.n_layers)
     dtype = ADAPTER_TYPES[type_name]
 
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[family.arch])
-    try:
+    with atomic_gguf(out_path, family.arch) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA,
@@ -81,12 +77,5 @@ def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
     return out_path
 

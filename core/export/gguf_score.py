@@ -27,7 +27,11 @@ class Samples:
     """Held-out token ids and labels, and which split they are."""
 
     split: str
-    rows: list[tuple[list[int], list[int]]]
+    dataset: Any  # datasets.Dataset: input_ids, attention_mask, labels
+
+    @property
+    def rows(self) -> list[tuple[list[int], list[int]]]:
+        return list(zip(self.dataset["input_ids"], self.dataset["labels"], strict=True))
 
     @classmethod
     def held_out(cls, paths: RunPaths, limit: int) -> Samples:
@@ -37,8 +41,7 @@ class Samples:
                                  ("validation", paths.validation_data)):
             if (directory / "dataset_info.json").is_file():
                 data = load_from_disk(str(directory))
-                data = data.select(range(min(limit, len(data))))
-                return cls(split, list(zip(data["input_ids"], data["labels"], strict=True)))
+                return cls(split, data.select(range(min(limit, len(data)))))
         raise UserError(f"{paths.data}: no held-out samples to score the GGUF on (no test or "
                         "validation split); run `lorapipe prepare` or remove the gguf "
                         "exporter's score option")
@@ -60,12 +63,13 @@ def gguf_perplexity(path: Path, samples: Samples) -> float:
     from llama_cpp import Llama
     from tqdm import tqdm
 
-    n_ctx = max(len(ids) for ids, _ in samples.rows)
+    rows = samples.rows
+    n_ctx = max(len(ids) for ids, _ in rows)
     llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                 verbose=False)
     total, count = 0.0, 0
     try:
-        for ids, labels in tqdm(samples.rows, desc=f"scoring {path.name}", unit="seq"):
+        for ids, labels in tqdm(rows, desc=f"scoring {path.name}", unit="seq"):
             llm.reset()
             llm.eval(ids)
             nll, n = _response_nll(np.asarray(llm.scores[: len(ids)]), ids, labels)
@@ -76,18 +80,17 @@ def gguf_perplexity(path: Path, samples: Samples) -> float:
 
 
 def merged_perplexity(merged_dir: Path, samples: Samples) -> float:
-    """Response perplexity of ``merged/`` (transformers, float32) on the same samples."""
+    """Response perplexity of ``merged/`` (transformers, float32) on the same samples, as
+    the evaluate stage computes it."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for ids, labels in samples.rows:
-            logits = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-            nll, n = _response_nll(logits, ids, labels)
-            total, count = total + nll, count + n
-    return math.exp(total / count)
+    from lorapipe.evaluate.nll import token_nll
+    from lorapipe.model.pretrained import pad_token_id
+
+    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
+    pad = pad_token_id(AutoTokenizer.from_pretrained(str(merged_dir)))
+    return token_nll(model, samples.dataset, batch_size=8, pad_id=pad).perplexity()["response"]
 
 
 def score_report(merged: float, files: dict[str, float], max_increase: float,

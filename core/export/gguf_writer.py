@@ -224,10 +224,7 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
     n_vocab = len(vocab.tokens)
     plan = _plan(model_dir, family, n_vocab, wanted, file_type)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[family.arch])
-    try:
+    with atomic_gguf(out_path, family.arch) as writer:
         _write_metadata(writer, family, vocab, file_type, wanted not in (Q.F32, Q.F16, Q.BF16),
                         provenance or {})
         for item in plan:
@@ -240,6 +237,19 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
                    unit="tensor", disable=not progress)
         for _item, data in bar:
             writer.write_tensor_data(data)
+    fallbacks = {item.gguf_name: item.qtype.name.lower() for item in plan if item.fallback}
+    return GgufResult(out_path, type_name, len(plan), out_path.stat().st_size, fallbacks)
+
+
+@contextlib.contextmanager
+def atomic_gguf(out_path: Path, arch: gguf.MODEL_ARCH) -> Iterator[gguf.GGUFWriter]:
+    """A writer on a temporary file beside ``out_path``, synced and renamed into place
+    when the body has written it, removed when the body fails: a GGUF that exists is whole."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+    try:
+        yield writer
         writer.flush()
         os.fsync(writer.fout[0].fileno())
         writer.close()
@@ -249,8 +259,6 @@ def write_gguf(model_dir: Path, out_path: Path, type_name: str,
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fallbacks = {item.gguf_name: item.qtype.name.lower() for item in plan if item.fallback}
-    return GgufResult(out_path, type_name, len(plan), out_path.stat().st_size, fallbacks)
 
 
 def gguf_version() -> str:

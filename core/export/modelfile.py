@@ -128,8 +128,9 @@ def modelfile(gguf_name: str, tokenizer: Any, num_ctx: int | None) -> str:
         lines.append(f"PARAMETER num_ctx {num_ctx}")
     lines += [f"PARAMETER stop {_quoted(stop)}" for stop in stops(tokenizer)]
     found = frames(tokenizer) if tokenizer.chat_template else None
-    if found is not None and '"""' not in go_template(found):
-        lines.append(f'TEMPLATE """{go_template(found)}"""')
+    template = go_template(found) if found is not None else None
+    if template is not None and '"""' not in template:
+        lines.append(f'TEMPLATE """{template}"""')
     else:
         lines.append("# No TEMPLATE: this chat template is not a fixed frame per message, so "
                      "Ollama must recognise the GGUF's own (check with `ollama show "

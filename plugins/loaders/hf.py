@@ -9,6 +9,7 @@ mapped onto the canonical conversation by ``data.format`` like every other loade
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,9 @@ class HfLoader(Loader):
         path = Path(self.options.dataset)
         return path if any((path / name).is_file() for name in _SAVED) else None
 
-    def _open(self) -> Any:
+    @functools.cached_property
+    def _dataset(self) -> Any:
+        """Opened once: ``fingerprint`` and ``records`` both read it."""
         import datasets
 
         options = self.options
@@ -76,7 +79,7 @@ class HfLoader(Loader):
 
     def records(self) -> Iterator[RawRecord]:
         source = f"{self.options.dataset}[{self.options.split}]"
-        for row, data in enumerate(self._open(), start=1):
+        for row, data in enumerate(self._dataset, start=1):
             yield RawRecord(source, f"{source}:row {row}", data=dict(data))
 
     def fingerprint(self) -> str | None:
@@ -85,7 +88,7 @@ class HfLoader(Loader):
         if self.options.streaming:
             return None
         digest = hashlib.sha256(self.options.model_dump_json().encode() + b"\0")
-        digest.update(self._open()._fingerprint.encode())
+        digest.update(self._dataset._fingerprint.encode())
         return digest.hexdigest()
 
 
