@@ -188,7 +188,7 @@ def test_valid_config_resolves_plugin_defaults(write_config) -> None:  # noqa: A
         "quant_type": "nf4",
         "double_quant": True,
         "compute_dtype": "auto",
-        "quant_storage": "uint8",
+        "quant_storage": "auto",
     }
     assert resolved["adapter"]["r"] == 16 and resolved["adapter"]["alpha"] == 32
     assert resolved["train"]["learning_rate"] == 2e-4

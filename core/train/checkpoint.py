@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
 from lorapipe.manifest import problem, write_manifest
+from lorapipe.train.distributed import load_optimizer_state
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -98,12 +99,17 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 
-def save_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
-                    state: TrainState, rng_states: list[dict[str, Any]]) -> None:
-    """Write a complete checkpoint at ``directory`` (replacing one that exists)."""
+def save_checkpoint(directory: Path, *, model: PeftModel, optimizer_state: dict[str, Any],
+                    state: TrainState, rng_states: list[dict[str, Any]],
+                    weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a complete checkpoint at ``directory`` (replacing one that exists).
+
+    ``weights``: the trainable parameters in full, for a sharded model whose own
+    parameters hold only this process's shard (distributed.trainable_state).
+    """
     with atomic_directory(directory) as tmp:
-        model.save_pretrained(tmp / "adapter")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        model.save_pretrained(tmp / "adapter", state_dict=weights)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(rng_states, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
         write_manifest(tmp)
@@ -131,12 +137,16 @@ def newest_valid(root: Path) -> tuple[Path | None, list[str]]:
 
 def load_checkpoint(directory: Path, *, model: PeftModel, optimizer: torch.optim.Optimizer,
                     ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Load weights and optimizer state in place; return the counters and RNG states."""
+    """Load weights and optimizer state in place; return the counters and RNG states.
+
+    A sharded (FSDP2) model takes the full tensors as they are: FSDP2's load hooks keep
+    each process's slice.
+    """
     weights = load_file(str(directory / "adapter" / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"{directory}: adapter does not fit the model: {result.unexpected_keys}")
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    load_optimizer_state(optimizer, torch.load(directory / "optimizer.pt", weights_only=True))
     state = TrainState(**json.loads((directory / "state.json").read_text()))
     return state, torch.load(directory / "rng.pt", weights_only=True)
 

@@ -66,8 +66,8 @@ class SpikeGuard:
         return reason
 
 
-def assert_finite(model: torch.nn.Module) -> None:
+def assert_finite(weights: dict[str, torch.Tensor]) -> None:
     """Refuse to checkpoint non-finite trainable weights."""
-    for name, param in model.named_parameters():
-        if param.requires_grad and not torch.isfinite(param).all():
+    for name, param in weights.items():
+        if not torch.isfinite(param).all():
             raise RuntimeError(f"refusing to checkpoint: {name} holds non-finite values")

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -42,6 +40,12 @@ from lorapipe.train.checkpoint import (
     restore_rng,
     rotate,
     save_checkpoint,
+)
+from lorapipe.train.distributed import (
+    make_accelerator,
+    optimizer_state,
+    placement,
+    trainable_state,
 )
 from lorapipe.train.guard import NonFiniteGuard, SpikeGuard, assert_finite
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
@@ -75,13 +79,6 @@ def train(model: torch.nn.Module, train_data, validation_data, *,  # noqa: ANN00
                    pad_token_id=pad_token_id, max_length=max_length, config_hash=config_hash,
                    memory=memory, run_config=run_config).run(
                        resume=resume, allow_config_change=allow_config_change)
-
-
-def _mixed_precision(model: torch.nn.Module) -> str:
-    if not torch.cuda.is_available():
-        return "no"
-    dtypes = {p.dtype for p in model.parameters()}
-    return "bf16" if torch.bfloat16 in dtypes else "fp16" if torch.float16 in dtypes else "no"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,9 +147,8 @@ class Trainer:
                  memory: Callable[[], dict], run_config: dict[str, Any] | None = None) -> None:
         self.config, self.paths, self.pad = config, paths, pad_token_id
         self.memory, self.run_config = memory, run_config
-        # Under torchrun without GPUs accelerate only goes multi-process when told "cpu".
-        cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = acc = Accelerator(mixed_precision=_mixed_precision(model), cpu=cpu)
+        self.accelerator = acc = make_accelerator(model)
+        self.sharded = acc.is_fsdp2
         self.world, self.rank = acc.num_processes, acc.process_index
         # auto_batch may trade micro batch for accumulation; the effective batch stays.
         self.micro_batch_size = config.micro_batch_size
@@ -355,13 +351,17 @@ class Trainer:
         order = sorted(range(len(self.val_examples)), key=lambda i: len(self.val_examples[i][0]))
         mine = order[self.rank::self.world]
         size = self.micro_batch_size
+        shards: list[list[int] | None] = [mine[s:s + size] for s in range(0, len(mine), size)]
+        if self.sharded:  # every forward gathers weights from all: each runs the first's count
+            shards += [None] * (math.ceil(len(order[::self.world]) / size) - len(shards))
         total, tokens = 0.0, 0
-        for start in range(0, len(mine), size):
-            batch = collate([[self.val_examples[i]] for i in mine[start:start + size]], self.pad)
+        for indices in shards:
+            batch = collate([[self.val_examples[i]] for i in indices or order[:1]], self.pad)
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             with self.accelerator.autocast():
-                total += loss_sum(model, batch).item()
-            tokens += trainable_tokens(batch)
+                loss = loss_sum(model, batch).item()
+            if indices is not None:  # a filler forward only keeps the others company
+                total, tokens = total + loss, tokens + trainable_tokens(batch)
         model.train()
         total, tokens = self._sum(total, tokens)
         return total / max(tokens, 1)
@@ -389,11 +389,14 @@ class Trainer:
         """Checkpoint the current step (all processes take part; the main one writes)."""
         rng = capture_rng()
         rng_states = gather_object([rng]) if self.world > 1 else [rng]
+        model = self.accelerator.unwrap_model(self.model)
+        weights = trainable_state(model)  # gathered from every process when sharded
+        optimizer = optimizer_state(self.optimizer)
         if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            assert_finite(model)
+            assert_finite(weights)
             save_checkpoint(self.paths.checkpoint(self.state.step), model=model,
-                            optimizer=self.optimizer, state=self.state, rng_states=rng_states)
+                            optimizer_state=optimizer, state=self.state, rng_states=rng_states,
+                            weights=weights if self.sharded else None)
             rotate(self.paths.checkpoints, self.config.save_total_limit, self.state.best_step)
         self.accelerator.wait_for_everyone()
 
@@ -533,6 +536,10 @@ class Trainer:
                     trackers.store_config(self.run_config)  # once: a resumed run has it
             self.metrics = MetricsLog(self.paths.metrics, resume_step=resume_step,
                                       trackers=trackers)
+        if self.world > 1:
+            kind = "fsdp2" if self.sharded else "ddp"
+            self._log({"step": self.state.step, "event": "processes",
+                       **placement(self.accelerator.unwrap_model(self.model), kind, self.world)})
         if path is None:
             set_seed(self.config.seed)
             self.save()  # step 0: a rollback target before the first scheduled checkpoint

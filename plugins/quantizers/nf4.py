@@ -19,7 +19,8 @@ class Nf4Options(Options):
     double_quant: bool = True
     # auto: bf16 where the hardware has it, else fp16 on GPU / fp32 on CPU
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    quant_storage: Literal["uint8", "bf16", "fp16", "fp32"] = "uint8"
+    # auto: uint8, or the compute dtype's words under FSDP (which shards only float tensors)
+    quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = "auto"
 
 
 class Nf4Quantizer(Quantizer):
@@ -31,17 +32,24 @@ class Nf4Quantizer(Quantizer):
     quantized = True
 
     def storage_dtype(self, dtype: Any) -> Any:
-        return self._storage()
+        from lorapipe.model.dtypes import default_device
+
+        return self._storage(default_device())
 
     def _compute_dtype(self, device: str) -> Any:
         from lorapipe.model.dtypes import resolve_dtype
 
         return resolve_dtype(self.options.compute_dtype, device=device)
 
-    def _storage(self) -> Any:
+    def _storage(self, device: str) -> Any:
         import torch
 
-        return getattr(torch, _STORAGE[self.options.quant_storage])
+        from lorapipe.train.distributed import fsdp_launched
+
+        storage = self.options.quant_storage
+        if storage == "auto":
+            return self._compute_dtype(device) if fsdp_launched() else torch.uint8
+        return getattr(torch, _STORAGE[storage])
 
     def check_available(self, device: str) -> None:
         """Quantize and run one small 4-bit layer with these exact options on ``device``.
@@ -63,7 +71,7 @@ class Nf4Quantizer(Quantizer):
         try:
             layer = bnb.nn.Linear4bit(
                 _BLOCK, _BLOCK, bias=False, compute_dtype=compute, quant_type=opts.quant_type,
-                compress_statistics=opts.double_quant, quant_storage=self._storage(),
+                compress_statistics=opts.double_quant, quant_storage=self._storage(device),
             ).to(device)
             layer(torch.ones(1, _BLOCK, dtype=compute, device=device))
         except Exception as err:  # any failure here means "not on this machine"
@@ -83,7 +91,7 @@ class Nf4Quantizer(Quantizer):
             bnb_4bit_quant_type=opts.quant_type,
             bnb_4bit_use_double_quant=opts.double_quant,
             bnb_4bit_compute_dtype=self._compute_dtype(device),
-            bnb_4bit_quant_storage=self._storage(),
+            bnb_4bit_quant_storage=self._storage(device),
         )
         return {"dtype": dtype, "quantization_config": config}
 

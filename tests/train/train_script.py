@@ -1,6 +1,6 @@
 """Runs one tiny training in a subprocess (kill -9, SIGTERM and torchrun tests).
 
-usage: train_script.py OUT_DIR CONFIG_JSON [--slow SECONDS] [--save-weights]
+usage: train_script.py OUT_DIR CONFIG_JSON [--slow SECONDS] [--save-weights] [--nf4] [--resume]
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ def main() -> int:
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--save-weights", action="store_true")
+    parser.add_argument("--nf4", action="store_true")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
-    model = tinyrun.make_model(dropout=args.dropout)
+    model = tinyrun.make_model(dropout=args.dropout, nf4=args.nf4)
     if args.slow:  # gives the test time to interrupt mid-run; does not touch any value
         model.register_forward_hook(lambda *_: time.sleep(args.slow))
     cfg = tinyrun.config(**json.loads(args.config))
     try:
-        tinyrun.run(args.out, model, tinyrun.make_data(24), tinyrun.make_data(6, seed=1), cfg)
+        tinyrun.run(args.out, model, tinyrun.make_data(24), tinyrun.make_data(6, seed=1), cfg,
+                    resume=args.resume)
     except KeyboardInterrupt:
         return 130
     if args.save_weights:  # every rank writes its own copy, to compare them
