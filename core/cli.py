@@ -14,6 +14,7 @@ import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +22,9 @@ from rich.table import Table
 
 from lorapipe import __version__
 from lorapipe.errors import UserError
+
+if TYPE_CHECKING:
+    from lorapipe.plan import RunPlan
 
 console = Console(stderr=False, highlight=False)
 
@@ -114,7 +118,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         console.print(f"  {component.field}: {component.kind.replace('_', ' ')} "
                       f"'{component.name}'")
     console.print(f"  output_dir: {plan.config.output_dir}")
+    _note_device_options(plan)
     return 0
+
+
+def _note_device_options(plan: RunPlan) -> None:
+    """A GPU-only option is a note here (the config may be meant for another machine);
+    ``run`` and ``train`` refuse it on this one."""
+    from lorapipe.errors import ConfigError
+    from lorapipe.model.accelerated import check_device_options
+    from lorapipe.model.dtypes import default_device, resolve_dtype
+
+    device = default_device()
+    try:
+        check_device_options(plan.config, device, resolve_dtype(plan.config.model.dtype,
+                                                                 device=device))
+    except ConfigError as err:
+        console.print(f"  [yellow]note:[/] on this machine ({device}) the run would stop: "
+                      f"{escape(str(err))}", soft_wrap=True)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -62,6 +62,8 @@ class ModelConfig(Section):
     dtype: Dtype = "auto"
     quantizer: ComponentRef = Field(default_factory=lambda: ComponentRef(name="nf4"))
     trust_remote_code: bool = False
+    # auto: FlashAttention-2 where installed on a GPU in bf16/fp16, else PyTorch's SDPA
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
 
 
 class AdapterConfig(Section):
@@ -179,7 +181,10 @@ class TrainConfig(Section):
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     loraplus_lr_ratio: float | None = Field(None, ge=1)
     gradient_checkpointing: bool = True
+    activation_offload: bool = False  # GPU: keep saved activations in CPU memory
+    kernels: Literal["liger"] | None = None  # GPU: Liger's fused Triton kernels
     packing: bool = False
+    padding_free: bool = False  # each micro batch as one row: no padding tokens at all
     group_by_length: bool = True
     logging_steps: int = Field(10, ge=1)
     # "auto": about every 10% of the steps (and always at the last), so the best

@@ -182,7 +182,10 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
                 f"(see {ctx.paths.resolved_config}); pass --allow-config-change to "
                 "resume anyway, or --overwrite to start again"
             )
+    from lorapipe.model.accelerated import check_device_options
+
     check_exporters(ctx)
+    check_device_options(ctx.config, ctx.device, ctx.dtype)  # before hours of prepare
     summaries: dict[str, dict[str, Any]] = {}
     rerun = False  # once a stage runs again, every later one must use its new outputs
     for name in STAGES:

@@ -12,6 +12,7 @@ from rich.console import Console
 from lorapipe.atomic import atomic_write_json
 from lorapipe.config import AdapterConfig
 from lorapipe.context import RunContext
+from lorapipe.model.accelerated import apply_liger
 from lorapipe.model.dtypes import dtype_name
 from lorapipe.model.loading import load_base_model
 from lorapipe.model.memory import (
@@ -69,6 +70,7 @@ def build_trainable_model(
 
     model = load_base_model(config.model, dtype=ctx.dtype, device=device, quantizer=quantizer)
     measured["model_loaded"] = memory_snapshot()
+    kernels = apply_liger(model) if config.train.kernels == "liger" else []
     model = quantizer.prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
 
     if targets is None:  # the architecture could not be built without weights
@@ -87,6 +89,8 @@ def build_trainable_model(
             "architecture": type(model).__name__,
             "dtype": dtype_name(ctx.dtype),
             "device": device,
+            "attn_implementation": model.config._attn_implementation,
+            "kernels": kernels,
         },
         "quantizer": {"name": quantizer.name, **quantizer.options.model_dump(mode="json"),
                       "quantized": quantizer.quantized,

@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
 from lorapipe.config import ModelConfig
+from lorapipe.model.accelerated import attention_kwargs
 from lorapipe.model.pretrained import load_pretrained
 from lorapipe.model.source import resolve_model_path
 
@@ -28,7 +29,8 @@ def load_base_model(
         kwargs = quantizer.from_pretrained_kwargs(dtype, device)
     else:
         kwargs = {"dtype": dtype}
-    kwargs.update(device_map={"": device}, trust_remote_code=model.trust_remote_code)
+    kwargs.update(device_map={"": device}, trust_remote_code=model.trust_remote_code,
+                  **attention_kwargs(model.attn_implementation, device, dtype))
     loaded = load_pretrained(AutoModelForCausalLM, resolve_model_path(model.name_or_path), kwargs)
     loaded.config.use_cache = False  # the KV cache only costs memory while training
     if device == "cpu":

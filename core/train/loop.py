@@ -173,6 +173,11 @@ class Trainer:
         self.schedule = LearningRateSchedule(optimizer, config, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.fused = None  # Liger's linear cross-entropy, where the head allows it
+        if config.kernels == "liger":
+            from lorapipe.model.accelerated import fused_cross_entropy
+
+            self.fused = fused_cross_entropy(acc.unwrap_model(self.model).get_output_embeddings())
         self.guard = NonFiniteGuard(config.max_nonfinite_steps)
         self.spike_guard = SpikeGuard(config.spikes)
         self.memory_watch = MemoryWatch(str(acc.device))
@@ -202,8 +207,11 @@ class Trainer:
         step = self._planned[1][state.step_in_epoch]
         accum = self.accumulation
         mine = step[self.rank * accum:(self.rank + 1) * accum]
-        batches = [collate([[self.examples[i] for i in self.items[item]] for item in micro],
-                           self.pad) for micro in mine]
+        rows = [[[self.examples[i] for i in self.items[item]] for item in micro]
+                for micro in mine]
+        if self.config.padding_free:  # one row per micro batch: examples end to end
+            rows = [[[example for row in micro for example in row]] for micro in rows]
+        batches = [collate(micro, self.pad) for micro in rows]
         real = sum(self.item_lengths[item] for micro in mine for item in micro)
         return batches, real
 
@@ -301,8 +309,8 @@ class Trainer:
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             last = i == len(batches) - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                with acc.autocast():
-                    summed = loss_sum(self.model, batch)
+                with acc.autocast(), self._offloading():
+                    summed = loss_sum(self.model, batch, self.fused)
                 acc.backward(summed * scale)
             total += summed.item()
             self._check_pressure()
@@ -321,6 +329,13 @@ class Trainer:
         return StepResult(loss=loss, grad_norm=grad_norm, lr=lr, applied=applied,
                           trainable_tokens=step_tokens, real_tokens=int(real),
                           batch_tokens=int(padded), spike=spike)
+
+    def _offloading(self) -> contextlib.AbstractContextManager:
+        """train.activation_offload: the tensors the forward saves for backward (with
+        gradient checkpointing, each block's input) wait in pinned CPU memory."""
+        if not self.config.activation_offload:
+            return contextlib.nullcontext()
+        return torch.autograd.graph.save_on_cpu(pin_memory=True)
 
     def _count(self, result: StepResult) -> None:
         """Advance the state past a step; a skipped update still consumes its batch."""

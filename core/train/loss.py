@@ -11,6 +11,8 @@ sum and the count are ours to normalise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -24,20 +26,31 @@ def trainable_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+             fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             ) -> torch.Tensor:
     """Sum of the next-token cross-entropy over the batch's trainable tokens (fp32).
 
     The output head only sees the hidden states of positions whose next token is
     trained (a pre-hook selects them), so prompt and padding positions cost no head
     matmul and no (batch, length, vocab) logits are held for backward. The hook runs
     inside the model's forward, so DDP and PEFT wrappers see an ordinary call.
+
+    ``fused(hidden, targets)`` (train.kernels: liger) computes the head and the loss in
+    chunks without any logits; the head itself then runs on zero rows.
     """
     inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
 
+    trained: list[torch.Tensor] = []
+
     def trained_positions(_module: torch.nn.Module, args: tuple) -> tuple:
-        return (args[0][:, :-1][keep], *args[1:])
+        hidden = args[0][:, :-1][keep]
+        if fused is None:
+            return (hidden, *args[1:])
+        trained.append(hidden)
+        return (hidden[:0], *args[1:])
 
     head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps it in .module
     handle = head.register_forward_pre_hook(trained_positions)
@@ -45,6 +58,8 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
         logits = model(**inputs, use_cache=False).logits  # (trained tokens, vocab)
     finally:
         handle.remove()
+    if fused is not None:
+        return fused(trained[0], targets[keep]).float()
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 

@@ -17,12 +17,14 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     from accelerate import PartialState
     from accelerate.utils import set_seed
 
+    from lorapipe.model.accelerated import check_device_options
     from lorapipe.model.adapters import build_trainable_model
     from lorapipe.model.diagnostics import adapter_diagnostics
     from lorapipe.model.memory import memory_snapshot
     from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
     paths, config = ctx.paths, ctx.config
+    check_device_options(config, ctx.device, ctx.dtype)
     paths.require_data()
     train_data = load_from_disk(str(paths.train_data))
     validation = None

@@ -1,0 +1,93 @@
+"""The GPU-only speed and memory options: attention kernel, Liger's fused kernels and
+activation offload, each checked against the device before anything is loaded.
+
+An option that cannot work where the run is about to train is a config error naming
+the field (exit 2), not a silent no-op: a user who asked for FlashAttention-2 or Liger
+and got neither would read the run's speed and memory as theirs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lorapipe.config import PipelineConfig
+from lorapipe.errors import ConfigError
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def check_device_options(config: PipelineConfig, device: str, dtype: torch.dtype) -> None:
+    """Refuse GPU-only options on a CPU, and options whose package is missing."""
+    cuda = device.startswith("cuda")
+    attention = config.model.attn_implementation
+    if attention == "flash_attention_2":
+        if not cuda:
+            raise ConfigError("model.attn_implementation", "flash_attention_2 runs on CUDA "
+                              "GPUs only; use auto (SDPA here) on this machine")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation", "flash_attention_2 needs the "
+                              "flash-attn package: pip install flash-attn; or use auto (SDPA)")
+        if dtype not in HALF:
+            raise ConfigError("model.attn_implementation", "flash_attention_2 computes in "
+                              "bf16 or fp16; set model.dtype to bf16 (or auto)")
+    if config.train.kernels == "liger":
+        if not cuda:
+            raise ConfigError("train.kernels", "liger's kernels are Triton GPU kernels; "
+                              "remove train.kernels on this machine")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("train.kernels", "liger needs the liger-kernel package: "
+                              "pip install liger-kernel")
+    if config.train.activation_offload and not cuda:
+        raise ConfigError("train.activation_offload", "moves activations from GPU to CPU "
+                          "memory; a CPU run keeps them there already: remove it")
+
+
+def attention_kwargs(name: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """``from_pretrained``'s ``attn_implementation``: FlashAttention-2 where it is installed
+    and the run computes in half precision on a GPU, else PyTorch's SDPA."""
+    if name == "auto":
+        fast = (device.startswith("cuda") and dtype in HALF
+                and importlib.util.find_spec("flash_attn") is not None)
+        name = "flash_attention_2" if fast else "sdpa"
+    return {"attn_implementation": name}
+
+
+def apply_liger(model: torch.nn.Module) -> list[str]:
+    """Swap in Liger's RMSNorm, RoPE and SwiGLU kernels for the architecture's own; return
+    what was patched. The fused linear cross-entropy is ``fused_cross_entropy``'s, since
+    lorapipe computes the loss itself (loss.py)."""
+    from liger_kernel.transformers.monkey_patch import (
+        MODEL_TYPE_TO_APPLY_LIGER_FN,
+        _apply_liger_kernel_to_instance,
+    )
+
+    model_type = model.config.model_type
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError("train.kernels", f"liger has no kernels for '{model_type}' models "
+                          f"(it has: {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); "
+                          "remove train.kernels")
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)
+    return ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]
+
+
+def fused_cross_entropy(head: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
+    """Liger's fused linear cross-entropy over ``head``, or None where it would be wrong:
+    a head that is not a plain linear layer (LoRA on it, ``modules_to_save``) or whose
+    weight is sharded (FSDP gathers it only inside the head's own forward)."""
+    from torch.distributed.tensor import DTensor
+
+    if type(head) is not torch.nn.Linear or isinstance(head.weight, DTensor):
+        return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def fused(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return loss(head.weight, hidden, targets, head.bias)
+
+    return fused
