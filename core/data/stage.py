@@ -12,12 +12,14 @@ dropped with a reason in ``data/report.json`` and ``data/dropped.jsonl``.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import uuid
 from collections import deque
@@ -225,12 +227,19 @@ class _Encoder:
 _worker_encoder: _Encoder | None = None  # set in each worker process by _start_worker
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _start_worker(encoder: _Encoder) -> None:
     global _worker_encoder
     _worker_encoder = encoder
     # The pool stops its workers with SIGTERM; the handler the pipeline installs for the
     # main process (record the stage as interrupted, exit) is not theirs to run.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # When the main process ends at once (SIGTERM: os._exit), a worker that outlived it
+    # would find the result pipe broken and print a traceback: Linux ends it with it.
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     # What the worker inherited (torch, transformers: a million objects) lives as long as
     # it does; the cyclic GC need not scan it again at every full collection.
     gc.freeze()

@@ -5,8 +5,8 @@ config, the tokenizer that produced the training ids with its chat template) wri
 atomically, plus ``lorapipe_merge.json`` recording how it was made and verified.
 
 The weights are merged shard by shard (``streaming``), so a model larger than memory
-merges; base + adapter and the merged model are then compared by their logits whenever
-the model fits in memory once.
+merges; base + adapter and the merged model are then compared by their logits, in memory
+when the model fits once, else module by module (``streamed_logits``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,14 @@ from lorapipe.cards import write_model_card
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
 from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
-from lorapipe.merge.streaming import Architecture, Layout, merge_checkpoint
+from lorapipe.merge.streamed_logits import (
+    Checkpoint,
+    adapter_source,
+    materialize_buffers,
+    model_source,
+    streamed_logits,
+)
+from lorapipe.merge.streaming import Adapter, Architecture, Layout, merge_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
 # Merged vs base+adapter in the same precision differ only by rounding of W + BA.
@@ -56,11 +63,17 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     samples = _verification_samples(ctx, tokenizer)
     budget = memory_left()
     model_bytes = Layout.of(base_dir).numel() * torch.tensor([], dtype=dtype).element_size()
-    # The logits of base + adapter need the model in memory once (peft cannot run on a
-    # model offloaded to disk); beyond memory each tensor's probe check stands alone.
+    # In memory when it fits once; beyond, streamed (a PiSSA/OLoRA base is rebuilt by
+    # peft at load, which streaming does not do: there the probe checks stand alone).
     fits = model_bytes * 1.25 < budget
-    reference = _adapter_logits(ctx, adapter, dtype, samples) if fits else None
     architecture = Architecture.of(weightless_model(config.model))
+    init = Adapter.load(adapter).init
+    if fits:
+        reference = _adapter_logits(ctx, adapter, dtype, samples)
+    elif init is None:  # beyond memory: streamed, one module's weights at a time
+        reference = _streamed_adapter_logits(ctx, base_dir, adapter, dtype, samples)
+    else:
+        reference = None
     with atomic_directory(ctx.paths.merged) as tmp:
         report = merge_checkpoint(base_dir, adapter, tmp, dtype=dtype,
                                   shard_bytes=min(_MAX_SHARD_BYTES, max(budget // 8, 1 << 20)),
@@ -71,7 +84,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                       adapter=str(adapter), model_bytes=model_bytes)
         merged_logits = None
         if reference is not None:
-            merged_logits = _model_logits(tmp, ctx, dtype, samples)
+            merged_logits = (_model_logits(tmp, ctx, dtype, samples) if fits
+                             else _streamed_model_logits(tmp, ctx, dtype, samples))
+            report["logits_compared"] = "in memory" if fits else "streamed module by module"
             limit = _TOLERANCE.get(dtype_name(dtype), 1e-3)
             report.update(max_abs_logit_diff_vs_adapter=max_abs_diff(reference, merged_logits),
                           verified_tokens=sum(len(ids) for ids in samples), tolerance=limit)
@@ -83,10 +98,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         else:
             report["logits_not_compared"] = (
                 f"the model ({model_bytes:,} bytes) does not fit in the memory available "
-                f"({budget:,} bytes); each merged tensor was checked on probe vectors")
+                f"({budget:,} bytes), and the streamed comparison cannot rebuild a {init} "
+                "adapter's base; each merged tensor was checked on probe vectors")
         atomic_write_json(tmp / MERGE_REPORT, report)
 
-    if merged_logits is not None:
+    if merged_logits is not None and fits:
         report["max_abs_logit_diff_vs_training_model"] = _diff_vs_training_model(
             ctx, samples, merged_logits, device)
         atomic_write_json(ctx.paths.merged / MERGE_REPORT, report)
@@ -133,6 +149,37 @@ def _adapter_logits(ctx: RunContext, adapter: Path, dtype: torch.dtype,
     del model, base
     gc.collect()
     return result
+
+
+def _streamed_adapter_logits(ctx: RunContext, base_dir: Path, adapter: Path,
+                             dtype: torch.dtype, samples: list[list[int]]
+                             ) -> list[torch.Tensor]:
+    """base + adapter's logits without holding the model (streamed_logits.py)."""
+    from peft import PeftConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from lorapipe.model.memory import weightless_model
+
+    skeleton = weightless_model(ctx.config.model)
+    materialize_buffers(skeleton)
+    model = get_peft_model(skeleton, PeftConfig.from_pretrained(str(adapter)))
+    model.eval()
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    return streamed_logits(model, adapter_source(model, Checkpoint(base_dir), weights),
+                           samples, dtype)
+
+
+def _streamed_model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,
+                           samples: list[list[int]]) -> list[torch.Tensor]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = {"trust_remote_code": ctx.config.model.trust_remote_code}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(model_dir, **trust), **trust)
+    materialize_buffers(model)
+    model.eval()
+    return streamed_logits(model, model_source(model, Checkpoint(model_dir)), samples, dtype)
 
 
 def _model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,

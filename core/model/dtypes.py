@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 _NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -13,10 +16,13 @@ def default_device() -> str:
 
 
 def resolve_dtype(name: str, *, device: str = "cpu") -> torch.dtype:
-    """``auto`` is bf16 where the hardware has it, else fp16 on a GPU and fp32 on the CPU.
+    """``auto`` is the fastest dtype that trains correctly on ``device``: bf16 where the
+    hardware computes in it, else fp16 on a GPU and fp32 on the CPU.
 
-    On the CPU bf16 matmuls are emulated on most machines and fp16 loses precision, so
-    ``auto`` keeps fp32 there; an explicit ``bf16``/``fp16`` is honoured anywhere.
+    A CPU without bf16 units emulates bf16 matmuls (measured on this project's AVX2 CI
+    machine: 100x slower than fp32, tests/bench/train_throughput.py), and fp16 loses
+    precision there, so ``auto`` picks bf16 on a CPU only with AMX or AVX512-BF16; an
+    explicit ``bf16``/``fp16`` is honoured anywhere.
     """
     if name != "auto":
         try:
@@ -25,7 +31,20 @@ def resolve_dtype(name: str, *, device: str = "cpu") -> torch.dtype:
             raise ValueError(f"unknown dtype '{name}'; use auto, bf16, fp16 or fp32") from None
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_computes_bf16() else torch.float32
+
+
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX) or instructions (AVX512-BF16), as
+    Linux reports them; elsewhere False, the safe answer."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 
 def _mixed_precision(model: torch.nn.Module) -> str:
-    if not torch.cuda.is_available():
-        return "no"
+    """Autocast to the base model's half dtype (the adapters stay fp32): bf16 on any
+    device, fp16 on GPUs only (the CPU has no fp16 autocast worth having)."""
     dtypes = {p.dtype for p in model.parameters()}
-    return "bf16" if torch.bfloat16 in dtypes else "fp16" if torch.float16 in dtypes else "no"
+    if torch.bfloat16 in dtypes:
+        return "bf16"
+    return "fp16" if torch.float16 in dtypes and torch.cuda.is_available() else "no"
 
 
 def fsdp_launched() -> bool:

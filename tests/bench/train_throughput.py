@@ -2,6 +2,14 @@
 
 Run:  python tests/bench/train_throughput.py [--steps 30] [--rows 600] [--vocab-size N]
           [--gradient-checkpointing | --no-gradient-checkpointing]
+          [--dtypes fp32 bf16 default]
+
+``--dtypes`` (default fp32) runs each tool per compute dtype: ``bf16`` loads bf16 weights
+and trains under bf16 autocast (lorapipe's loop autocasts to the base's half dtype;
+TRL with ``bf16=True``), ``default`` runs TRL at its own default and lorapipe at
+``model.dtype: auto``. With fp32 and bf16 both, the bf16/fp32 throughput ratio and how
+far the per-step loss curves drift apart are printed: the measurement behind ``auto``'s
+choice on a CPU (core/model/dtypes.py).
 
 Both train the same randomly initialised Llama (~4× the hidden size of tiny-llama, 6
 layers, a 32,000-token vocabulary like Llama 2's or Mistral's: the output head's share of
@@ -70,7 +78,7 @@ def build(workdir: Path, rows: int, vocab_size: int) -> None:
     Dataset.from_dict(data).save_to_disk(str(workdir / "data"))
 
 
-def run_lorapipe(workdir: Path, steps: int, checkpointing: bool) -> dict:
+def run_lorapipe(workdir: Path, steps: int, checkpointing: bool, dtype: str) -> dict:
     import torch
     from datasets import load_from_disk
     from peft import LoraConfig, get_peft_model
@@ -82,22 +90,25 @@ def run_lorapipe(workdir: Path, steps: int, checkpointing: bool) -> dict:
     from lorapipe.train import train
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(  # bf16 weights: the loop autocasts to bf16
+        workdir / "model", dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     if checkpointing:  # what the model stage does for train.gradient_checkpointing
         enable_checkpointing(model)
     model = get_peft_model(model, LoraConfig(**LORA))
     cfg = TrainConfig(max_steps=steps, micro_batch_size=MICRO, gradient_accumulation_steps=ACCUM,
                       learning_rate=LR, warmup_steps=0, packing=True,
                       gradient_checkpointing=checkpointing,
-                      logging_steps=steps, save_steps=10 * steps, max_grad_norm=1.0)
+                      logging_steps=1, save_steps=10 * steps, max_grad_norm=1.0)
+    paths = RunPaths(workdir / f"lorapipe-{checkpointing}-{dtype}")
     summary = train(model, load_from_disk(str(workdir / "data")), None, config=cfg,
-                    paths=RunPaths(workdir / f"lorapipe-{checkpointing}"),
-                    pad_token_id=model.config.pad_token_id, max_length=MAX_LENGTH,
-                    config_hash="bench", memory=dict)
-    return {"tokens_per_s": summary["tokens_per_s"], "seconds": summary["seconds"]}
+                    paths=paths, pad_token_id=model.config.pad_token_id,
+                    max_length=MAX_LENGTH, config_hash="bench")
+    losses = [json.loads(line).get("loss") for line in paths.metrics.read_text().splitlines()]
+    return {"tokens_per_s": summary["tokens_per_s"], "seconds": summary["seconds"],
+            "losses": [loss for loss in losses if loss is not None]}
 
 
-def run_trl(workdir: Path, steps: int, checkpointing: bool) -> dict:
+def run_trl(workdir: Path, steps: int, checkpointing: bool, dtype: str) -> dict:
     import torch
     from datasets import load_from_disk
     from peft import LoraConfig
@@ -107,11 +118,12 @@ def run_trl(workdir: Path, steps: int, checkpointing: bool) -> dict:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(workdir / "model", dtype=torch.float32)
     args = SFTConfig(
-        output_dir=str(workdir / f"trl-{checkpointing}"), per_device_train_batch_size=MICRO,
+        output_dir=str(workdir / f"trl-{checkpointing}-{dtype}"), per_device_train_batch_size=MICRO,
         gradient_accumulation_steps=ACCUM, max_steps=steps, learning_rate=LR, warmup_steps=0,
         lr_scheduler_type="cosine", max_length=MAX_LENGTH, packing=True,
         completion_only_loss=True, logging_steps=steps, save_strategy="no", report_to="none",
-        use_cpu=True, bf16=False, gradient_checkpointing=checkpointing,
+        use_cpu=True, gradient_checkpointing=checkpointing,
+        **({} if dtype == "default" else {"bf16": dtype == "bf16"}),
         dataloader_num_workers=0, max_grad_norm=1.0,
         include_num_input_tokens_seen="non_padding", seed=0, disable_tqdm=True,
     )
@@ -125,11 +137,11 @@ def run_trl(workdir: Path, steps: int, checkpointing: bool) -> dict:
     return {"tokens_per_s": trainer.state.num_input_tokens_seen / seconds, "seconds": seconds}
 
 
-def run_worker(workdir: Path, which: str, steps: int, checkpointing: bool) -> dict:
+def run_worker(workdir: Path, which: str, steps: int, checkpointing: bool, dtype: str) -> dict:
     flag = "--gradient-checkpointing" if checkpointing else "--no-gradient-checkpointing"
     out = subprocess.run(
         [sys.executable, __file__, "--worker", which, "--workdir", str(workdir),
-         "--steps", str(steps), flag],
+         "--steps", str(steps), flag, "--dtypes", dtype],
         capture_output=True, text=True, check=False)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode or not line:
@@ -145,48 +157,69 @@ def main() -> None:
                         help="rows of the output head (tiny-llama's tokenizer has 2,048)")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
                         default=None, help="only this setting (default: both)")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"],
+                        choices=["fp32", "bf16", "default"],
+                        help="compute dtypes to run (bf16: bf16 weights, bf16 autocast; "
+                             "default: TRL at its own default, lorapipe at model.dtype auto)")
     parser.add_argument("--worker", choices=["lorapipe", "trl"])
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     if args.worker:
+        dtype = args.dtypes[0]
+        if args.worker == "lorapipe" and dtype == "default":
+            from lorapipe.model.dtypes import dtype_name, resolve_dtype
+
+            dtype = dtype_name(resolve_dtype("auto", device="cpu"))
         result = (run_lorapipe if args.worker == "lorapipe" else run_trl)(
-            args.workdir, args.steps, args.gradient_checkpointing is not False)
+            args.workdir, args.steps, args.gradient_checkpointing is not False, dtype)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("RESULT " + json.dumps(result))
         return
     settings = ([args.gradient_checkpointing] if args.gradient_checkpointing is not None
                 else [True, False])
-    results: dict[tuple[str, bool], dict] = {}
+    results: dict[tuple[str, bool, str], dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         build(workdir, args.rows, args.vocab_size)
         for checkpointing in settings:
-            for which in ("lorapipe", "trl"):
-                results[which, checkpointing] = run_worker(workdir, which, args.steps,
-                                                           checkpointing)
-    print(f"{'':9s} {'checkpointing':>13s} {'tokens/s':>9s} {'seconds':>8s} {'peak RSS':>9s}")
-    for (which, checkpointing), r in results.items():
-        print(f"{which:9s} {'on' if checkpointing else 'off':>13s} {r['tokens_per_s']:9.0f} "
-              f"{r['seconds']:8.1f} {r['peak_rss_mb']:6.0f} MB")
+            for dtype in args.dtypes:
+                for which in ("lorapipe", "trl"):
+                    results[which, checkpointing, dtype] = run_worker(
+                        workdir, which, args.steps, checkpointing, dtype)
+    print(f"{'':9s} {'checkpointing':>13s} {'dtype':>8s} {'tokens/s':>9s} {'seconds':>8s} "
+          f"{'peak RSS':>9s}  last loss")
+    for (which, checkpointing, dtype), r in results.items():
+        last = f"{r['losses'][-1]:.4f}" if r.get("losses") else ""
+        print(f"{which:9s} {'on' if checkpointing else 'off':>13s} {dtype:>8s} "
+              f"{r['tokens_per_s']:9.0f} {r['seconds']:8.1f} {r['peak_rss_mb']:6.0f} MB  {last}")
     for checkpointing in settings:
-        ours, theirs = results["lorapipe", checkpointing], results["trl", checkpointing]
-        print(f"same setting (checkpointing {'on' if checkpointing else 'off'}): lorapipe / TRL "
-              f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x throughput, "
-              f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x peak RSS")
-    if len(settings) == 2:
+        for dtype in args.dtypes:
+            ours, theirs = (results["lorapipe", checkpointing, dtype],
+                            results["trl", checkpointing, dtype])
+            print(f"checkpointing {'on' if checkpointing else 'off'}, {dtype}: lorapipe / TRL "
+                  f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x throughput, "
+                  f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x peak RSS")
+        if {"fp32", "bf16"} <= set(args.dtypes):
+            fp32, bf16 = (results["lorapipe", checkpointing, d] for d in ("fp32", "bf16"))
+            gap = max(abs(a - b) for a, b in zip(fp32["losses"], bf16["losses"], strict=True))
+            print(f"lorapipe bf16 / fp32 (checkpointing {'on' if checkpointing else 'off'}): "
+                  f"{bf16['tokens_per_s'] / fp32['tokens_per_s']:.3f}x throughput; loss curves "
+                  f"differ by at most {gap:.4f}")
+    if len(settings) == 2 and "fp32" in args.dtypes:
         # The comparison a user with a memory budget makes: TRL at its default (checkpointing
         # on) against lorapipe's fastest setting that needs no more memory.
-        trl = results["trl", True]
-        fitting = [(checkpointing, r) for (which, checkpointing), r in results.items()
-                   if which == "lorapipe" and r["peak_rss_mb"] <= trl["peak_rss_mb"]]
+        trl = results["trl", True, "fp32"]
+        fitting = [(checkpointing, r) for (which, checkpointing, dtype), r in results.items()
+                   if which == "lorapipe" and dtype == "fp32"
+                   and r["peak_rss_mb"] <= trl["peak_rss_mb"]]
         if fitting:
             checkpointing, best = max(fitting, key=lambda item: item[1]["tokens_per_s"])
-            print(f"within TRL's default peak RSS ({trl['peak_rss_mb']:.0f} MB): lorapipe "
+            print(f"within TRL's peak RSS ({trl['peak_rss_mb']:.0f} MB): lorapipe "
                   f"(checkpointing {'on' if checkpointing else 'off'}) "
                   f"{best['tokens_per_s'] / trl['tokens_per_s']:.2f}x TRL's throughput at "
                   f"{best['peak_rss_mb']:.0f} MB")
         else:
-            print("within TRL's default peak RSS: no lorapipe setting fits")
+            print("within TRL's peak RSS: no lorapipe setting fits")
 
 
 if __name__ == "__main__":
