@@ -151,6 +151,15 @@ class DataConfig(Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
+    @field_validator("near_dedupe")
+    @classmethod
+    def _datasketch_installed(cls, value: NearDedupeConfig | None) -> NearDedupeConfig | None:
+        import importlib.util
+
+        if value is not None and importlib.util.find_spec("datasketch") is None:
+            raise ValueError("needs datasketch: pip install 'lorapipe[dedupe]'")
+        return value
+
 class EarlyStoppingConfig(Section):
     patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0)

@@ -20,7 +20,7 @@ def resolve_dtype(name: str, *, device: str = "cpu") -> torch.dtype:
     hardware computes in it, else fp16 on a GPU and fp32 on the CPU.
 
     A CPU without bf16 units emulates bf16 matmuls (measured on this project's AVX2 CI
-    machine: 100x slower than fp32, tests/bench/train_throughput.py), and fp16 loses
+    machine: training 25x slower than in fp32, tests/bench/train_throughput.py), and fp16 loses
     precision there, so ``auto`` picks bf16 on a CPU only with AMX or AVX512-BF16; an
     explicit ``bf16``/``fp16`` is honoured anywhere.
     """

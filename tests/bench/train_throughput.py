@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def run_lorapipe(workdir: Path, steps: int, checkpointing: bool, dtype: str) -> 
                       learning_rate=LR, warmup_steps=0, packing=True,
                       gradient_checkpointing=checkpointing,
                       logging_steps=1, save_steps=10 * steps, max_grad_norm=1.0)
-    paths = RunPaths(workdir / f"lorapipe-{checkpointing}-{dtype}")
+    paths = RunPaths(workdir / f"lorapipe-{checkpointing}-{dtype}-{os.getpid()}")
     summary = train(model, load_from_disk(str(workdir / "data")), None, config=cfg,
                     paths=paths, pad_token_id=model.config.pad_token_id,
                     max_length=MAX_LENGTH, config_hash="bench")
@@ -146,7 +147,9 @@ def run_worker(workdir: Path, which: str, steps: int, checkpointing: bool, dtype
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
     if out.returncode or not line:
         sys.exit(f"{which} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
-    return json.loads(line[-1][7:])
+    result = json.loads(line[-1][7:])
+    print(f"{which}, checkpointing {checkpointing}, {dtype}: {result}", file=sys.stderr)
+    return result
 
 
 def main() -> None:
