@@ -47,12 +47,13 @@ def check_device_options(config: PipelineConfig, device: str, dtype: torch.dtype
 
 
 def attention_kwargs(name: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """``from_pretrained``'s ``attn_implementation``: FlashAttention-2 where it is installed
-    and the run computes in half precision on a GPU, else PyTorch's SDPA."""
+    """``from_pretrained``'s ``attn_implementation``: ``auto`` is FlashAttention-2 where it
+    is installed and the run computes in half precision on a GPU, else transformers' own
+    default (SDPA, or eager for an architecture without SDPA support, like Gemma 2)."""
     if name == "auto":
         fast = (device.startswith("cuda") and dtype in HALF
                 and importlib.util.find_spec("flash_attn") is not None)
-        name = "flash_attention_2" if fast else "sdpa"
+        return {"attn_implementation": "flash_attention_2"} if fast else {}
     return {"attn_implementation": name}
 
 
