@@ -7,8 +7,10 @@ Builds a Llama-shaped model with random weights (shape, not values, sets the cos
 saved in 200 MB shards, and a random rank-16 adapter on every linear layer. Each merge
 runs in a child process; lorapipe's under a data-size limit (``ulimit -d``, set with
 setrlimit) of 60% of the model's size above what the interpreter already uses, so it
-could not hold the model even once; peft's without a limit, and once more under the same limit
-to show it cannot merge there. Prints wall time and peak RSS for each. Everything is
+could not hold the model even once; then, under the same limit, the merge stage's streamed
+logit check (base + adapter against the merged model, 4 samples of 64 tokens, one module's
+weights at a time); peft's without a limit, and once more under the same limit to show it
+cannot merge there. Prints wall time and peak RSS for each. Everything is
 written to a temporary directory that is deleted afterwards.
 """
 
@@ -50,17 +52,38 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 started = time.perf_counter()
 try:
+    result = "ok"
     if kind == "lorapipe":
         Path(out).mkdir()
         merge_checkpoint(Path(base), Path(adapter), Path(out), dtype=torch.float32,
                          shard_bytes=int(limit) // 8 if int(limit) else 1 << 30,  # as the stage
                          architecture=architecture)
+    elif kind == "check":  # the stage's streamed logit check of base+adapter vs out
+        from peft import PeftConfig, get_peft_model
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from lorapipe.merge.streamed_logits import (Checkpoint, adapter_source,
+            materialize_buffers, model_source, streamed_logits)
+        samples = torch.randint(10, 30000, (4, 64), generator=torch.Generator().manual_seed(0))
+        def skeleton(path):
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+            materialize_buffers(model)
+            return model.eval()
+        peft_model = get_peft_model(skeleton(base), PeftConfig.from_pretrained(adapter)).eval()
+        weights = load_file(str(Path(adapter) / "adapter_model.safetensors"))
+        reference = streamed_logits(peft_model, adapter_source(peft_model, Checkpoint(Path(base)),
+                                    weights), samples.tolist(), torch.float32)
+        merged = skeleton(out)
+        got = streamed_logits(merged, model_source(merged, Checkpoint(Path(out))),
+                              samples.tolist(), torch.float32)
+        diff = max(float((a - b).abs().max()) for a, b in zip(reference, got))
+        result = "ok" if diff < 1e-3 else f"differs {diff:.3g}"
     else:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         PeftModel.from_pretrained(model, adapter).merge_and_unload().save_pretrained(out)
-    result = "ok"
 except MemoryError:
     result = "MemoryError"
 except (RuntimeError, OSError) as err:
@@ -91,7 +114,7 @@ def _build(root: Path, layers: int, hidden: int) -> int:
 
 
 def _run(kind: str, root: Path, limit: int, tag: str) -> dict:
-    out = root / f"out-{kind}-{tag}"
+    out = root / ("out-lorapipe-ulimit" if kind == "check" else f"out-{kind}-{tag}")
     # glibc's default raises its mmap threshold as large blocks are freed, after which
     # freed tensors stay in the heap and count against the limit though nothing uses them;
     # a fixed threshold returns each large block to the system when it is freed.
@@ -121,6 +144,7 @@ def main() -> None:
               f"(built in {time.perf_counter() - started:.0f} s)")
         limit = size * 6 // 10
         runs = [("lorapipe", limit, f"ulimit -d +{limit / mib:,.0f} MiB"),
+                ("check", limit, f"ulimit -d +{limit / mib:,.0f} MiB"),
                 ("peft", 0, "no limit"), ("peft", limit, f"ulimit -d +{limit / mib:,.0f} MiB")]
         print(f"{'merge':<10}{'limit':<24}{'result':<14}{'wall s':>8}{'peak RSS MiB':>14}"
               f"{'peak - start MiB':>18}{'/ model':>9}")
