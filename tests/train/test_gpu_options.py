@@ -84,3 +84,30 @@ def test_padding_free_training_matches_padded_training_without_padding(tmp_path:
     assert len(fractions) == 4 and set(fractions) == {0.0}
     padded = [json.loads(line) for line in (runs[False] / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("padding_fraction", 0) for m in padded) > 0.1  # there was padding to save
+
+
+def test_bf16_weights_train_under_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
+    """What model.dtype: bf16 (or auto on a CPU with bf16 units) trains like: the adapters
+    in fp32, the matmuls autocast to bf16, and the run follows the fp32 one closely."""
+    from accelerate.state import AcceleratorState
+
+    from lorapipe.train.distributed import make_accelerator
+
+    losses = {}
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            AcceleratorState._reset_state()  # one precision per process, as in a real run
+            model = make_model(dtype=dtype)
+            if dtype == torch.bfloat16:
+                assert make_accelerator(model).mixed_precision == "bf16"
+                trainable = {p.dtype for p in model.parameters() if p.requires_grad}
+                assert trainable == {torch.float32}
+            out = tmp_path / str(dtype)
+            run(out, model, make_data(24), None, config(max_steps=4))
+            lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            losses[dtype] = [m["loss"] for m in lines if "loss" in m and "event" not in m]
+    finally:
+        AcceleratorState._reset_state()
+    assert losses[torch.bfloat16] != losses[torch.float32]  # it did compute in bf16
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], rel=2e-2)
+    assert losses[torch.bfloat16][-1] < losses[torch.bfloat16][0]

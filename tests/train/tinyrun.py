@@ -19,7 +19,8 @@ from lorapipe.train import train
 PAD = 2044  # tiny-llama's <|pad|>
 
 
-def make_model(dropout: float = 0.0, nf4: bool = False) -> PeftModel:
+def make_model(dropout: float = 0.0, nf4: bool = False,
+               dtype: torch.dtype = torch.float32) -> PeftModel:
     """tiny-llama with LoRA; ``nf4``: its linear layers in bitsandbytes NF4 stored as fp32
     words, the storage FSDP can shard (QLoRA's default uint8 it cannot)."""
     torch.manual_seed(0)
@@ -30,8 +31,7 @@ def make_model(dropout: float = 0.0, nf4: bool = False) -> PeftModel:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.float32)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"),
-                                                dtype=torch.float32,
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"), dtype=dtype,
                                                 quantization_config=quantization)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "v_proj", "down_proj"])
