@@ -254,6 +254,7 @@ def memory_snapshot() -> dict[str, Any]:
             cuda_allocated_bytes=torch.cuda.memory_allocated(),
             cuda_reserved_bytes=torch.cuda.memory_reserved(),
             cuda_peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+            cuda_peak_reserved_bytes=torch.cuda.max_memory_reserved(),
         )
     return snapshot
 

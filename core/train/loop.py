@@ -134,6 +134,7 @@ class LogWindow:
             "grad_norm": last.grad_norm,
             "trainable_tokens": self.trainable_tokens,
             "tokens_per_s": self.real_tokens / max(seconds, 1e-9),
+            "seconds": round(seconds, 4),  # the window's wall time (since the resume, if any)
             "padding_fraction": 1 - self.real_tokens / max(self.batch_tokens, 1),
             "memory": memory,
         }

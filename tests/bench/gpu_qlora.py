@@ -29,13 +29,11 @@ non-reentrant gradient checkpointing, paged 8-bit AdamW and max length 2048:
   its batches carry more padding, which costs time but is not counted as tokens).
 
 Tokens/s counts the real (non-pad) input tokens of the steps after the warmup over their
-wall time. lorapipe logs every step to metrics.jsonl; its lines carry no clock, so each
-is stamped as it appears (polled every 20 ms) and the window's tokens/s is weighted by the
-gap to the line before. TRL's steps are timed by a callback. Peak memory: the process's
-``max_memory_allocated`` (lorapipe logs it as ``cuda_peak_allocated_bytes``) and its peak
-reserved memory (lorapipe logs ``memory_reserved`` at each step, not the peak: the largest
-of those, which is the peak unless the caching allocator returned memory). Peak RSS on the
-CPU. ``--smoke`` on a machine without a GPU trains plain AdamW in fp32 and skips Liger.
+wall time. lorapipe logs every step to metrics.jsonl with its tokens/s and wall seconds;
+TRL's steps are timed by a callback. Peak memory: the process's
+``max_memory_allocated`` and ``max_memory_reserved`` (lorapipe logs them as
+``cuda_peak_allocated_bytes`` and ``cuda_peak_reserved_bytes``). Peak RSS on the CPU.
+``--smoke`` on a machine without a GPU trains plain AdamW in fp32 and skips Liger.
 
 Wheels the bench needs beyond a CUDA build of torch (which brings triton, filelock, jinja2,
 markupsafe, networkx, sympy, mpmath, typing_extensions, fsspec and the nvidia-* libraries,
@@ -98,7 +96,6 @@ SMOKE = dict(hidden_size=256, intermediate_size=896, num_hidden_layers=2,
 ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
             high_freq_factor=4.0, original_max_position_embeddings=8192)
 CONTENDERS = ("lorapipe", "lorapipe+liger", "trl")
-POLL_S = 0.02
 GIB = 1024**3
 
 
@@ -187,47 +184,27 @@ def run_lorapipe(workdir: Path, name: str, warmup: int, steps: int, cuda: bool,
         if subprocess.run([*cli, "prepare", str(config)], stdout=out, stderr=subprocess.STDOUT,
                           env=env, check=False).returncode:
             raise ContenderFailed(tail(log))
-        code, stamped = follow([*cli, "train", str(config)], run_dir / "metrics.jsonl", out, env)
+        code = subprocess.run([*cli, "train", str(config)], stdout=out,
+                              stderr=subprocess.STDOUT, env=env, check=False).returncode
     if code:
         raise ContenderFailed(tail(log))
-    clock = {r["step"]: (t, r["tokens_per_s"]) for t, r in stamped if "tokens_per_s" in r}
-    tokens = seconds = 0.0
-    for step in range(warmup + 1, warmup + steps + 1):
-        gap = clock[step][0] - clock[step - 1][0]
-        tokens, seconds = tokens + clock[step][1] * gap, seconds + gap
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps_logged = {r["step"]: r for r in records if "tokens_per_s" in r}
+    measured = [steps_logged[step] for step in range(warmup + 1, warmup + steps + 1)]
+    seconds = sum(r["seconds"] for r in measured)
+    tokens = sum(r["tokens_per_s"] * r["seconds"] for r in measured)
     snapshots = [r["memory"] if isinstance(r.get("memory"), dict) else r
-                 for _, r in stamped if "memory" in r or r.get("event") == "memory"]
+                 for r in records if "memory" in r or r.get("event") == "memory"]
     model = json.loads((run_dir / "model_report.json").read_text())["model"]
     result = {"tokens_per_s": tokens / seconds, "measured_steps": steps, "seconds": seconds,
               "attention": model["attn_implementation"]}
     for ours, key in (("peak_allocated_bytes", "cuda_peak_allocated_bytes"),
-                      ("peak_reserved_bytes", "cuda_reserved_bytes"),
+                      ("peak_reserved_bytes", "cuda_peak_reserved_bytes"),
                       ("peak_rss_bytes", "peak_rss_bytes")):
         values = [s[key] for s in snapshots if key in s]
         if values:
             result[ours] = max(values)
     return result
-
-
-def follow(command: list[str], metrics: Path, out: Any,
-           env: dict[str, str]) -> tuple[int, list[tuple[float, dict]]]:
-    """Run ``command``; return its exit code and each metrics line with when it appeared."""
-    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    stamped: list[tuple[float, dict]] = []
-    offset, partial = 0, b""
-    while True:
-        done = process.poll() is not None  # then one last read below
-        if metrics.exists():
-            with metrics.open("rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-                offset = handle.tell()
-            now = time.perf_counter()
-            *lines, partial = (partial + chunk).split(b"\n")
-            stamped += [(now, json.loads(line)) for line in lines if line.strip()]
-        if done:
-            return process.returncode, stamped
-        time.sleep(POLL_S)
 
 
 def run_trl(workdir: Path, warmup: int, steps: int) -> dict[str, Any]:

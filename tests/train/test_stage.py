@@ -32,7 +32,8 @@ def test_lorapipe_train_writes_a_peft_adapter_and_refuses_a_changed_resume(
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r and "event" not in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    fields = {"epoch", "lr", "grad_norm", "trainable_tokens", "tokens_per_s", "memory"}
+    fields = {"epoch", "lr", "grad_norm", "trainable_tokens", "tokens_per_s", "seconds",
+              "memory"}
     assert fields <= set(steps[0])
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 3]
     transitions = [r["stage"] for r in records if r.get("event") == "memory"]
