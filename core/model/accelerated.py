@@ -58,22 +58,26 @@ def attention_kwargs(name: str, device: str, dtype: torch.dtype) -> dict[str, An
 
 
 def apply_liger(model: torch.nn.Module) -> list[str]:
-    """Swap in Liger's RMSNorm, RoPE and SwiGLU kernels for the architecture's own; return
-    what was patched. The fused linear cross-entropy is ``fused_cross_entropy``'s, since
-    lorapipe computes the loss itself (loss.py)."""
-    from liger_kernel.transformers.monkey_patch import (
-        MODEL_TYPE_TO_APPLY_LIGER_FN,
-        _apply_liger_kernel_to_instance,
-    )
+    """Swap in Liger's kernels for the architecture's norm, rotary embedding and gated MLP
+    (SwiGLU, or GeGLU for Gemma); return those patched. Liger's cross-entropy patches stay
+    off: lorapipe computes the loss itself (loss.py) and uses Liger's fused linear
+    cross-entropy there (``fused_cross_entropy``)."""
+    import inspect
+
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     model_type = model.config.model_type
-    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if apply is None:
         raise ConfigError("train.kernels", f"liger has no kernels for '{model_type}' models "
                           f"(it has: {', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); "
                           "remove train.kernels")
-    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True,
-                                    cross_entropy=False, fused_linear_cross_entropy=False)
-    return ["rms_norm", "rope", "swiglu", "fused_linear_cross_entropy"]
+    offered = inspect.signature(apply).parameters
+    kernels = [name for name in ("rms_norm", "rope", "swiglu", "geglu") if name in offered]
+    losses = {name: False for name in ("cross_entropy", "fused_linear_cross_entropy")
+              if name in offered}
+    apply(model=model, **dict.fromkeys(kernels, True), **losses)
+    return kernels
 
 
 def fused_cross_entropy(head: torch.nn.Module) -> Callable[..., torch.Tensor] | None:
