@@ -150,7 +150,6 @@ class DataConfig(Section):
     strict: bool = False
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
-
     @field_validator("near_dedupe")
     @classmethod
     def _datasketch_installed(cls, value: NearDedupeConfig | None) -> NearDedupeConfig | None:
@@ -159,6 +158,7 @@ class DataConfig(Section):
         if value is not None and importlib.util.find_spec("datasketch") is None:
             raise ValueError("needs datasketch: pip install 'lorapipe[dedupe]'")
         return value
+
 
 class EarlyStoppingConfig(Section):
     patience: int = Field(3, ge=1)

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
 from lorapipe.cards import write_model_card
+from lorapipe.config import ModelConfig
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
 from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
@@ -32,7 +34,7 @@ from lorapipe.merge.streamed_logits import (
     model_source,
     streamed_logits,
 )
-from lorapipe.merge.streaming import Adapter, Architecture, Layout, merge_checkpoint
+from lorapipe.merge.streaming import Architecture, Layout, lora_init, merge_checkpoint
 
 MERGE_REPORT = "lorapipe_merge.json"
 # Merged vs base+adapter in the same precision differ only by rounding of W + BA.
@@ -67,7 +69,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     # peft at load, which streaming does not do: there the probe checks stand alone).
     fits = model_bytes * 1.25 < budget
     architecture = Architecture.of(weightless_model(config.model))
-    init = Adapter.load(adapter).init
+    init = lora_init(LoraConfig.from_pretrained(str(adapter)))
     if fits:
         reference = _adapter_logits(ctx, adapter, dtype, samples)
     elif init is None:  # beyond memory: streamed, one module's weights at a time
@@ -155,15 +157,11 @@ def _streamed_adapter_logits(ctx: RunContext, base_dir: Path, adapter: Path,
                              dtype: torch.dtype, samples: list[list[int]]
                              ) -> list[torch.Tensor]:
     """base + adapter's logits without holding the model (streamed_logits.py)."""
-    from peft import PeftConfig, get_peft_model
+    from peft import get_peft_model
     from safetensors.torch import load_file
 
-    from lorapipe.model.memory import weightless_model
-
-    skeleton = weightless_model(ctx.config.model)
-    materialize_buffers(skeleton)
-    model = get_peft_model(skeleton, PeftConfig.from_pretrained(str(adapter)))
-    model.eval()
+    model = get_peft_model(_meta_model(ctx.config.model),
+                           LoraConfig.from_pretrained(str(adapter))).eval()
     weights = load_file(str(adapter / "adapter_model.safetensors"))
     return streamed_logits(model, adapter_source(model, Checkpoint(base_dir), weights),
                            samples, dtype)
@@ -171,15 +169,17 @@ def _streamed_adapter_logits(ctx: RunContext, base_dir: Path, adapter: Path,
 
 def _streamed_model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,
                            samples: list[list[int]]) -> list[torch.Tensor]:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    trust = {"trust_remote_code": ctx.config.model.trust_remote_code}
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(
-            AutoConfig.from_pretrained(model_dir, **trust), **trust)
-    materialize_buffers(model)
-    model.eval()
+    model = _meta_model(ctx.config.model.model_copy(update={"name_or_path": str(model_dir)}))
     return streamed_logits(model, model_source(model, Checkpoint(model_dir)), samples, dtype)
+
+
+def _meta_model(model: ModelConfig) -> torch.nn.Module:
+    """The model's modules on the meta device, with the buffers no checkpoint holds."""
+    from lorapipe.model.memory import weightless_model
+
+    skeleton = weightless_model(model)
+    materialize_buffers(skeleton)
+    return skeleton.eval()
 
 
 def _model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,

@@ -13,7 +13,6 @@ so every architecture transformers builds is covered.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 from accelerate.utils import set_module_tensor_to_device
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
+
+from lorapipe.merge.streaming import Layout
 
 Source = Callable[[str], torch.Tensor]  # a parameter's name in the model → its tensor
 _PEFT_PREFIX = "base_model.model."
@@ -30,14 +31,11 @@ class Checkpoint:
     """A safetensors checkpoint's tensors by key, each read when asked for."""
 
     def __init__(self, model_dir: Path) -> None:
-        index = model_dir / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self.files = {key: model_dir / name for key, name in weight_map.items()}
-        else:
-            path = model_dir / "model.safetensors"
-            with safe_open(str(path), framework="pt") as handle:
-                self.files = dict.fromkeys(handle.keys(), path)  # noqa: SIM118
+        layout = Layout.of(model_dir)
+        self.files: dict[str, Path] = {}
+        for shard in layout.shards:
+            with safe_open(str(model_dir / shard), framework="pt") as handle:
+                self.files.update(dict.fromkeys(handle.keys(), model_dir / shard))  # noqa: SIM118
 
     def __contains__(self, key: str) -> bool:
         return key in self.files

@@ -59,6 +59,13 @@ class _Update:
         return delta.T if self.embedding else delta
 
 
+def lora_init(config: Any) -> str | None:
+    """The initialisation of a peft ``LoraConfig`` when it moved part of the base weight
+    into the adapter (PiSSA, OLoRA, ...); None for the ones that leave the base alone."""
+    init = config.init_lora_weights
+    return init if isinstance(init, str) and init != "gaussian" else None
+
+
 @dataclass
 class Adapter:
     """A saved peft LoRA adapter, grouped by the base module each tensor updates.
@@ -72,8 +79,7 @@ class Adapter:
 
     @property
     def init(self) -> str | None:
-        init = self.config.init_lora_weights
-        return init if isinstance(init, str) and init != "gaussian" else None
+        return lora_init(self.config)
 
     @classmethod
     def load(cls, adapter_dir: Path) -> Adapter:

@@ -23,27 +23,26 @@ HALF = (torch.bfloat16, torch.float16)
 def check_device_options(config: PipelineConfig, device: str, dtype: torch.dtype) -> None:
     """Refuse GPU-only options on a CPU, and options whose package is missing."""
     cuda = device.startswith("cuda")
-    attention = config.model.attn_implementation
-    if attention == "flash_attention_2":
-        if not cuda:
-            raise ConfigError("model.attn_implementation", "flash_attention_2 runs on CUDA "
-                              "GPUs only; use auto (SDPA here) on this machine")
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("model.attn_implementation", "flash_attention_2 needs the "
-                              "flash-attn package: pip install flash-attn; or use auto (SDPA)")
+    if config.model.attn_implementation == "flash_attention_2":
+        _require_gpu_package("model.attn_implementation", cuda, "flash_attn", "flash-attn",
+                             "flash_attention_2 runs on CUDA GPUs only; use auto (SDPA here)")
         if dtype not in HALF:
             raise ConfigError("model.attn_implementation", "flash_attention_2 computes in "
                               "bf16 or fp16; set model.dtype to bf16 (or auto)")
     if config.train.kernels == "liger":
-        if not cuda:
-            raise ConfigError("train.kernels", "liger's kernels are Triton GPU kernels; "
-                              "remove train.kernels on this machine")
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise ConfigError("train.kernels", "liger needs the liger-kernel package: "
-                              "pip install liger-kernel")
+        _require_gpu_package("train.kernels", cuda, "liger_kernel", "liger-kernel",
+                             "liger's kernels are Triton GPU kernels; remove train.kernels")
     if config.train.activation_offload and not cuda:
         raise ConfigError("train.activation_offload", "moves activations from GPU to CPU "
                           "memory; a CPU run keeps them there already: remove it")
+
+
+def _require_gpu_package(field: str, cuda: bool, module: str, package: str,
+                         on_cpu: str) -> None:
+    if not cuda:
+        raise ConfigError(field, f"{on_cpu} on this machine")
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(field, f"needs the {package} package: pip install {package}")
 
 
 def attention_kwargs(name: str, device: str, dtype: torch.dtype) -> dict[str, Any]:

@@ -406,9 +406,11 @@ class Trainer:
         rng = capture_rng()
         rng_states = gather_object([rng]) if self.world > 1 else [rng]
         model = self.accelerator.unwrap_model(self.model)
-        weights = trainable_state(model)  # gathered from every process when sharded
-        optimizer = optimizer_state(self.optimizer)
-        if self.accelerator.is_main_process:
+        main = self.accelerator.is_main_process
+        # Collective when sharded: every process gathers; otherwise only the writer reads.
+        weights = trainable_state(model) if main or self.sharded else {}
+        optimizer = optimizer_state(self.optimizer) if main or self.sharded else {}
+        if main:
             assert_finite(weights)
             save_checkpoint(self.paths.checkpoint(self.state.step), model=model,
                             optimizer_state=optimizer, state=self.state, rng_states=rng_states,
