@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lorapipe.confinement import check, remove_tree
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,6 +21,7 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    check(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp makes the file private (0600); the result gets the mode any new file would.
@@ -50,16 +53,18 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     An existing ``final`` is moved aside first and deleted only after the new one is in
     place, so at every instant one complete version exists.
     """
+    check(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make merged/ private
     try:
         yield tmp
+        check(final)  # a link may have been planted while the new version was written
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            if old.exists() or old.is_symlink():
+                remove_tree(old)
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:

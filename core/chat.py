@@ -133,7 +133,7 @@ def load_backend(config: PipelineConfig, paths: RunPaths, *, base: bool, gguf: P
     from lorapipe.manifest import require_intact
     from lorapipe.model.dtypes import default_device, resolve_dtype
     from lorapipe.model.loading import load_base_model
-    from lorapipe.model.pretrained import prepared_tokenizer
+    from lorapipe.model.pretrained import from_pretrained, prepared_tokenizer
     from lorapipe.plan import build_component
     from lorapipe.registry import get_registry
 
@@ -156,8 +156,9 @@ def load_backend(config: PipelineConfig, paths: RunPaths, *, base: bool, gguf: P
         label += f" ({quantizer.name})"
     else:
         require_intact(paths.merged, "run `lorapipe merge CONFIG` again")
-        model = AutoModelForCausalLM.from_pretrained(str(paths.merged), dtype="auto",
-                                                     device_map={"": device})
+        model = from_pretrained(AutoModelForCausalLM, paths.merged,
+                                trust_remote_code=config.model.trust_remote_code,
+                                dtype="auto", device_map={"": device})
         label = "merged/"
     model.config.use_cache = True  # training turns the KV cache off; generation wants it
     model.eval()

@@ -213,7 +213,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UserError("--count must be at least 1 and --start at least 0")
     ctx = RunContext(load_plan(args.config, args.overrides))
     show_samples(ctx.paths, console, split=args.split, count=args.count, start=args.start,
-                 ids=args.ids)
+                 ids=args.ids, trust_remote_code=ctx.config.model.trust_remote_code)
     return 0
 
 

@@ -253,6 +253,8 @@ class RunInfo:
     config_hash: str  # hash of the resolved config, as in run.json
     quantizer: str  # name of the quantizer training used
     max_length: int | None = None  # data.max_length: the context the model was trained on
+    # model.trust_remote_code: pass it to every from_pretrained (lorapipe.plugin's does)
+    trust_remote_code: bool = False
 
 
 @dataclass

@@ -67,4 +67,5 @@ class RunContext:
         """What components may know about this run (provenance, where to write)."""
         return RunInfo(paths=self.paths, base_model=self.config.model.name_or_path,
                        config_hash=self.config_hash, quantizer=self.plan.quantizer.name,
-                       max_length=self.config.data.max_length)
+                       max_length=self.config.data.max_length,
+                       trust_remote_code=self.config.model.trust_remote_code)

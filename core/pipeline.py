@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import json
 import os
 import signal
 import sys
@@ -22,11 +21,13 @@ from typing import Any
 
 from lorapipe import __version__
 from lorapipe.atomic import atomic_write_json, atomic_write_text
+from lorapipe.confinement import confined, require_no_links
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem
 from lorapipe.model.source import resolve_model_path
 from lorapipe.report.page import write_report
+from lorapipe.run_record import read_run_record
 from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
 
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
@@ -57,10 +58,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _read_run_json(ctx: RunContext) -> dict[str, Any]:
-    path = ctx.paths.run_json
-    if not path.is_file():
-        return {"stages": {}}
-    return json.loads(path.read_text())
+    return read_run_record(ctx.paths.run_json)
 
 
 def _write_run_json(ctx: RunContext, record: dict[str, Any]) -> None:
@@ -81,8 +79,10 @@ def run_directory(ctx: RunContext) -> Iterator[None]:
         yield
         return
     check_location(paths.root, ctx.read_paths())
+    if paths.root.is_dir():
+        require_no_links(paths.root)  # before the marker or the lock is touched
     claim(paths)
-    with locked(paths.root):
+    with locked(paths.root), confined(paths.root):
         remove_leftovers(paths.root)
         yield
 
@@ -95,6 +95,8 @@ def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
 
 def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     func = stage_function(name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        require_no_links(ctx.paths.root)  # one made while an earlier stage ran
     atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
     record = _read_run_json(ctx)
     stages = record.setdefault("stages", {})
@@ -166,12 +168,11 @@ def run_pipeline(ctx: RunContext, overwrite: bool = False) -> dict[str, dict[str
 
 def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]:
     root = ctx.paths.root
+    if overwrite:
+        clear(ctx.paths)  # before reading run.json: --overwrite is the way out of a damaged one
     record = _read_run_json(ctx)
     if record.get("stages"):
-        if overwrite:
-            clear(ctx.paths)
-            record = {"stages": {}}
-        elif not ctx.resume:
+        if not ctx.resume:
             raise UserError(
                 f"output_dir {root} already holds a run; pass --resume to continue it "
                 "or --overwrite to start again"

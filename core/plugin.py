@@ -22,8 +22,13 @@ and names the module in its distribution's entry points::
     dialogue = "my_package.dialogue"
 
 The helpers that need torch, transformers or numpy (``generate``, ``paired_bootstrap``,
-``adaptable_modules``, ``train_byte_level_bpe``) are imported on first use, so a plugin
-that only defines a loader does not pay for them when lorapipe discovers it.
+``adaptable_modules``, ``train_byte_level_bpe``, ``from_pretrained``) are imported on first
+use, so a plugin that only defines a loader does not pay for them when lorapipe discovers it.
+
+A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer, path,
+trust_remote_code=run.trust_remote_code)`` (``RunInfo``; ``False`` without one): the
+user's ``model.trust_remote_code`` is always passed, so transformers never asks on stdin
+whether to run a checkpoint's own code, and its refusal is one line naming that field.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from lorapipe.hookspecs import hookimpl
 if TYPE_CHECKING:
     from lorapipe.evaluate.bootstrap import paired_bootstrap
     from lorapipe.evaluate.generate import generate
+    from lorapipe.model.pretrained import from_pretrained
     from lorapipe.model.targets import adaptable_modules
     from lorapipe.model.tiny_llama import train_byte_level_bpe
 
@@ -65,6 +71,7 @@ _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
     "paired_bootstrap": "lorapipe.evaluate.bootstrap",
     "adaptable_modules": "lorapipe.model.targets",
+    "from_pretrained": "lorapipe.model.pretrained",
     "train_byte_level_bpe": "lorapipe.model.tiny_llama",
 }
 
@@ -99,6 +106,7 @@ __all__ = [
     "alternating_turns",
     "atomic_directory",
     "atomic_write_text",
+    "from_pretrained",
     "generate",
     "paired_bootstrap",
     "train_byte_level_bpe",

@@ -2,15 +2,19 @@
 process at a time.
 
 lorapipe writes into ``output_dir`` only if it is new, empty, or already lorapipe's (it
-holds the marker file lorapipe writes when it claims a directory, or nothing but run
-artifacts); never into ``/``, the home directory, the working directory, or a directory
-holding the config or the data. ``--overwrite`` removes the run's artifacts
-(``RunPaths.artifacts``), never the directory, so a file a user put there survives.
+holds the marker file lorapipe writes when it claims a directory); never into ``/``, a
+system directory (``/srv``, ``/usr/...``), the home directory, the working directory, or
+a directory holding the config or the data. A directory of files that merely look like
+run artifacts is not adopted: its ``data/`` could be the user's. ``--overwrite`` removes
+the run's artifacts (``RunPaths.artifacts``), never the directory, so a file a user put
+there survives. Nothing is written or deleted through a link (``confinement.py``).
 
 The lock is ``flock`` on a file in the directory: the kernel releases it when the
 process dies, however it dies, so a lock can never be left stale; the holder's pid and
-host are written into it for the message a second process gets. Whoever takes the lock
-first removes what killed runs left half-written (temp files can be gigabytes).
+host are written into it for the message a second process gets. It is opened without
+following links, so a lock path linked elsewhere is refused, never truncated. Whoever
+takes the lock first removes what killed runs left half-written (temp files can be
+gigabytes).
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import json
 import os
 import shutil
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from lorapipe import __version__
 from lorapipe.artifacts import RunPaths
+from lorapipe.atomic import atomic_write_text
+from lorapipe.confinement import check, remove_tree
 from lorapipe.errors import UserError
 
 MARKER = ".lorapipe-run"
@@ -34,14 +42,27 @@ LOCK = ".lorapipe.lock"
 _held: dict[Path, int] = {}  # directories this process has locked, with nesting depth
 
 
+# Trees of the operating system: no run belongs anywhere inside them.
+_SYSTEM_TREES = tuple(Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32",
+                                        "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr"))
+
+
+def _system_directory(where: Path) -> bool:
+    """A directory of the filesystem's top level (``/srv``, ``/tmp``, ``/home``), or inside
+    one of the operating system's own trees."""
+    return where.parent == Path("/") or any(t == where or t in where.parents
+                                           for t in _SYSTEM_TREES)
+
+
 def check_location(root: Path, protected: list[Path]) -> None:
-    """Refuse an ``output_dir`` whose removal or clutter would hurt: ``/``, the home or
-    working directory, or one that holds the config or the data."""
+    """Refuse an ``output_dir`` whose removal or clutter would hurt: ``/``, a system
+    directory, the home or working directory, or one that holds the config or the data."""
     where = root.resolve()
     forbidden = {Path("/"): "the filesystem root", Path.home().resolve(): "your home directory",
                  Path.cwd().resolve(): "the directory lorapipe runs in"}
-    if where in forbidden:
-        raise UserError(f"output_dir: {root} is {forbidden[where]}; lorapipe writes its run "
+    if where in forbidden or _system_directory(where):
+        what = forbidden.get(where, "a system directory")
+        raise UserError(f"output_dir: {root} is {what}; lorapipe writes its run "
                         "there and --overwrite clears it. Use a directory of its own, e.g. "
                         "runs/my-run")
     for path in protected:
@@ -52,20 +73,24 @@ def check_location(root: Path, protected: list[Path]) -> None:
 
 
 def claim(paths: RunPaths) -> None:
-    """Create ``output_dir`` or adopt it; refuse a directory holding anything else."""
+    """Create ``output_dir`` or take an empty one; refuse a directory lorapipe did not make.
+
+    Only the marker says a directory is lorapipe's: files named like artifacts do not
+    (``data/train/mine.csv`` would be deleted when prepare publishes ``data/train``).
+    """
     root = paths.root
-    if (root / MARKER).is_file():
+    marker = root / MARKER
+    if marker.is_file() and not marker.is_symlink():
         return
     if root.exists() and not root.is_dir():
         raise UserError(f"output_dir: {root} is a file, not a directory")
-    strangers = sorted(p.name for p in root.iterdir()
-                       if not _is_ours(p, paths)) if root.is_dir() else []
-    if strangers:
-        shown = ", ".join(strangers[:5]) + (" ..." if len(strangers) > 5 else "")
-        raise UserError(f"output_dir: {root} holds files lorapipe did not write ({shown}); "
-                        "choose a new or empty directory for the run")
+    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if found:
+        shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+        raise UserError(f"output_dir: {root} holds files and is not a lorapipe run (no "
+                        f"{MARKER} marker): {shown}. Choose a new or empty directory for the run")
     root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text(json.dumps({"lorapipe": __version__}) + "\n")
+    atomic_write_text(marker, json.dumps({"lorapipe": __version__}) + "\n")
 
 
 def _is_ours(path: Path, paths: RunPaths) -> bool:
@@ -79,8 +104,9 @@ def clear(paths: RunPaths) -> None:
     for path in paths.root.iterdir():
         if path.name in (MARKER, LOCK) or not _is_ours(path, paths):
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
+        check(path)
+        if path.is_dir():
+            remove_tree(path)
         else:
             path.unlink()
 
@@ -97,14 +123,18 @@ def remove_leftovers(root: Path) -> list[Path]:
     Safe only with the lock held: then no other process is writing here.
     """
     removed: list[Path] = []
-    for path in sorted(root.rglob(".*")):
-        if not _is_leftover(path.name) or any(p in removed for p in path.parents):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            path = Path(directory) / name
+            if not _is_leftover(name):
+                continue
+            check(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        dirnames[:] = [d for d in dirnames if not _is_leftover(d)]  # gone: nothing to walk
     return removed
 
 
@@ -122,7 +152,7 @@ def locked(root: Path) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    handle = open(root / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held until release
+    handle = _open_lock(root / LOCK)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,3 +174,20 @@ def locked(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
+
+
+def _open_lock(path: Path) -> TextIO:
+    """The lock file, opened without following a link and only if it is a plain file:
+    a lock path linked to a file elsewhere would otherwise truncate that file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        if path.is_symlink():
+            raise UserError(f"output_dir: {path} is a symbolic link; lorapipe's lock is a "
+                            "plain file it makes itself. Remove the link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"output_dir: {path} is not a plain file; remove it (lorapipe makes "
+                        "its lock itself)")
+    return os.fdopen(fd, "r+", encoding="utf-8")

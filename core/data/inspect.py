@@ -24,10 +24,13 @@ _TRAINED, _CONTEXT, _BOUNDARY = "bold green", "dim", "bright_black"
 
 
 def show_samples(paths: RunPaths, console: Console, *, split: Split = "train", count: int = 3,
-                 start: int = 0, ids: bool = False) -> int:
-    """Print ``count`` samples of ``split`` from ``start``; returns how many were shown."""
+                 start: int = 0, ids: bool = False, trust_remote_code: bool = False) -> int:
+    """Print ``count`` samples of ``split`` from ``start``; returns how many were shown.
+    ``trust_remote_code`` is model.trust_remote_code, for data/tokenizer/."""
     from datasets import load_from_disk
     from transformers import AutoTokenizer
+
+    from lorapipe.model.pretrained import from_pretrained
 
     directory = {"train": paths.train_data, "validation": paths.validation_data,
                  "test": paths.test_data}[split]
@@ -37,7 +40,8 @@ def show_samples(paths: RunPaths, console: Console, *, split: Split = "train", c
         raise UserError(f"{directory} does not exist; {hint}")
     require_intact(paths.data, "run `lorapipe prepare CONFIG` again")
     data = load_from_disk(str(directory))
-    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer))
+    tokenizer = from_pretrained(AutoTokenizer, paths.tokenizer,
+                                trust_remote_code=trust_remote_code)
     if start >= len(data):
         raise UserError(f"--start {start}: the {split} split has {len(data)} samples "
                         f"(0 to {len(data) - 1})")

@@ -1,304 +1,41 @@
 """The ``prepare`` stage: loader records → canonical conversations → cleaned, deduplicated,
 templated, length-limited, split, and saved as Arrow datasets with a report.
 
-Memory stays bounded whatever the input size: this process streams the loader in batches
-of ``_BATCH`` records to worker processes that template and tokenize them while it reads on,
-with only a few batches in flight; each worker writes the batch's samples to an Arrow file
-and sends back only small per-sample columns, so the encoded data is never resident here
-(only the dedupe index grows with the data, by ~200 bytes a record). The splits are
+Memory stays bounded whatever the input size: each source is read and encoded in batches
+by worker processes (``encoding.py``), so the encoded data is never resident here (only
+the dedupe index grows with the data, by ~200 bytes a record). The splits are
 written chunk by chunk (see ``chunks.py``). Every record read is accounted for: kept, or
 dropped with a reason in ``data/report.json`` and ``data/dropped.jsonl``.
 """
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import uuid
-from collections import deque
-from collections.abc import Iterator
-from contextlib import ExitStack
-from itertools import chain, islice
-from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-from datasets import Features, Sequence, Value
-from datasets.arrow_writer import ArrowWriter
 from rich.console import Console
-from tqdm.auto import tqdm
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_directory, atomic_write_json
-from lorapipe.components import ChatTemplate, Loader, RecordError, UnrenderableConversation
-from lorapipe.config import DataConfig
+from lorapipe.components import ChatTemplate, Loader
 from lorapipe.context import RunContext
 from lorapipe.data.cache import fingerprint
 from lorapipe.data.chunks import EncodedChunks, Splits, write_splits
-from lorapipe.data.cleaning import dedupe_key, validate
-from lorapipe.data.length import fit
+from lorapipe.data.encoding import OUTPUT_FEATURES, Encoder, encode_source
 from lorapipe.data.report import DropLog, print_summary, token_stats
-from lorapipe.data.schemas import check_columns, conversation_id, to_messages
+from lorapipe.data.schemas import check_columns
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.data.template_check import check_template
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem, write_manifest
 from lorapipe.model.pretrained import load_tokenizer, save_tokenizer
 
-if TYPE_CHECKING:
-    from lorapipe.data.near_duplicates import NearDuplicates
-
-_OUTPUT = Features({
-    "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
-    "labels": Sequence(Value("int32")), "messages": Value("string"), "source": Value("string"),
-    "conversation_id": Value("string"),
-})
-# Records a worker templates and tokenizes at once (one task, one Arrow file): big enough
-# that the per-task cost (pickling the batch, opening a file) is small, small enough that
-# the last tasks leave no core idle for long.
-_BATCH = 2000
-# Encoded bytes per chunk of the encoded data (see ``chunks.py``).
-_CHUNK_BYTES = 96 << 20
-
 console = Console(highlight=False)
-
-
-# --- reading --------------------------------------------------------------------------
-
-
-def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
-              near: NearDuplicates | None) -> Iterator[dict[str, str]]:
-    """Canonical, valid, not-yet-seen conversations; everything else goes to ``log``."""
-    field = data.validation.stratify_by
-    # Workers tokenize at most a few batches behind the reading, so this bar shows both.
-    for record in tqdm(loader.records(), desc="reading + tokenizing", unit=" rec"):
-        log.read += 1
-        if record.error is not None:
-            log.drop(record.error.reason, record.location, record.error.detail)
-            continue
-        try:
-            messages = to_messages(record.data, data.format, data.columns)
-            conversation = conversation_id(record.data, data.columns)
-            validate(messages, data.max_length, truncating=data.length_strategy != "drop",
-                     min_response_chars=data.min_response_chars)
-        except RecordError as err:
-            log.drop(err.reason, record.location, err.detail)
-            continue
-        if data.dedupe:
-            key = dedupe_key(messages)
-            if key in seen:
-                log.drop("duplicate", record.location, f"same conversation as {seen[key]}")
-                continue
-            seen[key] = record.location
-        twin = near.twin(messages, record.location) if near is not None else None
-        if twin is not None:
-            log.drop("near_duplicate", record.location, f"nearly the same conversation as {twin}")
-            continue
-        stratum = str(record.data.get(field, "(missing)")) if field else ""
-        yield {"messages": json.dumps(messages, ensure_ascii=False),
-               "source": record.location, "stratum": stratum, "conversation": conversation}
-
-
-def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, list[Any]]]:
-    while chunk := list(islice(rows, size)):
-        yield {name: [row[name] for row in chunk] for name in chunk[0]}
-
-
-# --- templating -----------------------------------------------------------------------
-
-
-def _list_array(rows: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows))
-
-
-Drop = tuple[str, str, str]  # reason, location, detail
-
-
-def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer: Any,
-                  data: DataConfig) -> tuple[pa.Table, dict[str, np.ndarray], list[Drop]]:
-    """Template and tokenize one batch: the kept samples as an Arrow table, their small
-    per-sample columns (lengths, flags), and the drops in order.
-
-    The Arrow columns are built from flat numpy arrays: converting per-token Python lists
-    to Arrow one by one would cost as much as tokenizing.
-    """
-    options = {"train_on": data.train_on, "train_on_inputs": data.train_on_inputs}
-    conversations = [json.loads(m) for m in batch["messages"]]
-
-    def encode_one(messages: list[dict[str, str]]) -> Any:
-        return template.encode(messages, tokenizer, **options)
-
-    try:
-        encoded: list[Any] = template.encode_batch(conversations, tokenizer, **options)
-    except UnrenderableConversation:  # find which ones, keep the rest
-        encoded = []
-        for messages in conversations:
-            try:
-                encoded.append(encode_one(messages))
-            except UnrenderableConversation as err:
-                encoded.append(err)
-    kept: list[int] = []
-    ids_rows, trainable_rows, texts, truncated_rows = [], [], [], []
-    drops: list[Drop] = []
-    for i, (messages, enc) in enumerate(zip(conversations, encoded, strict=True)):
-        try:
-            if isinstance(enc, UnrenderableConversation):
-                raise RecordError("unrenderable", str(enc))
-            messages, enc, truncated = fit(messages, enc, encode_one, tokenizer,
-                                           data.max_length, data.length_strategy)
-            if not any(enc.trainable):
-                raise RecordError("no_trainable_tokens", "no token of this sample is trained")
-        except RecordError as err:
-            drops.append((err.reason, batch["source"][i], err.detail))
-            continue
-        kept.append(i)
-        ids_rows.append(enc.input_ids)
-        trainable_rows.append(enc.trainable)
-        texts.append(json.dumps(messages, ensure_ascii=False) if truncated
-                     else batch["messages"][i])
-        truncated_rows.append(truncated)
-    lengths = np.fromiter(map(len, ids_rows), dtype=np.int32, count=len(ids_rows))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    ids = np.fromiter(chain.from_iterable(ids_rows), dtype=np.int32, count=total)
-    trained = np.fromiter(chain.from_iterable(trainable_rows), dtype=bool, count=total)
-    trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int32)])
-    table = pa.Table.from_pydict({
-        "input_ids": _list_array(ids, offsets),
-        "attention_mask": _list_array(np.ones(total, dtype=np.int8), offsets),
-        "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
-        "messages": pa.array(texts, pa.string()),
-        "source": pa.array([batch["source"][i] for i in kept], pa.string()),
-        "conversation_id": pa.array([batch["conversation"][i] for i in kept], pa.string()),
-    }, schema=_OUTPUT.arrow_schema)
-    columns = {
-        "n_tokens": lengths,
-        "n_trainable": trained_before[offsets[1:]] - trained_before[offsets[:-1]],
-        "truncated": np.array(truncated_rows, dtype=bool),
-        "conversation": np.array([batch["conversation"][i] for i in kept], dtype=object),
-    }
-    if data.validation.stratify_by:
-        columns["stratum"] = np.array([batch["stratum"][i] for i in kept], dtype=object)
-    return table, columns, drops
-
-
-class _Encoded(NamedTuple):
-    """What encoding one batch gives back: the Arrow file of its kept samples (``None``
-    when none was kept) and its size, their small per-sample columns, and the drops."""
-
-    path: str | None
-    nbytes: int
-    columns: dict[str, np.ndarray]
-    drops: list[Drop]
-
-
-class _Encoder:
-    """Encodes one batch and writes its kept samples to an Arrow file in ``work``.
-
-    Built before the worker processes fork, so they inherit the tokenizer and template
-    instead of unpickling them for every batch.
-    """
-
-    def __init__(self, template: ChatTemplate, tokenizer: Any, data: DataConfig,
-                 work: Path) -> None:
-        self.template, self.tokenizer, self.data, self.work = template, tokenizer, data, work
-
-    def __call__(self, batch: dict[str, list[Any]]) -> _Encoded:
-        table, columns, drops = _encode_batch(batch, self.template, self.tokenizer, self.data)
-        if not len(table):
-            return _Encoded(None, 0, columns, drops)
-        path = str(self.work / f"encoded-{uuid.uuid4().hex}.arrow")
-        with ArrowWriter(features=_OUTPUT, path=path) as writer:
-            writer.write_table(table)
-            writer.finalize()
-        return _Encoded(path, table.nbytes, columns, drops)
-
-
-_worker_encoder: _Encoder | None = None  # set in each worker process by _start_worker
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _start_worker(encoder: _Encoder) -> None:
-    global _worker_encoder
-    _worker_encoder = encoder
-    # The pool stops its workers with SIGTERM; the handler the pipeline installs for the
-    # main process (record the stage as interrupted, exit) is not theirs to run.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # When the main process ends at once (SIGTERM: os._exit), a worker that outlived it
-    # would find the result pipe broken and print a traceback: Linux ends it with it.
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    # What the worker inherited (torch, transformers: a million objects) lives as long as
-    # it does; the cyclic GC need not scan it again at every full collection.
-    gc.freeze()
-
-
-def _encode_in_worker(batch: dict[str, list[Any]]) -> _Encoded:
-    assert _worker_encoder is not None
-    return _worker_encoder(batch)
-
-
-def _in_order(pool: Pool, workers: int, batches: Iterator[dict[str, list[Any]]]
-              ) -> Iterator[_Encoded]:
-    """The batches encoded by ``pool``, in order, with just enough of them in flight to
-    keep every worker busy: this process reads the next batches meanwhile, and memory
-    holds a few batches, not the data (``Pool.imap`` would read all input ahead)."""
-    pending: deque[AsyncResult] = deque()
-    for batch in batches:
-        pending.append(pool.apply_async(_encode_in_worker, (batch,)))
-        if len(pending) > 2 * workers:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
-def _encode(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
-            near: NearDuplicates | None, encoder: _Encoder) -> EncodedChunks:
-    """Read, template and tokenize one source; record its drops in ``log``.
-
-    This process reads and validates (the only part that needs every record in one place:
-    the dedupe index) while forked workers encode the batches already read, so reading
-    costs no wall time. The drops found while encoding are kept in a file and logged after
-    reading, so ``dropped.jsonl`` and strict mode see them in the same order as a
-    read-then-encode loop would.
-    """
-    out = EncodedChunks(["n_tokens", "n_trainable", "truncated", "conversation"]
-                        + (["stratum"] if data.validation.stratify_by else []), _CHUNK_BYTES)
-    batches = _batches(_raw_rows(loader, data, log, seen, near), _BATCH)
-    head = list(islice(batches, 2))
-    workers = os.cpu_count() or 1
-    with ExitStack() as stack:
-        deferred = stack.enter_context(
-            tempfile.TemporaryFile("w+", encoding="utf-8", dir=encoder.work))
-        if workers > 1 and len(head) > 1:  # workers pay off once each gets a batch
-            context = multiprocessing.get_context("fork")
-            pool = stack.enter_context(context.Pool(workers, _start_worker, (encoder,)))
-            results = _in_order(pool, workers, chain(head, batches))
-        else:
-            results = map(encoder, chain(head, batches))
-        for result in results:
-            deferred.writelines(json.dumps(drop) + "\n" for drop in result.drops)
-            out.add(result.path, result.nbytes, result.columns)
-        out.end_chunk()
-        deferred.seek(0)
-        for line in deferred:
-            log.drop(*json.loads(line))
-    return out
-
-
-# --- the stage ------------------------------------------------------------------------
 
 
 def _reuse(paths: RunPaths, fp: str | None) -> dict[str, Any] | None:
@@ -385,14 +122,14 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
     test_log: DropLog | None = None
     with (work / "dropped.jsonl").open("w", encoding="utf-8") as sink:
         log = DropLog(data.strict, sink)
-        encoder = _Encoder(template, tokenizer, data, work)
-        kept = _encode(loader, data, log, seen, near, encoder)
+        encoder = Encoder(template, tokenizer, data, work)
+        kept = encode_source(loader, data, log, seen, near, encoder)
         if val_loader is not None:
             val_log = DropLog(data.strict, sink)
-            validation = _encode(val_loader, data, val_log, seen, near, encoder)
+            validation = encode_source(val_loader, data, val_log, seen, near, encoder)
         if ctx.plan.test_loader is not None:
             test_log = DropLog(data.strict, sink)
-            test = _encode(ctx.plan.test_loader, data, test_log, seen, near, encoder)
+            test = encode_source(ctx.plan.test_loader, data, test_log, seen, near, encoder)
     os.replace(work / "dropped.jsonl", paths.data / "dropped.jsonl")
 
     report = log.as_dict()
@@ -416,7 +153,7 @@ def _prepare(ctx: RunContext, loader: Loader, val_loader: Loader | None,
                                           "count" if data.test.count is not None
                                           else "fraction")
 
-    write_splits(splits, paths.data, _OUTPUT, work)
+    write_splits(splits, paths.data, OUTPUT_FEATURES, work)
     if "test" not in splits:  # a test split of an earlier prepare must not be scored
         shutil.rmtree(paths.test_data, ignore_errors=True)
     return report

@@ -267,6 +267,8 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     """
     from transformers import AutoConfig
 
+    from lorapipe.model.pretrained import from_pretrained
+
     path = model_dir / "config.json"
     if not path.is_file():
         raise UserError(
@@ -275,7 +277,8 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     raw = json.loads(path.read_text(encoding="utf-8"))
     if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
         return raw  # to be refused by name; transformers may not even know the type
-    return AutoConfig.from_pretrained(model_dir, trust_remote_code=False).to_dict()
+    # transformers' own class of a family the exporter knows, never the checkpoint's code
+    return from_pretrained(AutoConfig, model_dir, trust_remote_code=False).to_dict()
 
 
 def model_family(model_dir: Path) -> Family:

@@ -79,17 +79,18 @@ def gguf_perplexity(path: Path, samples: Samples) -> float:
     return math.exp(total / count)
 
 
-def merged_perplexity(merged_dir: Path, samples: Samples) -> float:
+def merged_perplexity(merged_dir: Path, samples: Samples, *, trust_remote_code: bool) -> float:
     """Response perplexity of ``merged/`` (transformers, float32) on the same samples, as
     the evaluate stage computes it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorapipe.evaluate.nll import token_nll
-    from lorapipe.model.pretrained import pad_token_id
+    from lorapipe.model.pretrained import from_pretrained, pad_token_id
 
-    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
-    pad = pad_token_id(AutoTokenizer.from_pretrained(str(merged_dir)))
+    trust = {"trust_remote_code": trust_remote_code}
+    model = from_pretrained(AutoModelForCausalLM, merged_dir, dtype=torch.float32, **trust)
+    pad = pad_token_id(from_pretrained(AutoTokenizer, merged_dir, **trust))
     return token_nll(model, samples.dataset, batch_size=8, pad_id=pad).perplexity()["response"]
 
 

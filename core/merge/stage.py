@@ -186,8 +186,11 @@ def _model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,
                   samples: list[list[int]]) -> list[torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
-                                                 device_map={"": ctx.device})
+    from lorapipe.model.pretrained import from_pretrained
+
+    model = from_pretrained(AutoModelForCausalLM, model_dir,
+                            trust_remote_code=ctx.config.model.trust_remote_code, dtype=dtype,
+                            device_map={"": ctx.device})
     model.eval()
     result = logits(model, samples)
     del model

@@ -1,6 +1,11 @@
 """``from_pretrained`` with the user's mistakes turned into one clear line; the run's
 tokenizer and pad id.
 
+Every ``from_pretrained`` in lorapipe (and in its plugins, through ``lorapipe.plugin``)
+goes through ``from_pretrained`` here, which always passes ``model.trust_remote_code``:
+left out, transformers asks "[y/N]" on stdin before running a checkpoint's own code
+(``auto_map`` and its ``.py`` files), so a piped ``y`` would run it.
+
 Imports only transformers' tokenizer side: the ``prepare`` stage uses it and must not pay
 for peft and bitsandbytes (seconds).
 """
@@ -68,7 +73,8 @@ def prepared_tokenizer(paths: RunPaths, model: ModelConfig) -> PreTrainedTokeniz
     """The tokenizer that produced the run's token ids (``data/tokenizer/``, chat template
     included), or the base model's when the data was not prepared in this run directory."""
     if paths.tokenizer.is_dir():
-        return AutoTokenizer.from_pretrained(str(paths.tokenizer))
+        return from_pretrained(AutoTokenizer, paths.tokenizer,
+                               trust_remote_code=model.trust_remote_code)
     return load_tokenizer(model)
 
 
@@ -82,24 +88,39 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def load_pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
-    """``from_pretrained`` with the user's mistakes turned into one clear line."""
+def from_pretrained(auto: Any, path: str | Path, *, trust_remote_code: bool,
+                    **kwargs: Any) -> Any:
+    """``auto.from_pretrained(path, **kwargs)`` with ``trust_remote_code`` always given.
+
+    Given as ``False``, transformers never prompts: a checkpoint that needs its own code
+    (``auto_map`` with no built-in class) raises instead, and that becomes one line naming
+    ``model.trust_remote_code``. ``True`` runs that code, as the user asked.
+    """
+    if not isinstance(trust_remote_code, bool):  # None would let transformers prompt
+        raise TypeError(f"trust_remote_code must be True or False, not {trust_remote_code!r}")
     try:
-        return auto.from_pretrained(path, **kwargs)
+        return auto.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ConfigError(
+                "model.trust_remote_code",
+                f"'{path}' ships its own code, which lorapipe does not run; set "
+                "model.trust_remote_code: true only if you trust its author",
+            ) from None
+        raise
+
+
+def load_pretrained(auto: Any, path: str, kwargs: dict[str, Any]) -> Any:
+    """The base model's ``from_pretrained`` (``kwargs`` hold ``trust_remote_code``), with
+    a model that cannot be found or read turned into one line naming model.name_or_path."""
+    try:
+        return from_pretrained(auto, path, **kwargs)
     except OSError as err:
         raise ConfigError(
             "model.name_or_path",
             f"cannot load '{path}': {_first_line(err)}. Give a local Hugging Face model "
             "directory, a hub id, or tiny-llama",
         ) from None
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
-            raise ConfigError(
-                "model.trust_remote_code",
-                f"'{path}' ships its own model code; set model.trust_remote_code: true "
-                "only if you trust its author",
-            ) from None
-        raise
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
 import sys
@@ -32,11 +31,13 @@ from lorapipe.errors import UserError
 from lorapipe.manifest import require_intact, write_manifest
 from lorapipe.train.batching import collate, epoch_steps, load_examples, pack
 from lorapipe.train.checkpoint import (
+    MAX_ROLLBACKS,
     TrainState,
     capture_rng,
     list_checkpoints,
     load_checkpoint,
     newest_valid,
+    read_state,
     restore_rng,
     rotate,
     save_checkpoint,
@@ -55,8 +56,6 @@ from lorapipe.train.metrics import MetricsLog
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.schedule import LearningRateSchedule
 from lorapipe.train.trackers import Trackers
-
-MAX_ROLLBACKS = 5
 
 
 def train(model: torch.nn.Module, train_data, validation_data, *,  # noqa: ANN001 - Datasets
@@ -526,14 +525,19 @@ class Trainer:
         path = None
         if resume:
             path, problems = newest_valid(root)
+            if path is None and problems:
+                raise UserError(
+                    f"no checkpoint in {root} can be resumed from: {'; '.join(problems)}; "
+                    "delete the checkpoints to train from the start (or use `lorapipe run "
+                    "CONFIG --overwrite` to start the whole run again)")
             for line in problems:
-                tqdm.write(f"warning: {line}", file=sys.stderr)
+                tqdm.write(f"warning: {line}; trying the previous one", file=sys.stderr)
         elif list_checkpoints(root):
             raise UserError(
                 f"{root} already holds checkpoints; pass --resume to continue that run, or "
                 "delete the directory (or use `lorapipe run --overwrite`) to start again")
         if path is not None:
-            saved = json_field(path / "state.json", "config_hash")
+            saved = read_state(path / "state.json").config_hash
             if saved != self.config_hash and not allow_config_change:
                 raise UserError(
                     f"{path} was written with a different config (hash {saved}, now "
@@ -601,6 +605,3 @@ class Trainer:
                        f"(step {state.best_step}); adapter/ from step {chosen}")
         return summary
 
-
-def json_field(path: Path, key: str) -> Any:
-    return json.loads(path.read_text()).get(key)

@@ -84,9 +84,11 @@ class GgufExporter(Exporter):
         from lorapipe.export.gguf_adapter import write_adapter_gguf
         from lorapipe.export.gguf_writer import write_gguf
         from lorapipe.export.modelfile import modelfile
+        from lorapipe.plugin import from_pretrained
 
         provenance = _provenance(run) if run is not None else {}
-        tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+        tokenizer = from_pretrained(AutoTokenizer, merged_dir,
+                                    trust_remote_code=run is not None and run.trust_remote_code)
         written, ggufs = [], []
         for type_name in self.options.types:
             gguf = write_gguf(merged_dir, out_dir / f"model-{type_name}.gguf", type_name,
@@ -123,7 +125,8 @@ class GgufExporter(Exporter):
 
         score = self.options.score
         samples = Samples.held_out(run.paths, score.max_samples)
-        report = score_report(merged_perplexity(merged_dir, samples),
+        merged = merged_perplexity(merged_dir, samples, trust_remote_code=run.trust_remote_code)
+        report = score_report(merged,
                               {f.name: gguf_perplexity(f, samples) for f in files},
                               score.max_increase, samples.split)
         atomic_write_json(out_dir / "scores.json", report)

@@ -15,7 +15,7 @@ from prepare_helpers import chat, read_report, write_jsonl
 from transformers import AutoTokenizer
 
 import lorapipe.data.chunks as chunks_module
-import lorapipe.data.stage as prepare_module
+import lorapipe.data.encoding as encoding_module
 from lorapipe.cli import main
 from lorapipe.data.cleaning import dedupe_key
 from lorapipe.errors import UserError
@@ -199,8 +199,8 @@ def test_chunked_reading_gives_the_same_result(tmp_path: Path, prepare: Any,
     write_mixed(data)  # the duplicate's original and the bad lines land in other batches
     # ~1/3 of the records are too long: dropped by the workers, after reading
     _, whole = prepare(data, output="whole", max_length=72)
-    monkeypatch.setattr(prepare_module, "_BATCH", 4)
-    monkeypatch.setattr(prepare_module, "_CHUNK_BYTES", 6000)  # a few batches a chunk
+    monkeypatch.setattr(encoding_module, "_BATCH", 4)
+    monkeypatch.setattr(encoding_module, "_CHUNK_BYTES", 6000)  # a few batches a chunk
     monkeypatch.setattr(chunks_module, "SAVE_IN_PROCESS_BYTES", 4096)  # save by workers
     _, chunked = prepare(data, output="chunked", max_length=72)
     assert len(list((chunked / "data" / "train").glob("data-*.arrow"))) > 1  # by workers

@@ -31,8 +31,8 @@ def test_merged_perplexity_is_the_evaluate_stages(finished_run: Path) -> None:
     data = load_from_disk(str(finished_run / "data" / "test")).select(range(12))
     totals = token_nll(model, data, batch_size=4, pad_id=0)
     expected = math.exp(totals.nll["response"] / totals.tokens["response"])
-    assert merged_perplexity(finished_run / "merged", samples) == pytest.approx(expected,
-                                                                               rel=1e-5)
+    merged = merged_perplexity(finished_run / "merged", samples, trust_remote_code=False)
+    assert merged == pytest.approx(expected, rel=1e-5)
     # llama.cpp's q8_0 file is close to merged/ (q8_0 is near lossless) but not equal
     shipped = gguf_perplexity(finished_run / "export/gguf/model-q8_0.gguf", samples)
     assert shipped != expected and abs(shipped / expected - 1) < 0.05

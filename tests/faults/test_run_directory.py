@@ -16,6 +16,7 @@ import yaml
 
 from lorapipe.artifacts import RunPaths
 from lorapipe.cli import main
+from lorapipe.errors import UserError
 from lorapipe.rundir import LOCK, MARKER, claim, clear
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
@@ -66,7 +67,7 @@ def test_a_directory_of_other_files_is_refused(tmp_path: Path, capsys) -> None: 
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"\xff\xd8")
     assert main(["prepare", str(_config(tmp_path / "run.yaml", str(other)))]) == 2
-    assert "holds files lorapipe did not write (cat.jpg)" in capsys.readouterr().err
+    assert f"is not a lorapipe run (no {MARKER} marker): cat.jpg" in capsys.readouterr().err
     assert [p.name for p in other.iterdir()] == ["cat.jpg"]
 
 
@@ -92,12 +93,15 @@ def test_overwrite_removes_only_the_run_artifacts(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths.root.iterdir()) == [MARKER, "notes.txt"]
 
 
-def test_a_directory_of_run_artifacts_from_before_the_marker_is_adopted(tmp_path: Path) -> None:
+def test_a_directory_of_run_artifacts_without_the_marker_is_not_adopted(tmp_path: Path) -> None:
+    """Names alone do not make a directory lorapipe's: its data/ could be the user's."""
     paths = RunPaths(tmp_path / "old-run")
     paths.data.mkdir(parents=True)
     paths.run_json.write_text(json.dumps({"stages": {}}))
-    claim(paths)
-    assert (paths.root / MARKER).is_file()
+    with pytest.raises(UserError, match="is not a lorapipe run"):
+        claim(paths)
+    assert not (paths.root / MARKER).exists()
+    assert sorted(p.name for p in paths.root.iterdir()) == ["data", "run.json"]
 
 
 HOLD = """

@@ -66,9 +66,12 @@ class OnnxExporter(Exporter):
         import torch
         from transformers import AutoModelForCausalLM
 
+        from lorapipe.plugin import from_pretrained
         from lorapipe_onnx.convert import write_onnx
 
-        model = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        trust = run is not None and run.trust_remote_code  # model.trust_remote_code
+        model = from_pretrained(AutoModelForCausalLM, merged_dir, trust_remote_code=trust,
+                                dtype=torch.float32).eval()
         with atomic_directory(out_dir) as tmp:
             written = write_onnx(model, tmp / "model.onnx", self.options.opset)
             _copy_serving_files(merged_dir, tmp)
