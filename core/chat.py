@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lorapipe.artifacts import RunPaths
-from lorapipe.config import PipelineConfig, load_config
+from lorapipe.config import load_config
+from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 
 Write = Callable[[str], None]
@@ -42,19 +43,20 @@ class Backend(Protocol):
         """Stream the reply to ``messages`` through ``write``; return it whole."""
 
 
-def open_run(target: str | Path) -> tuple[PipelineConfig, RunPaths]:
+def open_run(target: str | Path) -> RunContext:
     """The run a ``lorapipe chat`` argument names: its config file, or its directory."""
+    from lorapipe.plan import build_plan
+
     path = Path(os.path.expandvars(os.path.expanduser(str(target))))
     if path.is_dir():
         paths = RunPaths(path)
         if not paths.resolved_config.is_file():
             raise UserError(f"{path} is not a run directory (no {paths.resolved_config.name}); "
                             "give a run's output_dir or its config file")
-        return load_config(paths.resolved_config), paths
+        return RunContext(build_plan(load_config(paths.resolved_config)), root=path)
     if not path.is_file():
         raise UserError(f"{path}: no such run directory or config file")
-    config = load_config(path)
-    return config, RunPaths(Path(os.path.expandvars(os.path.expanduser(config.output_dir))))
+    return RunContext(build_plan(load_config(path)), config_file=path)
 
 
 class TransformersBackend:
@@ -119,34 +121,27 @@ class GgufBackend:
         return "".join(parts)
 
 
-def load_backend(config: PipelineConfig, paths: RunPaths, *, base: bool, gguf: Path | None,
+def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None,
                  sampling: Sampling) -> Backend:
     """The model to talk to: the GGUF, the base, ``merged/``, or the base with ``adapter/``
     (in that order of preference when several are possible)."""
+    config, paths = ctx.config, ctx.paths
     if gguf is not None:
         if base:
             raise UserError("--base and --gguf contradict each other; pick one")
         return GgufBackend(gguf, sampling, n_ctx=config.data.max_length)
     from transformers import AutoModelForCausalLM
 
-    from lorapipe.components import ChatTemplate, Quantizer
     from lorapipe.manifest import require_intact
-    from lorapipe.model.dtypes import default_device, resolve_dtype
     from lorapipe.model.loading import load_base_model
     from lorapipe.model.pretrained import from_pretrained, prepared_tokenizer
-    from lorapipe.plan import build_component
-    from lorapipe.registry import get_registry
 
-    registry = get_registry()
-    template = build_component(registry, "chat_template", "data.template",
-                               config.data.template, ChatTemplate)
-    device = default_device()
-    dtype = resolve_dtype(config.model.dtype, device=device)
+    template, device = ctx.plan.template, ctx.device
     if base or not (paths.merged / "config.json").is_file():
-        quantizer = build_component(registry, "quantizer", "model.quantizer",
-                                    config.model.quantizer, Quantizer)
+        quantizer = ctx.plan.quantizer
         adapter = None if base else paths.require_adapter("chat with")
-        model = load_base_model(config.model, dtype=dtype, device=device, quantizer=quantizer)
+        model = load_base_model(config.model, dtype=ctx.dtype, device=device,
+                                quantizer=quantizer)
         if adapter is not None:
             from peft import PeftModel
 

@@ -126,8 +126,8 @@ def _note_device_options(plan: RunPlan) -> None:
     """A GPU-only option is a note here (the config may be meant for another machine);
     ``run`` and ``train`` refuse it on this one."""
     from lorapipe.errors import ConfigError
-    from lorapipe.model.accelerated import check_device_options
     from lorapipe.model.dtypes import default_device, resolve_dtype
+    from lorapipe.model.gpu_options import check_device_options
 
     device = default_device()
     try:
@@ -224,10 +224,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             or args.top_k < 0:
         raise UserError("--max-new-tokens must be at least 1, --temperature at least 0, "
                         "--top-p in (0, 1] and --top-k at least 0")
-    config, paths = open_run(args.run)
+    ctx = open_run(args.run)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                         args.seed)
-    backend = load_backend(config, paths, base=args.base, gguf=args.gguf, sampling=sampling)
+    backend = load_backend(ctx, base=args.base, gguf=args.gguf, sampling=sampling)
     session = ChatSession(backend, system=args.system)
 
     def write(text: str) -> None:
@@ -241,7 +241,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
-    console.print(f"[bold]{escape(backend.label)}[/] from {escape(str(paths.root))}, {how}\n"
+    console.print(f"[bold]{escape(backend.label)}[/] from {escape(str(ctx.paths.root))}, {how}\n"
                   f"[dim]{escape(HELP)}[/]")
     interact(session, input, write)
     return 0

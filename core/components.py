@@ -18,11 +18,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from lorapipe.artifacts import RunPaths
+from lorapipe.config.schema import ComponentRef
 from lorapipe.errors import ConfigError
 
 if TYPE_CHECKING:  # the heavy libraries are imported by the stages that use them
@@ -40,17 +41,42 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Part:
+    """An option that names another component: ``loader: Part[Loader] | None = None``.
+
+    The user writes it like any component (``{name: hf, dataset: wikitext}``); the plan
+    resolves it with the component that holds it, validating its options then (so a typo
+    fails at ``lorapipe validate``), and hands the built component over in ``parts``
+    under the option's dotted path (``self.parts["general.wiki.loader"]``).
+    """
+
+    def __init__(self, base: type[Component]) -> None:
+        self.base = base
+
+    def __class_getitem__(cls, base: type[Component]) -> Any:
+        return Annotated[ComponentRef, cls(base)]
+
+
 class Component(ABC):
-    """Something a user picks by name in YAML."""
+    """Something a user picks by name in YAML.
+
+    Each kind's base class below declares the kind once: ``kind`` (singular, in messages)
+    and ``plural`` (its register hook is ``lorapipe_register_<plural>``; ``KINDS`` lists
+    them, and the registry derives its hooks from it).
+    """
 
     kind: ClassVar[str]
+    plural: ClassVar[str]
     name: ClassVar[str]
     Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, options: Options | None = None, *, field: str | None = None) -> None:
+    def __init__(self, options: Options | None = None, *, field: str | None = None,
+                 parts: dict[str, Component] | None = None) -> None:
         self.options = options if options is not None else self.Options()
         # The dotted YAML path this instance was configured at (``data.validation.loader``).
         self.field = field or self.kind
+        # The components its ``Part`` options name, built by the plan (see ``Part``).
+        self.parts = parts or {}
 
     def config_error(self, message: str, option: str | None = None) -> ConfigError:
         """An error naming this component's YAML field (or one of its options): exit 2."""
@@ -86,9 +112,14 @@ class RawRecord:
 
 
 class Loader(Component):
-    """Reads a source and yields every record in it, good or bad, in order."""
+    """Reads a source and yields every record in it, good or bad, in order.
+
+    Built once per YAML field that names it (``self.field`` says which). File-based
+    loaders subclass ``FileLoader`` and implement ``read_file`` instead.
+    """
 
     kind = "loader"
+    plural = "loaders"
 
     @abstractmethod
     def records(self) -> Iterator[RawRecord]:
@@ -131,6 +162,7 @@ class ChatTemplate(Component):
     """
 
     kind = "chat_template"
+    plural = "chat_templates"
 
     @abstractmethod
     def encode_batch(
@@ -189,6 +221,7 @@ class TargetDetector(Component):
     """
 
     kind = "target_detector"
+    plural = "target_detectors"
     priority: ClassVar[int] = 100
 
     @abstractmethod
@@ -205,6 +238,7 @@ class Quantizer(Component):
     """Decides how the frozen base model is loaded and prepares it for training."""
 
     kind = "quantizer"
+    plural = "quantizers"
 
     @property
     @abstractmethod
@@ -214,8 +248,9 @@ class Quantizer(Component):
         far the merged model is from the quantized one that was trained."""
 
     @abstractmethod
-    def storage_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype the frozen linear weights are stored in for a base loaded in ``dtype``."""
+    def storage_dtype(self, dtype: torch.dtype, device: str) -> torch.dtype:
+        """The dtype the frozen linear weights are stored in for a base loaded in ``dtype``
+        on ``device``."""
 
     def check_available(self, device: str) -> None:
         """Raise ``self.config_error(...)`` if this quantizer cannot run on ``device``;
@@ -292,6 +327,7 @@ class Evaluator(Component):
     """Scores the base and the fine-tuned model on held-out data."""
 
     kind = "evaluator"
+    plural = "evaluators"
 
     @abstractmethod
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
@@ -304,9 +340,19 @@ class Evaluator(Component):
 
 
 class Exporter(Component):
-    """Writes a deployable artifact from the merged model directory."""
+    """Writes a deployable artifact from the merged model directory.
+
+    The export stage checks ``merged/`` with every exporter's ``check``, then has each one
+    ``export`` into its own ``export/<name>/`` and records in run.json's export summary
+    every path ``export`` returned, with its size, and, under ``scores.<name>``, what
+    ``scores`` returns afterwards: the exporter's measurements of the files it wrote (the
+    gguf exporter's response perplexity of each file beside merged/'s). The run's summary
+    line prints scores shaped ``{"split", "merged", "files": {file: {"perplexity",
+    "increase"}}}``; any other JSON object is recorded as it is.
+    """
 
     kind = "exporter"
+    plural = "exporters"
 
     def check(self, model_dir: Path) -> None:
         """Raise ``self.config_error(...)`` if this exporter cannot handle the model in
@@ -319,7 +365,14 @@ class Exporter(Component):
         ``run`` says where the weights came from (for provenance); ``None`` outside a run.
         """
 
+    def scores(self, out_dir: Path) -> dict[str, Any] | None:
+        """What ``export`` measured of the files it wrote into ``out_dir``; ``None`` (the
+        default) when it measured nothing."""
+        return None
 
+
+# The component kinds, declared once: the registry's hooks and ``lorapipe components``
+# come from this.
 KINDS: dict[str, type[Component]] = {
     cls.kind: cls
     for cls in (Loader, ChatTemplate, TargetDetector, Quantizer, Evaluator, Exporter)

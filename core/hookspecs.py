@@ -10,14 +10,18 @@ lorapipe imports every such module once, when a command first needs the registry
 in it that are marked ``@hookimpl`` and named after a spec below. A module that fails to
 import is reported by ``lorapipe plugins`` and skipped.
 
-Each ``lorapipe_register_<kind>`` hook is called once per process, with a ``register``
+Each ``lorapipe_register_<kinds>`` hook is called once per process, with a ``register``
 callable; call it once per component class the plugin provides. The class's ``name``
 is what users write in YAML, and its ``Options`` pydantic model validates the options
 they write next to it. ``register`` refuses, naming the plugin, a class that is not a
 subclass of the kind's base, has no ``name``, leaves an abstract method unimplemented,
 or takes a name another plugin registered. The hooks return nothing.
 
-Everything a plugin needs is importable from ``lorapipe.plugin``.
+This page says when and how each kind is used; what a component must do is said once,
+in its base class's docstrings (``lorapipe.plugin.Loader`` ...). The kinds and their
+hooks are declared once, by those base classes (``components.KINDS``); a test checks
+that every kind has its hook here. Everything a plugin needs is importable from
+``lorapipe.plugin``.
 """
 
 from __future__ import annotations
@@ -38,16 +42,9 @@ Register = Callable[[type], None]
 def lorapipe_register_loaders(register: Register) -> None:
     """Register data loaders: subclasses of ``lorapipe.plugin.Loader``.
 
-    :param register: call with each loader class.
-
-    A loader is built with its validated options once per YAML field that names it
-    (``data.loader``, ``data.validation.loader``; ``self.field`` says which) and asked
-    for ``records()``: every record of its source in order, as ``RawRecord``s with a
-    location (file and line or row). A record it cannot parse is yielded with a
-    ``RecordError`` (reason, detail), never raised, so ``prepare`` counts it as dropped
-    and goes on. File-based loaders subclass ``FileLoader`` and implement ``read_file``.
-
-    Example::
+    Built once per YAML field that names one (``data.loader``, ``data.validation.loader``,
+    ``data.test.loader``, an option declared ``Part[Loader]``); ``prepare`` reads each
+    source once, from start to end. Example::
 
         @hookimpl
         def lorapipe_register_loaders(register):
@@ -59,15 +56,9 @@ def lorapipe_register_loaders(register: Register) -> None:
 def lorapipe_register_chat_templates(register: Register) -> None:
     """Register chat templates: subclasses of ``lorapipe.plugin.ChatTemplate``.
 
-    :param register: call with each template class.
-
-    A template turns conversations into token ids plus, per token, whether the loss is
-    taken on it (``encode_batch``), and renders the prompt that starts a reply
-    (``generation_prompt``, used by generation-based evaluators). A conversation it
-    cannot express raises ``UnrenderableConversation`` and is dropped and counted.
-    Templates built from fixed pieces subclass ``PieceTemplate`` and implement ``pieces``.
-
-    Example::
+    ``data.template`` names one; ``prepare`` encodes every conversation with it (in
+    forked worker processes), and evaluation and ``chat`` render prompts with the same
+    component. Example::
 
         @hookimpl
         def lorapipe_register_chat_templates(register):
@@ -79,14 +70,8 @@ def lorapipe_register_chat_templates(register: Register) -> None:
 def lorapipe_register_target_detectors(register: Register) -> None:
     """Register target detectors: subclasses of ``lorapipe.plugin.TargetDetector``.
 
-    :param register: call with each detector class.
-
-    A detector's ``detect(model)`` names the modules that get LoRA adapters, or returns
-    ``None`` for a model it does not recognise, so the next detector (by ``priority``,
-    lowest first) is asked. It is called once per run, usually on a weightless model
-    (``meta`` device), so it must look at module names and types, not weights.
-
-    Example::
+    Asked once per run, before training, usually of the weightless model; unless
+    ``adapter.target_detector`` names one, in ascending ``priority``. Example::
 
         @hookimpl
         def lorapipe_register_target_detectors(register):
@@ -98,15 +83,9 @@ def lorapipe_register_target_detectors(register: Register) -> None:
 def lorapipe_register_quantizers(register: Register) -> None:
     """Register quantizers: subclasses of ``lorapipe.plugin.Quantizer``.
 
-    :param register: call with each quantizer class.
-
-    A quantizer decides how the frozen base is loaded for training and evaluation
-    (``from_pretrained_kwargs``, ``prepare_for_training``), says what it does to the
-    weights (``quantized``, ``storage_dtype``) and how much memory they take
-    (``weight_bytes``, for the estimate printed before training). ``check_available``
-    runs before any weight is read. Merging always reloads the base without it.
-
-    Example::
+    ``model.quantizer`` names one; it loads the base for training, evaluation and
+    ``chat``, and its size figures feed the memory estimate printed before training.
+    Merging always reloads the base without it. Example::
 
         @hookimpl
         def lorapipe_register_quantizers(register):
@@ -118,15 +97,8 @@ def lorapipe_register_quantizers(register: Register) -> None:
 def lorapipe_register_evaluators(register: Register) -> None:
     """Register evaluators: subclasses of ``lorapipe.plugin.Evaluator``.
 
-    :param register: call with each evaluator class.
-
-    ``evaluate(context)`` scores base and fine-tuned model on held-out data and returns
-    ``{"base": {...}, "finetuned": {...}, "change": {...}}`` plus any JSON-able detail,
-    stored under the evaluator's name in ``eval/report.json``. The ``EvalContext`` holds
-    the model (adapter on; ``context.base()`` switches it off), tokenizer, template,
-    dataset, pad id, the directory it may write to and a cache shared by all evaluators.
-
-    Example::
+    ``evaluate.evaluators`` names them; the ``evaluate`` stage calls each in turn on the
+    held-out split, once, with one ``EvalContext`` shared by all. Example::
 
         @hookimpl
         def lorapipe_register_evaluators(register):
@@ -138,14 +110,8 @@ def lorapipe_register_evaluators(register: Register) -> None:
 def lorapipe_register_exporters(register: Register) -> None:
     """Register exporters: subclasses of ``lorapipe.plugin.Exporter``.
 
-    :param register: call with each exporter class.
-
-    ``check(model_dir)`` refuses a model the exporter cannot handle; it runs on the base
-    model before training and on ``merged/`` before writing. ``export(merged_dir,
-    out_dir, run)`` writes the artifacts into ``out_dir`` (``export/<name>/``) and returns
-    their paths; ``run`` (a ``RunInfo``) gives provenance.
-
-    Example::
+    ``export.exporters`` names them; ``check`` runs on the base before training and on
+    ``merged/`` before the ``export`` stage writes. Example::
 
         @hookimpl
         def lorapipe_register_exporters(register):

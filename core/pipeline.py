@@ -74,7 +74,7 @@ def run_directory(ctx: RunContext) -> Iterator[None]:
     inside the same run and write nothing but what rank 0 also writes.
     """
     paths = ctx.paths
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not ctx.is_main_process:
         paths.root.mkdir(parents=True, exist_ok=True)
         yield
         return
@@ -95,7 +95,7 @@ def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
 
 def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     func = stage_function(name)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if ctx.is_main_process:
         require_no_links(ctx.paths.root)  # one made while an earlier stage ran
     atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
     record = _read_run_json(ctx)
@@ -183,7 +183,7 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
                 f"(see {ctx.paths.resolved_config}); pass --allow-config-change to "
                 "resume anyway, or --overwrite to start again"
             )
-    from lorapipe.model.accelerated import check_device_options
+    from lorapipe.model.gpu_options import check_device_options
 
     check_exporters(ctx)
     check_device_options(ctx.config, ctx.device, ctx.dtype)  # before hours of prepare
@@ -199,7 +199,7 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
             print(f"{name}: running again, its output is damaged: {damaged}", file=sys.stderr)
         rerun = True
         summaries[name] = _run_stage(ctx, name)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if ctx.is_main_process:
         write_report(root)
     return summaries
 

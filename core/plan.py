@@ -14,10 +14,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from lorapipe.components import (
     ChatTemplate,
@@ -25,6 +25,7 @@ from lorapipe.components import (
     Evaluator,
     Exporter,
     Loader,
+    Part,
     Quantizer,
     TargetDetector,
 )
@@ -97,8 +98,42 @@ def build_component(registry: Registry, kind: str, field: str, ref: ComponentRef
     except ValidationError as err:
         raise config_error(err, cls.Options, prefix=field,
                            owner=f"{kind.replace('_', ' ')} '{ref.name}'") from None
+    parts = {path: build_component(registry, part.kind, f"{field}.{path}", ref, part)
+             for path, ref, part in _part_refs(options, "")}
     # The registry only holds subclasses of the kind's base (registry.py).
-    return cast(C, cls(options, field=field))
+    return cast(C, cls(options, field=field, parts=parts))
+
+
+def _part_refs(value: Any, path: str, annotation: Any = None,
+               ) -> Iterator[tuple[str, ComponentRef, type[Component]]]:
+    """Every ``Part[...]`` option set in ``value`` (a component's options, walked through
+    nested models, dicts and lists): its dotted path, reference and component base."""
+    if isinstance(value, ComponentRef):
+        base = _part_base(annotation)
+        if base is not None:
+            yield path, value, base
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from _part_refs(getattr(value, name), f"{path}.{name}".lstrip("."),
+                                  (info.annotation, *info.metadata))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _part_refs(item, f"{path}.{key}", annotation)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _part_refs(item, f"{path}.{index}", annotation)
+
+
+def _part_base(annotation: Any) -> type[Component] | None:
+    """The component base a ``Part`` marker in ``annotation`` (at any depth) names."""
+    if isinstance(annotation, Part):
+        return annotation.base
+    for inner in (*getattr(annotation, "__metadata__", ()), *get_args(annotation),
+                  *(annotation if isinstance(annotation, tuple) else ())):
+        found = _part_base(inner)
+        if found is not None:
+            return found
+    return None
 
 
 def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunPlan:

@@ -29,6 +29,13 @@ A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer
 trust_remote_code=run.trust_remote_code)`` (``RunInfo``; ``False`` without one): the
 user's ``model.trust_remote_code`` is always passed, so transformers never asks on stdin
 whether to run a checkpoint's own code, and its refusal is one line naming that field.
+
+For exporters and evaluators that read what training produced: ``LoraAdapter.load(
+run.paths.adapter)`` reads the trained adapter (``config``: peft's ``LoraConfig``;
+``updates``: per base module its ``a``, ``b``, ``scale``, ``alpha``, DoRA's ``magnitude``,
+``replaced`` biases and ``modules_to_save``), and ``pad_token_id(tokenizer)`` is the id
+lorapipe pads batches with, so a plugin scores prepared data (``token_nll``) as the
+evaluate stage does.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from lorapipe.atomic import atomic_directory, atomic_write_text
+from lorapipe.authoring.file_loader import FileLoader, FileOptions
+from lorapipe.authoring.masking import token_range, trained_text, trained_turns
+from lorapipe.authoring.piece_template import Piece, PieceTemplate, alternating_turns
 from lorapipe.components import (
     ChatTemplate,
     Conversation,
@@ -46,6 +56,7 @@ from lorapipe.components import (
     Exporter,
     Loader,
     Options,
+    Part,
     Quantizer,
     RawRecord,
     RecordError,
@@ -54,24 +65,33 @@ from lorapipe.components import (
     TargetSelection,
     UnrenderableConversation,
 )
-from lorapipe.data.files import FileLoader, FileOptions
-from lorapipe.data.masking import trained_text
-from lorapipe.data.piece_template import Piece, PieceTemplate, alternating_turns
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.hookspecs import hookimpl
+from lorapipe.model.prepare import CHECKPOINTING_KWARGS, enable_checkpointing, freeze
 
 if TYPE_CHECKING:
     from lorapipe.evaluate.bootstrap import paired_bootstrap
     from lorapipe.evaluate.generate import generate
-    from lorapipe.model.pretrained import from_pretrained
-    from lorapipe.model.targets import adaptable_modules
+    from lorapipe.evaluate.nll import bootstrap_ci, token_nll
+    from lorapipe.merge.streaming import LoraAdapter
+    from lorapipe.model.dtypes import resolve_dtype
+    from lorapipe.model.pretrained import from_pretrained, pad_token_id
+    from lorapipe.model.targets import adaptable_modules, short_names
     from lorapipe.model.tiny_llama import train_byte_level_bpe
+    from lorapipe.train.distributed import fsdp_launched
 
 _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
     "paired_bootstrap": "lorapipe.evaluate.bootstrap",
     "adaptable_modules": "lorapipe.model.targets",
+    "short_names": "lorapipe.model.targets",
+    "token_nll": "lorapipe.evaluate.nll",
+    "bootstrap_ci": "lorapipe.evaluate.nll",
+    "resolve_dtype": "lorapipe.model.dtypes",
+    "fsdp_launched": "lorapipe.train.distributed",
     "from_pretrained": "lorapipe.model.pretrained",
+    "pad_token_id": "lorapipe.model.pretrained",
+    "LoraAdapter": "lorapipe.merge.streaming",
     "train_byte_level_bpe": "lorapipe.model.tiny_llama",
 }
 
@@ -87,6 +107,7 @@ __all__ = [
     "Exporter",
     "Loader",
     "Options",
+    "Part",
     "Quantizer",
     "RawRecord",
     "RecordError",
@@ -98,8 +119,19 @@ __all__ = [
     "ConfigError",
     "UserError",
     # helpers
+    "CHECKPOINTING_KWARGS",
+    "bootstrap_ci",
+    "enable_checkpointing",
+    "freeze",
+    "fsdp_launched",
+    "resolve_dtype",
+    "short_names",
+    "token_nll",
+    "token_range",
+    "trained_turns",
     "FileLoader",
     "FileOptions",
+    "LoraAdapter",
     "Piece",
     "PieceTemplate",
     "adaptable_modules",
@@ -108,6 +140,7 @@ __all__ = [
     "atomic_write_text",
     "from_pretrained",
     "generate",
+    "pad_token_id",
     "paired_bootstrap",
     "train_byte_level_bpe",
     "trained_text",

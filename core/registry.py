@@ -11,19 +11,9 @@ from lorapipe.components import KINDS, Component
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.plugin_manager import PluginManager, get_plugin_manager
 
-# The hook that fills each kind's map; its name is the kind's plural, as users see it.
-HOOKS: dict[str, str] = {
-    "loader": "lorapipe_register_loaders",
-    "chat_template": "lorapipe_register_chat_templates",
-    "target_detector": "lorapipe_register_target_detectors",
-    "quantizer": "lorapipe_register_quantizers",
-    "evaluator": "lorapipe_register_evaluators",
-    "exporter": "lorapipe_register_exporters",
-}
-
-PLURALS: dict[str, str] = {
-    kind: hook.removeprefix("lorapipe_register_") for kind, hook in HOOKS.items()
-}
+# Each kind's plural, as users see it, and the hook that fills its map: from ``KINDS``.
+PLURALS: dict[str, str] = {kind: base.plural for kind, base in KINDS.items()}
+HOOKS: dict[str, str] = {kind: f"lorapipe_register_{plural}" for kind, plural in PLURALS.items()}
 
 
 class DuplicateComponentError(UserError):

@@ -58,4 +58,4 @@ def test_builtins_are_entry_points(wheel: zipfile.ZipFile) -> None:
     assert parser["console_scripts"]["lorapipe"] == "lorapipe.cli:main"
     modules = set(parser["lorapipe.plugins"].values())
     assert "lorapipe.plugins.loaders.jsonl" in modules
-    assert "lorapipe.plugins.exporters.gguf" in modules
+    assert "lorapipe.plugins.exporters.gguf.exporter" in modules

@@ -1,4 +1,5 @@
-"""The public plugin API: ``lorapipe.plugin`` is complete, and contrib uses nothing else."""
+"""The public plugin API: ``lorapipe.plugin`` is complete, and the built-in plugins and
+contrib use nothing else."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 import lorapipe.plugin
 
 REPO = Path(__file__).resolve().parents[1]
-# The plugin packages' own code (their tests may drive the engine like any user script).
-PACKAGES = sorted(p for p in (REPO / "contrib").glob("*/lorapipe_*") if p.is_dir())
+# The plugin packages' own code (their tests may drive the engine like any user script),
+# the built-ins first: they are registered exactly like third-party plugins.
+PACKAGES = [REPO / "plugins",
+            *sorted(p for p in (REPO / "contrib").glob("*/lorapipe_*") if p.is_dir())]
 
 
 def _lorapipe_imports(path: Path) -> list[tuple[int, str]]:
@@ -29,14 +32,14 @@ def _lorapipe_imports(path: Path) -> list[tuple[int, str]]:
             if name == "lorapipe" or name.startswith("lorapipe.")]
 
 
-def test_every_contrib_package_is_scanned() -> None:
+def test_every_plugin_package_is_scanned() -> None:
     names = {p.name for p in PACKAGES}
-    assert {"lorapipe_tabular", "lorapipe_templates", "lorapipe_gpt2", "lorapipe_textmetrics",
-            "lorapipe_example"} <= names
+    assert {"plugins", "lorapipe_tabular", "lorapipe_templates", "lorapipe_gpt2",
+            "lorapipe_textmetrics", "lorapipe_example"} <= names
 
 
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
-def test_contrib_imports_only_the_public_api(package: Path) -> None:
+def test_plugins_import_only_the_public_api(package: Path) -> None:
     wrong = [f"{path.relative_to(REPO)}:{line} imports {name}"
              for path in sorted(package.rglob("*.py"))
              for line, name in _lorapipe_imports(path) if name != "lorapipe.plugin"]
@@ -64,3 +67,17 @@ def test_importing_the_api_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_every_kind_is_declared_once_and_has_its_hook() -> None:
+    """The kinds come from the base classes; hookspecs.py holds exactly their hooks."""
+    from lorapipe import hookspecs
+    from lorapipe.components import KINDS
+    from lorapipe.registry import HOOKS
+
+    specs = {name for name in dir(hookspecs) if name.startswith("lorapipe_register_")}
+    assert specs == set(HOOKS.values())
+    assert set(HOOKS) == set(KINDS)
+    for kind, base in KINDS.items():
+        assert HOOKS[kind] == f"lorapipe_register_{base.plural}"
+        assert getattr(lorapipe.plugin, base.__name__) is base  # public through the door

@@ -19,7 +19,7 @@ from lorapipe.evaluate.samples import write_samples
 from lorapipe.manifest import require_intact
 
 
-def load_validation(ctx: RunContext) -> Any:
+def load_held_out(ctx: RunContext) -> Any:
     """The set evaluators score: the test split when ``data.test`` made one (the
     validation set chose the best checkpoint, so scores on it flatter the run)."""
     from datasets import load_from_disk
@@ -64,7 +64,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     evaluators = ctx.plan.evaluators
     if not evaluators:
         return {"evaluators": [], "note": "evaluate.evaluators is empty; nothing evaluated"}
-    dataset = load_validation(ctx)
+    dataset = load_held_out(ctx)
     tokenizer = prepared_tokenizer(ctx.paths, ctx.config.model)
     eval_ctx = EvalContext(model=_load_model(ctx), tokenizer=tokenizer,
                            template=ctx.plan.template, dataset=dataset,

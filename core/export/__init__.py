@@ -1,8 +1,8 @@
-"""The ``export`` stage and the GGUF engine the built-in ``gguf`` exporter drives.
+"""The ``export`` stage: every configured exporter writes from ``merged/``.
 
-``gguf_model`` describes each supported family as llama.cpp lays it out, ``gguf_vocab`` its
-tokenizer, ``gguf_writer`` streams both into a GGUF file; ``stage`` runs every configured
-exporter over ``merged/``.
+The exporters' engines live with their plugins (the built-in GGUF one in
+``lorapipe.plugins.exporters.gguf``); ``stage`` only checks ``merged/``, calls each
+exporter and records what it wrote.
 """
 
 from lorapipe.export.stage import run_stage

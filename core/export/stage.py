@@ -1,12 +1,12 @@
 """The ``export`` stage: every configured exporter writes from ``merged/``.
 
 Every exporter first checks the merged model (architecture, tokenizer) so an
-unsupported model is refused before any file is written.
+unsupported model is refused before any file is written. What is recorded of each
+exporter is the ``Exporter`` contract (``lorapipe.components``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from lorapipe.context import RunContext
@@ -35,7 +35,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             artifacts.append({"exporter": exporter.name, "path": str(path),
                               "bytes": path.stat().st_size})
         write_manifest(out_dir)
-        scores = out_dir / "scores.json"  # an exporter's scores of what it wrote, if any
-        if scores.is_file():
-            summary_scores[exporter.name] = json.loads(scores.read_text())
+        scores = exporter.scores(out_dir)
+        if scores is not None:
+            summary_scores[exporter.name] = scores
     return {"artifacts": artifacts, **({"scores": summary_scores} if summary_scores else {})}

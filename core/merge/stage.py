@@ -26,7 +26,7 @@ from lorapipe.cards import write_model_card
 from lorapipe.config import ModelConfig
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
-from lorapipe.merge.merging import logits, max_abs_diff, refuse_quantized_checkpoint
+from lorapipe.merge.checks import logits, max_abs_diff, refuse_quantized_checkpoint
 from lorapipe.merge.streamed_logits import (
     Checkpoint,
     adapter_source,
@@ -49,7 +49,8 @@ _MAX_SHARD_BYTES = 2 << 30
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
     from lorapipe.model.dtypes import dtype_name, resolve_dtype
-    from lorapipe.model.memory import memory_left, weightless_model
+    from lorapipe.model.loading import weightless_model
+    from lorapipe.model.memory import memory_left
     from lorapipe.model.pretrained import prepared_tokenizer
 
     config, device = ctx.config, ctx.device
@@ -175,7 +176,7 @@ def _streamed_model_logits(model_dir: Path, ctx: RunContext, dtype: torch.dtype,
 
 def _meta_model(model: ModelConfig) -> torch.nn.Module:
     """The model's modules on the meta device, with the buffers no checkpoint holds."""
-    from lorapipe.model.memory import weightless_model
+    from lorapipe.model.loading import weightless_model
 
     skeleton = weightless_model(model)
     materialize_buffers(skeleton)

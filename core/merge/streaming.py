@@ -67,7 +67,7 @@ def lora_init(config: Any) -> str | None:
 
 
 @dataclass
-class Adapter:
+class LoraAdapter:
     """A saved peft LoRA adapter, grouped by the base module each tensor updates.
 
     ``init`` is set when the adapter's initialisation moved part of the base weight into
@@ -82,7 +82,7 @@ class Adapter:
         return lora_init(self.config)
 
     @classmethod
-    def load(cls, adapter_dir: Path) -> Adapter:
+    def load(cls, adapter_dir: Path) -> LoraAdapter:
         from peft import LoraConfig
 
         config = LoraConfig.from_pretrained(str(adapter_dir))
@@ -137,7 +137,7 @@ def _alpha(config: Any, module: str) -> float:
     return config.alpha_pattern.get(key, config.lora_alpha)
 
 
-def _residual(rows: torch.Tensor, update: _Update, adapter: Adapter) -> torch.Tensor:
+def _residual(rows: torch.Tensor, update: _Update, adapter: LoraAdapter) -> torch.Tensor:
     """The base weight PiSSA/OLoRA trained against: ``W`` less the principal part that
     initialisation moved into the adapter. peft's own layer computes it, as
     ``PeftModel.from_pretrained`` does when it loads such an adapter."""
@@ -206,7 +206,7 @@ class Architecture:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> Architecture:
-        """From the model built without weights (``lorapipe.model.memory.weightless_model``)."""
+        """From the model built without weights (``lorapipe.model.loading.weightless_model``)."""
         from transformers.pytorch_utils import Conv1D
 
         names = {id(module): name for name, module in model.named_modules()}
@@ -230,7 +230,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     could not hold what base + adapter computes. Returns what was done: tensors updated, the worst
     probe error, the shards written and whether the embeddings were untied.
     """
-    adapter = Adapter.load(adapter_dir)
+    adapter = LoraAdapter.load(adapter_dir)
     untie = None
     if architecture.tied and any(name in adapter.updates for name in architecture.tied):
         untie = architecture.tied
@@ -292,7 +292,7 @@ def _write_model_config(base_dir: Path, out_dir: Path, dtype: torch.dtype, *,
             shutil.copy2(base_dir / name, out_dir / name)
 
 
-def _apply(tensor: torch.Tensor, update: _Update | None, part: str, adapter: Adapter, *,
+def _apply(tensor: torch.Tensor, update: _Update | None, part: str, adapter: LoraAdapter, *,
            transposed: bool) -> tuple[torch.Tensor, float]:
     """The merged tensor (float32 when changed) and its probe check's relative error."""
     if update is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -11,17 +12,12 @@ from rich.console import Console
 
 from lorapipe.atomic import atomic_write_json
 from lorapipe.config import AdapterConfig
-from lorapipe.context import RunContext
-from lorapipe.model.accelerated import apply_liger
 from lorapipe.model.dtypes import dtype_name
-from lorapipe.model.loading import load_base_model
-from lorapipe.model.memory import (
-    count_parameters,
-    estimate_memory,
-    memory_snapshot,
-    print_estimate,
-    weightless_model,
-)
+from lorapipe.model.estimate import count_parameters, estimate_memory, print_estimate
+from lorapipe.model.gpu_options import apply_liger
+from lorapipe.model.loading import load_base_model, weightless_model
+from lorapipe.model.memory import memory_snapshot
+from lorapipe.model.setup import ModelSetup
 from lorapipe.model.targets import ChosenTargets, select_targets, targets_are_transposed
 from lorapipe.units import format_bytes
 
@@ -55,26 +51,27 @@ def lora_config(
 
 
 def build_trainable_model(
-    ctx: RunContext, *, gradient_checkpointing: bool
+    setup: ModelSetup, *, gradient_checkpointing: bool, report_path: Path
 ) -> tuple[PeftModel, dict[str, Any]]:
     """Choose targets and estimate memory before loading anything, then load the
     (quantized) base, prepare it, inject LoRA and report.
 
-    Writes ``model_report.json`` and prints its summary; returns the model and the report.
+    Writes the report to ``report_path`` (the run's ``model_report.json``) and prints its
+    summary; returns the model and the report.
     """
-    config, quantizer, device = ctx.config, ctx.plan.quantizer, ctx.device
+    config, quantizer, device, dtype = setup.config, setup.quantizer, setup.device, setup.dtype
     measured = {"baseline": memory_snapshot()}
-    targets, estimate = _targets_and_estimate(ctx)
+    targets, estimate = _targets_and_estimate(setup)
     if "total_bytes" in estimate:
         print_estimate(estimate, console)
 
-    model = load_base_model(config.model, dtype=ctx.dtype, device=device, quantizer=quantizer)
+    model = load_base_model(config.model, dtype=dtype, device=device, quantizer=quantizer)
     measured["model_loaded"] = memory_snapshot()
     kernels = apply_liger(model) if config.train.kernels == "liger" else []
     model = quantizer.prepare_for_training(model, gradient_checkpointing=gradient_checkpointing)
 
     if targets is None:  # the architecture could not be built without weights
-        targets = select_targets(model, ctx.plan)
+        targets = select_targets(model, setup)
     transposed = targets_are_transposed(model, targets.modules)
     peft_model = get_peft_model(
         model, lora_config(config.adapter, targets.modules, fan_in_fan_out=transposed)
@@ -87,14 +84,14 @@ def build_trainable_model(
             "name_or_path": config.model.name_or_path,
             "model_type": getattr(model.config, "model_type", None),
             "architecture": type(model).__name__,
-            "dtype": dtype_name(ctx.dtype),
+            "dtype": dtype_name(dtype),
             "device": device,
             "attn_implementation": model.config._attn_implementation,
             "kernels": kernels,
         },
         "quantizer": {"name": quantizer.name, **quantizer.options.model_dump(mode="json"),
                       "quantized": quantizer.quantized,
-                      "storage_dtype": dtype_name(quantizer.storage_dtype(ctx.dtype))},
+                      "storage_dtype": dtype_name(quantizer.storage_dtype(dtype, device))},
         "adapter": {**config.adapter.model_dump(mode="json", exclude={"target_detector"}),
                     "scaling": _scaling(config.adapter)},
         "targets": targets.as_dict(),
@@ -102,25 +99,25 @@ def build_trainable_model(
         "parameters": parameter_counts(peft_model, targets),
         "memory": {"estimate": estimate, "measured": measured},
     }
-    atomic_write_json(ctx.paths.model_report, report)
+    atomic_write_json(report_path, report)
     print_report(report)
     return peft_model, report
 
 
-def _targets_and_estimate(ctx: RunContext) -> tuple[ChosenTargets | None, dict[str, Any]]:
+def _targets_and_estimate(setup: ModelSetup) -> tuple[ChosenTargets | None, dict[str, Any]]:
     """The adapter targets and the memory estimate, from the weightless model.
 
     An architecture that cannot be built weightless is reported, not fatal, because the
     estimate only advises; the targets are then chosen on the loaded model (``None``).
     """
     try:
-        meta = weightless_model(ctx.config.model)
+        meta = weightless_model(setup.config.model)
     except (ValueError, TypeError, RuntimeError, NotImplementedError) as err:
         console.print(f"[yellow]warning:[/] no memory estimate for this model: {err}")
         return None, {"unavailable": str(err)}
-    targets = select_targets(meta, ctx.plan)
-    counts = count_parameters(meta, ctx.config.adapter, targets.modules)
-    return targets, estimate_memory(ctx, counts)
+    targets = select_targets(meta, setup)
+    counts = count_parameters(meta, setup.config.adapter, targets.modules)
+    return targets, estimate_memory(setup, counts)
 
 
 def _scaling(adapter: AdapterConfig) -> float:

@@ -1,13 +1,14 @@
-"""Loading the base model: quantized for training, or exact for merging."""
+"""Loading the base model: quantized for training, exact for merging, or weightless (on
+the ``meta`` device) for estimates and streamed merges."""
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from lorapipe.components import Quantizer
 from lorapipe.config import ModelConfig
-from lorapipe.model.accelerated import attention_kwargs
+from lorapipe.model.gpu_options import attention_kwargs
 from lorapipe.model.pretrained import load_pretrained
 from lorapipe.model.source import resolve_model_path
 
@@ -36,6 +37,21 @@ def load_base_model(
     if device == "cpu":
         _keep_4bit_layout(loaded)
     return loaded
+
+
+def weightless_model(model: ModelConfig) -> PreTrainedModel:
+    """The base model's architecture on the ``meta`` device: every module, no weights.
+
+    Raises what transformers raises for an architecture it cannot build this way.
+    """
+    trust = {"trust_remote_code": model.trust_remote_code}
+    model_config = load_pretrained(AutoConfig, resolve_model_path(model.name_or_path), trust)
+    # Every tensor created on meta from the start: accelerate's init_empty_weights lets
+    # transformers allocate each parameter on the CPU before moving it (measured: the
+    # process's data segment grows by 70% of the model's size, untouched but counted
+    # against `ulimit -d`, at every call).
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(model_config, **trust)
 
 
 def _keep_4bit_layout(model: PreTrainedModel) -> None:

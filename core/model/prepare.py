@@ -1,8 +1,12 @@
-"""Freezing the base and switching on gradient checkpointing, shared by the quantizers."""
+"""Freezing the base and switching on gradient checkpointing, shared by the quantizers
+(public through ``lorapipe.plugin``; imports nothing heavy)."""
 
 from __future__ import annotations
 
-from transformers import PreTrainedModel
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Non-reentrant checkpointing works with frozen inputs and is what PyTorch recommends.
 CHECKPOINTING_KWARGS = {"use_reentrant": False}

@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lorapipe.components import TargetSelection
 from lorapipe.errors import ConfigError
-from lorapipe.plan import RunPlan
+from lorapipe.model.setup import ModelSetup
 
 # bitsandbytes' Linear4bit and Linear8bitLt subclass nn.Linear, so they are covered too.
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, Conv1D)
@@ -64,33 +64,33 @@ def matches_target(module_name: str, key: str) -> bool:
     return module_name == key or module_name.endswith("." + key)
 
 
-def select_targets(model: nn.Module, plan: RunPlan) -> ChosenTargets:
+def select_targets(model: nn.Module, setup: ModelSetup) -> ChosenTargets:
     """The adapter targets for ``model``: checked explicit names, the named detector, or
     the first detector (lowest ``priority``) that recognises the model.
 
     Called once per run, on the weightless model when it can be built, so the memory
     estimate and the injection use the same decision.
     """
-    adapter = plan.config.adapter
+    adapter, detectors = setup.config.adapter, setup.detectors
     if adapter.target_modules is not None:
         check_names(model, adapter.target_modules)
         check_modules_to_save(model, adapter.modules_to_save)
         return ChosenTargets(list(adapter.target_modules), None, "adapter.target_modules")
-    for detector in plan.detectors:
+    for detector in detectors:
         selection = detector.detect(model)
         if selection is not None:
             check_modules_to_save(model, adapter.modules_to_save)
             return _chosen(model, detector.name, selection)
-    if plan.detector_named:
-        raise plan.detectors[0].config_error(
-            f"detector '{plan.detectors[0].name}' does not recognise this {_kind(model)} "
+    if setup.detector_named:
+        raise detectors[0].config_error(
+            f"detector '{detectors[0].name}' does not recognise this {_kind(model)} "
             "model; remove adapter.target_detector to try every detector, or list "
             f"adapter.target_modules (candidates: {', '.join(candidate_names(model))})"
         )
     raise ConfigError(
         "adapter.target_modules",
         f"no target detector recognises this {_kind(model)} model (tried: "
-        f"{', '.join(d.name for d in plan.detectors) or 'none'}); list the modules to adapt, "
+        f"{', '.join(d.name for d in detectors) or 'none'}); list the modules to adapt, "
         f"candidates: {', '.join(candidate_names(model))}",
     )
 

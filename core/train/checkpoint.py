@@ -149,7 +149,6 @@ def restore_rng(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-
 def save_checkpoint(directory: Path, *, model: PeftModel, optimizer_state: dict[str, Any],
                     state: TrainState, rng_states: list[dict[str, Any]],
                     weights: dict[str, torch.Tensor] | None = None) -> None:
@@ -164,7 +163,6 @@ def save_checkpoint(directory: Path, *, model: PeftModel, optimizer_state: dict[
         torch.save(rng_states, tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", dataclasses.asdict(state))
         write_manifest(tmp)
-
 
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:

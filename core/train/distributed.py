@@ -61,6 +61,15 @@ def make_accelerator(model: torch.nn.Module) -> Accelerator:
     return acc
 
 
+def sum_over(accelerator: Accelerator, *values: float) -> list[float]:
+    """Sum numbers over all processes (one all-reduce for all of them), so every process
+    decides alike: the same loss, the same early stop, the same stop on a signal."""
+    if accelerator.num_processes == 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(tensor, reduction="sum").tolist()
+
+
 def _is_sharded(tensor: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 

@@ -1,4 +1,6 @@
-"""metrics.jsonl (one JSON object per logged step, evaluation or event), and the trackers.
+"""metrics.jsonl (one JSON object per logged step, evaluation or event) and the trackers it
+feeds (trackers.py); what one optimizer step reports (``StepResult``) and the window of
+steps one line sums up (``LogWindow``).
 
 The log is append-only, one line per record, flushed at once, so it can be tailed while
 training runs. A resumed run first drops the records written after its checkpoint
@@ -7,12 +9,17 @@ training runs. A resumed run first drops the records written after its checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorapipe.atomic import atomic_write_text
 from lorapipe.train.trackers import Trackers
+
+if TYPE_CHECKING:
+    from lorapipe.artifacts import RunPaths
 
 
 class MetricsLog:
@@ -50,3 +57,77 @@ class MetricsLog:
         if self._trackers is not None:
             self._trackers.close()
 
+
+def open_log(paths: RunPaths, report_to: list[str], *, resume_step: int | None,
+             tracker_ids: dict[str, str], run_config: dict[str, Any] | None) -> MetricsLog:
+    """The main process's log, with the ``train.report_to`` trackers behind it.
+
+    ``tracker_ids`` is the state's dict, which the trackers fill, so a checkpoint keeps
+    the W&B and MLflow run ids a resumed run continues. The run's config is stored only
+    when it starts from the beginning: a resumed run's trackers already have it.
+    """
+    trackers = None
+    if report_to:
+        trackers = Trackers(report_to, paths=paths, resume_step=resume_step, ids=tracker_ids)
+        if resume_step is None and run_config is not None:
+            trackers.store_config(run_config)
+    return MetricsLog(paths.metrics, resume_step=resume_step, trackers=trackers)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did, summed over all processes (the same on every one)."""
+
+    loss: float  # mean over the step's trainable tokens
+    grad_norm: float  # before clipping
+    lr: float  # the update's lr; the lowest group's (LoRA+ B groups get a multiple)
+    applied: bool  # False: the loss or gradient was non-finite and the update skipped
+    trainable_tokens: int  # prediction targets: what the loss is averaged over
+    real_tokens: int  # non-pad tokens: what throughput counts
+    batch_tokens: int  # incl. padding: what the padding fraction compares with
+    spike: str | None = None  # why this finite step counts as a spike (guard.SpikeGuard)
+
+
+@dataclasses.dataclass
+class LogWindow:
+    """The steps since the last log line, summed; closed into one metrics.jsonl record."""
+
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0  # token-weighted, so the record's loss is the window's token mean
+    trainable_tokens: int = 0
+    real_tokens: int = 0
+    batch_tokens: int = 0
+
+    @classmethod
+    def resumed(cls, sums: dict[str, float]) -> LogWindow:
+        """The window a checkpoint was taken in, from ``sums()`` saved in its state."""
+        return cls(**sums)
+
+    def sums(self) -> dict[str, float]:
+        """What a checkpoint keeps, so the first line after a resume covers the same steps
+        and tokens as an uninterrupted run's (its wall time cannot be kept)."""
+        return {"loss_sum": self.loss_sum, "trainable_tokens": self.trainable_tokens,
+                "real_tokens": self.real_tokens, "batch_tokens": self.batch_tokens}
+
+    def add(self, result: StepResult) -> None:
+        self.loss_sum += result.loss * result.trainable_tokens
+        self.trainable_tokens += result.trainable_tokens
+        self.real_tokens += result.real_tokens
+        self.batch_tokens += result.batch_tokens
+
+    def record(self, *, step: int, epoch: float, last: StepResult,
+               memory: dict[str, Any]) -> dict[str, Any]:
+        """The metrics.jsonl line: window means and throughput, the last step's lr and norm."""
+        seconds = time.perf_counter() - self.started
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": self.loss_sum / max(self.trainable_tokens, 1),
+            "lr": last.lr,
+            "grad_norm": last.grad_norm,
+            "trainable_tokens": self.trainable_tokens,
+            "tokens_per_s": self.real_tokens / max(seconds, 1e-9),
+            "seconds": round(seconds, 4),  # the window's wall time (since the resume, if any)
+            "padding_fraction": 1 - self.real_tokens / max(self.batch_tokens, 1),
+            "memory": memory,
+        }

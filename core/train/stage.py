@@ -10,16 +10,15 @@ from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_write_json
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
-from lorapipe.train.loop import train
+from lorapipe.train.loop import TrainSetup, train
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
-    from lorapipe.model.accelerated import check_device_options
     from lorapipe.model.adapters import build_trainable_model
     from lorapipe.model.diagnostics import adapter_diagnostics
+    from lorapipe.model.gpu_options import check_device_options
     from lorapipe.model.memory import memory_snapshot
     from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
 
@@ -34,37 +33,26 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     _check_same_tokenizer(tokenizer, load_tokenizer(config.model), paths)
     set_seed(config.train.seed)  # adapter initialisation is part of the run's determinism
     model, report = build_trainable_model(
-        ctx, gradient_checkpointing=config.train.gradient_checkpointing
-    )
-    summary = train(
-        model,
-        train_data,
-        validation if validation is not None and len(validation) else None,
-        config=config.train,
-        paths=paths,
-        pad_token_id=pad_token_id(tokenizer),
-        max_length=config.data.max_length,
-        config_hash=ctx.config_hash,
-        run_config=ctx.plan.resolved_dict(),
-        resume=ctx.resume,
-        allow_config_change=ctx.allow_config_change,
-        memory=memory_snapshot,
-    )
-    if paths.adapter.is_dir() and PartialState().is_main_process:
+        ctx.model_setup, gradient_checkpointing=config.train.gradient_checkpointing,
+        report_path=paths.model_report)
+    setup = TrainSetup(config=config.train, paths=paths, pad_token_id=pad_token_id(tokenizer),
+                       max_length=config.data.max_length, config_hash=ctx.config_hash,
+                       resume=ctx.resume, allow_config_change=ctx.allow_config_change,
+                       memory=memory_snapshot, run_config=ctx.plan.resolved_dict())
+    validation = validation if validation is not None and len(validation) else None
+    summary = train(model, train_data, validation, setup)
+    if paths.adapter.is_dir() and ctx.is_main_process:
         report["lora"] = adapter_diagnostics(paths.adapter)
         summary["lora_notes"] = report["lora"]["notes"]
-    _record_memory(paths, report, memory_snapshot())
+    if ctx.is_main_process:
+        _record_memory(paths, report, memory_snapshot())
     return summary
 
 
 def _record_memory(paths: RunPaths, report: dict[str, Any], peak: dict[str, Any]) -> None:
     """Memory at each transition into metrics.jsonl, and beside the estimate in the report."""
-    from accelerate import PartialState
-
     from lorapipe.model.memory import record_memory
 
-    if not PartialState().is_main_process:
-        return
     measured = report["memory"]["measured"]
     measured["training_peak"] = peak
     for stage, snapshot in measured.items():

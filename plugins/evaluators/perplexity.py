@@ -16,8 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lorapipe.config import ComponentRef
-from lorapipe.plugin import EvalContext, Evaluator, Loader, Options, UserError, hookimpl
+from lorapipe.plugin import EvalContext, Evaluator, Loader, Options, Part, UserError, hookimpl
 
 
 class GeneralText(Options):
@@ -26,7 +25,7 @@ class GeneralText(Options):
     ``{name: hf, dataset: wikitext, subset: wikitext-2-raw-v1, split: test}``)."""
 
     path: Path | None = None
-    loader: ComponentRef | None = None
+    loader: Part[Loader] | None = None  # the plan builds it: a typo fails at validate
     field: str = "text"
     max_documents: int = Field(1000, ge=1)  # the first ones; every one costs two passes
     max_tokens: int = Field(512, ge=16)  # each document is cut to this many tokens
@@ -35,11 +34,6 @@ class GeneralText(Options):
     def _one_source(self) -> GeneralText:
         if (self.path is None) == (self.loader is None):
             raise ValueError("give either path (a .txt or .jsonl file) or loader")
-        if self.loader is not None:  # a wrong name or option fails at validate
-            try:
-                _build_loader(self.loader, "loader")
-            except UserError as err:
-                raise ValueError(str(err)) from None
         return self
 
 
@@ -76,13 +70,6 @@ def read_documents(path: Path) -> list[str]:
     return documents
 
 
-def _build_loader(ref: ComponentRef, field: str) -> Loader:
-    from lorapipe.plan import build_component
-    from lorapipe.registry import get_registry
-
-    return build_component(get_registry(), "loader", field, ref, Loader)
-
-
 def loader_documents(loader: Loader, field: str, limit: int) -> tuple[list[str], dict[str, int]]:
     """The first ``limit`` non-empty ``field`` texts of ``loader``'s records, and how many
     records were dropped for each reason (unreadable, no such text field, empty)."""
@@ -110,7 +97,7 @@ class PerplexityEvaluator(Evaluator):
     Options = PerplexityOptions
 
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
-        from lorapipe.evaluate.nll import bootstrap_ci
+        from lorapipe.plugin import bootstrap_ci
 
         base, tuned = self._both(context, context.dataset, "perplexity")
         base_ppl, tuned_ppl = base.perplexity(), tuned.perplexity()
@@ -144,7 +131,7 @@ class PerplexityEvaluator(Evaluator):
     def _both(self, context: EvalContext, dataset: Any, label: str) -> tuple[Any, Any]:
         from tqdm import tqdm
 
-        from lorapipe.evaluate.nll import token_nll
+        from lorapipe.plugin import token_nll
 
         kwargs = {"batch_size": self.options.batch_size, "pad_id": context.pad_token_id}
         with tqdm(total=2 * len(dataset), desc=label, unit="seq") as bar:
@@ -158,7 +145,7 @@ class PerplexityEvaluator(Evaluator):
 
         if source.loader is not None:
             field = f"{self.field}.general.{name}.loader"
-            documents, dropped = loader_documents(_build_loader(source.loader, field),
+            documents, dropped = loader_documents(self.parts[f"general.{name}.loader"],
                                                   source.field, source.max_documents)
             if not documents:
                 raise UserError(f"{field}: no record with a non-empty {source.field!r} text "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lorapipe.plugin import Options, Quantizer, hookimpl
+from lorapipe.plugin import CHECKPOINTING_KWARGS, Options, Quantizer, hookimpl
 
 # torch, bitsandbytes and peft are imported inside the methods: plugin discovery
 # (`lorapipe components`, `validate`) imports this module and must stay fast.
@@ -31,25 +31,20 @@ class Nf4Quantizer(Quantizer):
 
     quantized = True
 
-    def storage_dtype(self, dtype: Any) -> Any:
-        from lorapipe.model.dtypes import default_device
-
-        return self._storage(default_device())
-
-    def _compute_dtype(self, device: str) -> Any:
-        from lorapipe.model.dtypes import resolve_dtype
-
-        return resolve_dtype(self.options.compute_dtype, device=device)
-
-    def _storage(self, device: str) -> Any:
+    def storage_dtype(self, dtype: Any, device: str) -> Any:
         import torch
 
-        from lorapipe.train.distributed import fsdp_launched
+        from lorapipe.plugin import fsdp_launched
 
         storage = self.options.quant_storage
         if storage == "auto":
             return self._compute_dtype(device) if fsdp_launched() else torch.uint8
         return getattr(torch, _STORAGE[storage])
+
+    def _compute_dtype(self, device: str) -> Any:
+        from lorapipe.plugin import resolve_dtype
+
+        return resolve_dtype(self.options.compute_dtype, device=device)
 
     def check_available(self, device: str) -> None:
         """Quantize and run one small 4-bit layer with these exact options on ``device``.
@@ -71,7 +66,8 @@ class Nf4Quantizer(Quantizer):
         try:
             layer = bnb.nn.Linear4bit(
                 _BLOCK, _BLOCK, bias=False, compute_dtype=compute, quant_type=opts.quant_type,
-                compress_statistics=opts.double_quant, quant_storage=self._storage(device),
+                compress_statistics=opts.double_quant,
+                quant_storage=self.storage_dtype(compute, device),
             ).to(device)
             layer(torch.ones(1, _BLOCK, dtype=compute, device=device))
         except Exception as err:  # any failure here means "not on this machine"
@@ -91,15 +87,13 @@ class Nf4Quantizer(Quantizer):
             bnb_4bit_quant_type=opts.quant_type,
             bnb_4bit_use_double_quant=opts.double_quant,
             bnb_4bit_compute_dtype=self._compute_dtype(device),
-            bnb_4bit_quant_storage=self._storage(device),
+            bnb_4bit_quant_storage=self.storage_dtype(dtype, device),
         )
         return {"dtype": dtype, "quantization_config": config}
 
     def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
         """peft's k-bit preparation: freeze, upcast norms/embeddings to fp32, checkpoint."""
         from peft import prepare_model_for_kbit_training
-
-        from lorapipe.model.prepare import CHECKPOINTING_KWARGS
 
         # Non-reentrant: no input gradients needed (see enable_checkpointing)
         return prepare_model_for_kbit_training(

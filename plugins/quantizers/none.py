@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe.plugin import Quantizer, hookimpl
+from lorapipe.plugin import Quantizer, enable_checkpointing, freeze, hookimpl
 
 
 class NoQuantizer(Quantizer):
@@ -13,15 +13,13 @@ class NoQuantizer(Quantizer):
     name = "none"
     quantized = False
 
-    def storage_dtype(self, dtype: Any) -> Any:
+    def storage_dtype(self, dtype: Any, device: str) -> Any:
         return dtype
 
     def from_pretrained_kwargs(self, dtype: Any, device: str) -> dict[str, Any]:
         return {"dtype": dtype}
 
     def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
-        from lorapipe.model.prepare import enable_checkpointing, freeze
-
         freeze(model)
         if gradient_checkpointing:
             enable_checkpointing(model)

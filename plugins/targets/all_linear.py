@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorapipe import hookimpl
-from lorapipe.components import TargetDetector, TargetSelection
+from lorapipe.plugin import TargetDetector, TargetSelection, hookimpl
 
 
 class AllLinearTargets(TargetDetector):
@@ -16,7 +15,7 @@ class AllLinearTargets(TargetDetector):
 
     def detect(self, model: Any) -> TargetSelection | None:
         # Our own walk rather than peft's "all-linear": the report lists the names chosen.
-        from lorapipe.model.targets import adaptable_modules, short_names
+        from lorapipe.plugin import adaptable_modules, short_names
 
         chosen = adaptable_modules(model)
         if not chosen:

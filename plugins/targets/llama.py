@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lorapipe import hookimpl
-from lorapipe.components import Options, TargetDetector, TargetSelection
+from lorapipe.plugin import Options, TargetDetector, TargetSelection, hookimpl
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -26,7 +25,7 @@ class LlamaTargets(TargetDetector):
     def detect(self, model: Any) -> TargetSelection | None:
         """Recognised by its linear layers' names, not ``model_type``: Mistral, Qwen2 and
         many fine-tuned derivatives share the layout under other type names."""
-        from lorapipe.model.targets import adaptable_modules
+        from lorapipe.plugin import adaptable_modules
 
         present = {name.rsplit(".", 1)[-1] for name in adaptable_modules(model)}
         if not set(PRESETS["all"]) <= present:

@@ -35,7 +35,6 @@ from jinja2 import Template, TemplateError
 # template string; copying it would drift from the library's security fixes.
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
-from lorapipe.data.masking import token_range, trained_turns
 from lorapipe.plugin import (
     ChatTemplate,
     ConfigError,
@@ -43,6 +42,8 @@ from lorapipe.plugin import (
     Options,
     UnrenderableConversation,
     hookimpl,
+    token_range,
+    trained_turns,
 )
 
 Conversation = list[dict[str, str]]

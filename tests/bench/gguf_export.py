@@ -37,7 +37,7 @@ TESTS = Path(__file__).resolve().parents[1]
 OURS = r"""
 import sys
 from pathlib import Path
-from lorapipe.export.gguf_writer import write_gguf
+from lorapipe.plugins.exporters.gguf.writer import write_gguf
 write_gguf(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], progress=False)
 """
 

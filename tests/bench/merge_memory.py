@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil, torch
 kind, base, adapter, out, limit = sys.argv[1:6]
 from lorapipe.merge.streaming import Architecture, merge_checkpoint
-from lorapipe.model.memory import weightless_model
+from lorapipe.model.loading import weightless_model
 from lorapipe.config import ModelConfig
 architecture = Architecture.of(weightless_model(ModelConfig(name_or_path=base)))
 if int(limit):

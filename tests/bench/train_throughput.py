@@ -88,7 +88,7 @@ def run_lorapipe(workdir: Path, steps: int, checkpointing: bool, dtype: str) -> 
     from lorapipe.artifacts import RunPaths
     from lorapipe.config import TrainConfig
     from lorapipe.model.prepare import enable_checkpointing
-    from lorapipe.train import train
+    from lorapipe.train import TrainSetup, train
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(  # bf16 weights: the loop autocasts to bf16
@@ -101,9 +101,9 @@ def run_lorapipe(workdir: Path, steps: int, checkpointing: bool, dtype: str) -> 
                       gradient_checkpointing=checkpointing,
                       logging_steps=1, save_steps=10 * steps, max_grad_norm=1.0)
     paths = RunPaths(workdir / f"lorapipe-{checkpointing}-{dtype}-{os.getpid()}")
-    summary = train(model, load_from_disk(str(workdir / "data")), None, config=cfg,
-                    paths=paths, pad_token_id=model.config.pad_token_id,
-                    max_length=MAX_LENGTH, config_hash="bench")
+    setup = TrainSetup(config=cfg, paths=paths, pad_token_id=model.config.pad_token_id,
+                       max_length=MAX_LENGTH, config_hash="bench")
+    summary = train(model, load_from_disk(str(workdir / "data")), None, setup)
     losses = [json.loads(line).get("loss") for line in paths.metrics.read_text().splitlines()]
     return {"tokens_per_s": summary["tokens_per_s"], "seconds": summary["seconds"],
             "losses": [loss for loss in losses if loss is not None]}

@@ -51,7 +51,7 @@ def test_template_trains_the_reference_spans_or_is_refused(path: Path, tokenizer
 
 
 def test_qwen3_think_scaffolding_is_not_trained(tokenizer: Any) -> None:
-    from lorapipe.data.masking import trained_text
+    from lorapipe.authoring.masking import trained_text
     from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
 
     qwen3 = copy.deepcopy(tokenizer)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prepare_helpers import chat, read_report, write_jsonl
 
-from lorapipe.data.files import FileOptions
+from lorapipe.authoring.file_loader import FileOptions
 from lorapipe.errors import UserError
 from lorapipe.plugins.loaders.jsonl import MAX_DEPTH, JsonlLoader
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prepare_helpers import write_jsonl
 
-from lorapipe.data.files import FileOptions as JsonlOptions
+from lorapipe.authoring.file_loader import FileOptions as JsonlOptions
 from lorapipe.data.schemas import RecordError, check_columns, conversation_id, to_messages
 from lorapipe.errors import ConfigError
 from lorapipe.plugins.loaders.jsonl import JsonlLoader

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from lorapipe.authoring.masking import token_range, trained_text
 from lorapipe.components import UnrenderableConversation
-from lorapipe.data.masking import token_range, trained_text
 from lorapipe.errors import UserError
 from lorapipe.plugins.templates.llama import Llama2Template, Llama3Template
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate

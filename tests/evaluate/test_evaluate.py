@@ -13,10 +13,14 @@ from peft import PeftModel
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorapipe.errors import UserError
+from lorapipe.components import Evaluator
+from lorapipe.config import ComponentRef
+from lorapipe.errors import ConfigError, UserError
 from lorapipe.evaluate import generate, run_stage, token_nll
 from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
+from lorapipe.plan import build_component
+from lorapipe.registry import get_registry
 
 
 def _base():
@@ -201,13 +205,23 @@ def test_the_forgetting_check_scores_general_text_and_warns_or_fails(
     saved = tmp_path / "saved"
     Dataset.from_list([{"body": documents[0]}, {"body": ""}, {"body": None},
                        {"body": documents[1]}]).save_to_disk(saved)
+    # the plan builds the loader a Part option names, and names its field in errors
     from_loader = {"general": {"wiki": {"loader": {"name": "hf", "dataset": str(saved)},
                                         "field": "body"}}}
-    loaded = PerplexityEvaluator(PerplexityOptions(**from_loader)).evaluate(context)
+
+    def built(options: dict) -> Evaluator:
+        return build_component(get_registry(), "evaluator", "evaluate.evaluators.0",
+                               ComponentRef(name="perplexity", **options), Evaluator)
+
+    evaluator = built(from_loader)
+    part = evaluator.parts["general.wiki.loader"]
+    assert part.field == "evaluate.evaluators.0.general.wiki.loader"
+    loaded = evaluator.evaluate(context)
     assert loaded["general"]["wiki"]["finetuned"] == pytest.approx(result["finetuned"])
     assert loaded["general"]["wiki"]["dropped"] == {"empty": 1, "no_body": 1}
-    with pytest.raises(ValidationError, match="loader.name: unknown loader 'hff'"):
-        PerplexityOptions(general={"x": {"loader": {"name": "hff", "dataset": "d"}}})
+    with pytest.raises(ConfigError, match=r"evaluate.evaluators.0.general.x.loader.name: "
+                                          r"unknown loader 'hff'"):
+        built({"general": {"x": {"loader": {"name": "hff", "dataset": "d"}}}})
     with pytest.raises(ValidationError, match="give either path"):
         PerplexityOptions(general={"x": {"field": "text"}})
 

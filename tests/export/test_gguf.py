@@ -20,12 +20,12 @@ from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.export import run_stage
-from lorapipe.export.gguf_model import permute_qk
-from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.manifest import write_manifest
 from lorapipe.model.source import resolve_model_path
 from lorapipe.plan import build_plan
-from lorapipe.plugins.exporters.gguf import GgufOptions
+from lorapipe.plugins.exporters.gguf.exporter import GgufOptions
+from lorapipe.plugins.exporters.gguf.families import permute_qk
+from lorapipe.plugins.exporters.gguf.writer import write_gguf
 
 TEXTS = [
     "Hello world",

@@ -16,9 +16,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.errors import UserError
-from lorapipe.export.gguf_adapter import write_adapter_gguf
-from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.model.source import resolve_model_path
+from lorapipe.plugins.exporters.gguf.adapter import write_adapter_gguf
+from lorapipe.plugins.exporters.gguf.writer import write_gguf
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Paris is the capital of France."
 

@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM
 from lorapipe.artifacts import RunPaths
 from lorapipe.cli import main
 from lorapipe.evaluate.nll import token_nll
-from lorapipe.export.gguf_score import Samples, gguf_perplexity, merged_perplexity
-from lorapipe.plugins.exporters.gguf import GgufOptions
+from lorapipe.plugins.exporters.gguf.exporter import GgufOptions
+from lorapipe.plugins.exporters.gguf.score import Samples, gguf_perplexity, merged_perplexity
 
 
 def test_merged_perplexity_is_the_evaluate_stages(finished_run: Path) -> None:

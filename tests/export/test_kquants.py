@@ -24,10 +24,10 @@ from gguf import GGUFReader
 from llama_cpp_material import compare_tensors, cpp_logits, llama_quantize
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lorapipe.export import kquants
-from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.model.source import resolve_model_path
-from lorapipe.plugins.exporters.gguf import GgufOptions
+from lorapipe.plugins.exporters.gguf import kquants
+from lorapipe.plugins.exporters.gguf.exporter import GgufOptions
+from lorapipe.plugins.exporters.gguf.writer import write_gguf
 
 FTYPES = {
     "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,

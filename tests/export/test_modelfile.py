@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from lorapipe.export.modelfile import frames, go_template, modelfile, render, stops
 from lorapipe.model.source import resolve_model_path
+from lorapipe.plugins.exporters.gguf.modelfile import frames, go_template, modelfile, render, stops
 from lorapipe.plugins.templates.llama import Llama2Template, Llama3Template
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"

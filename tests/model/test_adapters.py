@@ -23,7 +23,7 @@ def test_injection_keeps_logits_and_trains_only_adapters(load_base, make_ctx, va
     base = load_base(ctx).eval()
     with torch.no_grad():
         expected = base(input_ids=IDS).logits
-    model, report = build_trainable_model(ctx,
+    model, report = build_trainable_model(ctx.model_setup, report_path=ctx.paths.model_report,
                                           gradient_checkpointing=False)
     with torch.no_grad():
         got = model.eval()(input_ids=IDS).logits
@@ -41,7 +41,7 @@ def test_injection_keeps_logits_and_trains_only_adapters(load_base, make_ctx, va
 def test_modules_to_save_train_in_full(make_ctx) -> None:
     ctx = make_ctx(adapter={"r": 4, "modules_to_save": ["lm_head"]},
                          model={"name_or_path": "tiny-llama", "quantizer": "none"})
-    model, report = build_trainable_model(ctx,
+    model, report = build_trainable_model(ctx.model_setup, report_path=ctx.paths.model_report,
                                           gradient_checkpointing=False)
     saved = [n for n, p in model.named_parameters() if p.requires_grad and "lm_head" in n]
     assert saved and all("modules_to_save" in n for n in saved)

@@ -18,7 +18,7 @@ def _adapter_grads(make_ctx, quantizer: str, checkpointing: bool) -> dict:  # no
     ctx = make_ctx(adapter={"r": 4},
                          model={"name_or_path": "tiny-llama", "quantizer": quantizer})
     set_seed(0)
-    model, _ = build_trainable_model(ctx,
+    model, _ = build_trainable_model(ctx.model_setup, report_path=ctx.paths.model_report,
                                      gradient_checkpointing=checkpointing)
     with torch.no_grad():  # B = 0 at init would leave every A without a gradient
         for name, param in model.named_parameters():

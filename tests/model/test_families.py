@@ -38,9 +38,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
-from lorapipe.export.gguf_writer import write_gguf
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import build_plan
+from lorapipe.plugins.exporters.gguf.writer import write_gguf
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 LLAMA_LAYOUT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

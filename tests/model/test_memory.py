@@ -6,12 +6,9 @@ import json
 import subprocess
 import sys
 
-from lorapipe.model.memory import (
-    count_parameters,
-    estimate_memory,
-    memory_snapshot,
-    weightless_model,
-)
+from lorapipe.model.estimate import count_parameters, estimate_memory
+from lorapipe.model.loading import weightless_model
+from lorapipe.model.memory import memory_snapshot
 from lorapipe.model.targets import select_targets
 
 # Measured in a fresh process so its peak RSS belongs to this run alone; the fixed cost of
@@ -28,7 +25,7 @@ ctx = RunContext(build_plan(validate_config(json.loads(sys.argv[1]))))
 config = ctx.config
 batch = torch.randint(0, 2000, (config.train.micro_batch_size, config.data.max_length))
 baseline = memory_snapshot()
-model, report = build_trainable_model(ctx,
+model, report = build_trainable_model(ctx.model_setup, report_path=ctx.paths.model_report,
                                       gradient_checkpointing=config.train.gradient_checkpointing)
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
 model.train()
@@ -54,8 +51,8 @@ def _measure(raw: dict) -> tuple[int, dict]:
 def _estimate(ctx) -> dict:  # noqa: ANN001
     """The estimate from the weightless model, with the targets the run would choose."""
     meta = weightless_model(ctx.config.model)
-    targets = select_targets(meta, ctx.plan).modules
-    return estimate_memory(ctx, count_parameters(meta, ctx.config.adapter, targets))
+    targets = select_targets(meta, ctx.model_setup).modules
+    return estimate_memory(ctx.model_setup, count_parameters(meta, ctx.config.adapter, targets))
 
 
 def test_estimate_is_within_factor_of_measured_rss(make_ctx, tmp_path) -> None:

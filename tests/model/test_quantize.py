@@ -67,7 +67,7 @@ def test_missing_model_names_the_field(load_base, make_ctx) -> None:
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_qlora_steps_reduce_loss(make_ctx, checkpointing: bool) -> None:
     ctx = make_ctx(adapter={"r": 8, "alpha": 16, "dropout": 0.0})
-    model, report = build_trainable_model(ctx,
+    model, report = build_trainable_model(ctx.model_setup, report_path=ctx.paths.model_report,
                                           gradient_checkpointing=checkpointing)
     uses_checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert uses_checkpointing is checkpointing

@@ -28,36 +28,36 @@ def gpt2():
 ])
 def test_llama_presets(llama, make_ctx, preset: str, modules: list[str]) -> None:
     ctx = make_ctx(adapter={"target_detector": {"name": "llama", "preset": preset}})
-    chosen = select_targets(llama, ctx.plan)
+    chosen = select_targets(llama, ctx.model_setup)
     assert chosen.modules == modules and chosen.detector == "llama"
     assert preset in chosen.reason
 
 
 def test_detectors_are_asked_in_priority_order(llama, gpt2, make_ctx) -> None:
     ctx = make_ctx()
-    assert select_targets(llama, ctx.plan).detector == "llama"
-    chosen = select_targets(gpt2, ctx.plan)  # llama declines; a later one answers
+    assert select_targets(llama, ctx.model_setup).detector == "llama"
+    chosen = select_targets(gpt2, ctx.model_setup)  # llama declines; a later one answers
     assert chosen.detector != "llama" and "c_attn" in chosen.modules
 
 
 def test_all_linear_fallback_on_gpt2(gpt2, make_ctx) -> None:
-    chosen = select_targets(gpt2, make_ctx(adapter={"target_detector": "all_linear"}).plan)
+    chosen = select_targets(gpt2, make_ctx(adapter={"target_detector": "all_linear"}).model_setup)
     assert sorted(chosen.modules) == ["c_attn", "c_fc", "c_proj"]  # not lm_head, not wte
 
 
 def test_llama_detector_refuses_other_layouts(gpt2, make_ctx) -> None:
     ctx = make_ctx(adapter={"target_detector": "llama"})
     with pytest.raises(ConfigError, match="does not recognise this gpt2 model") as err:
-        select_targets(gpt2, ctx.plan)
+        select_targets(gpt2, ctx.model_setup)
     assert err.value.field == "adapter.target_detector"
 
 
 def test_explicit_names_are_checked(llama, make_ctx) -> None:
     ctx = make_ctx(adapter={"target_modules": ["q_proj", "lm_head"]})
-    chosen = select_targets(llama, ctx.plan)
+    chosen = select_targets(llama, ctx.model_setup)
     assert chosen.modules == ["q_proj", "lm_head"] and chosen.detector is None
     with pytest.raises(ConfigError) as err:
-        select_targets(llama, make_ctx(adapter={"target_modules": ["q_proj", "qproj"]}).plan)
+        select_targets(llama, make_ctx(adapter={"target_modules": ["q_proj", "qproj"]}).model_setup)
     assert err.value.field == "adapter.target_modules"
     assert "'qproj' matches no adaptable layer" in str(err.value)
     assert "Candidates: embed_tokens, q_proj, k_proj" in str(err.value)
@@ -67,6 +67,7 @@ def test_detector_with_required_options_is_only_used_when_named(llama, tmp_path)
     """Asking every detector builds each with its defaults; one that cannot be built so
     is skipped there (not a crash), and works when the config names it with its options."""
     from lorapipe.config import validate_config
+    from lorapipe.context import RunContext
     from lorapipe.plan import build_plan
     from lorapipe.plugin import Options, TargetDetector, TargetSelection, hookimpl
     from lorapipe.plugin_manager import build_plugin_manager
@@ -107,7 +108,8 @@ def test_detector_with_required_options_is_only_used_when_named(llama, tmp_path)
            "output_dir": str(tmp_path / "run")}
     plan = build_plan(validate_config(raw), registry)
     assert [d.name for d in plan.detectors] == ["all_linear"]
-    assert select_targets(llama, plan).detector == "all_linear"
+    assert select_targets(llama, RunContext(plan).model_setup).detector == "all_linear"
     named = {**raw, "adapter": {"target_detector": {"name": "suffix", "suffix": "_proj"}}}
-    chosen = select_targets(llama, build_plan(validate_config(named), registry))
+    chosen = select_targets(llama,
+                            RunContext(build_plan(validate_config(named), registry)).model_setup)
     assert chosen.detector == "suffix" and "q_proj" in chosen.modules

@@ -51,6 +51,7 @@ def test_fsdp_qlora_trains_checkpoints_resumes_and_matches_one_process(tmp_path:
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
     _lorapipe("prepare", config, *_settings(single, 2))
     shutil.copytree(single / "data", sharded / "data")
+    shutil.copy(single / ".lorapipe-run", sharded)  # a run directory, so train adopts it
 
     # 2 processes × micro 4 × accumulation 1 = 1 process × micro 4 × accumulation 2
     _lorapipe("train", config, *_settings(single, 2))

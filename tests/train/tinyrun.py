@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from lorapipe.artifacts import RunPaths
 from lorapipe.config import TrainConfig
 from lorapipe.model.source import resolve_model_path
-from lorapipe.train import train
+from lorapipe.train import TrainSetup, train
 
 PAD = 2044  # tiny-llama's <|pad|>
 
@@ -63,8 +63,10 @@ def config(**changes: Any) -> TrainConfig:
 
 def run(out: Path, model: PeftModel, train_data: Dataset, val_data: Dataset | None,
         cfg: TrainConfig, **kwargs: Any) -> dict[str, Any]:
-    return train(model, train_data, val_data, config=cfg, paths=RunPaths(out), pad_token_id=PAD,
-                 max_length=128, config_hash=kwargs.pop("config_hash", "7e57"), **kwargs)
+    """``train`` with the tiny run's setup; ``kwargs`` are further ``TrainSetup`` fields."""
+    setup = TrainSetup(config=cfg, paths=RunPaths(out), pad_token_id=PAD, max_length=128,
+                       config_hash=kwargs.pop("config_hash", "7e57"), **kwargs)
+    return train(model, train_data, val_data, setup)
 
 
 def adapter_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -14,9 +14,9 @@ from lorapipe_templates.vicuna import VicunaTemplate
 from transformers import AutoTokenizer
 
 from lorapipe.components import UnrenderableConversation
-from lorapipe.data.masking import trained_text
 from lorapipe.errors import UserError
 from lorapipe.model.source import resolve_model_path
+from lorapipe.plugin import trained_text
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
 from lorapipe.registry import get_registry
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import gguf
 
-from lorapipe.errors import UserError
-from lorapipe.export.gguf_model import CONVERT, Family
+from lorapipe.plugin import UserError
+
+from .families import CONVERT, Family
 
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")

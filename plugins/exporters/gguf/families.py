@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from lorapipe.errors import UserError
+from lorapipe.plugin import UserError
 
 # What a user can run on merged/ for the architectures this exporter does not write;
 # llama.cpp's converter ships in its source tree and in llama-cpp-python's sdist.
@@ -267,7 +267,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     """
     from transformers import AutoConfig
 
-    from lorapipe.model.pretrained import from_pretrained
+    from lorapipe.plugin import from_pretrained
 
     path = model_dir / "config.json"
     if not path.is_file():

@@ -1,19 +1,21 @@
 """The built-in ``gguf`` exporter: llama.cpp files from the merged model.
 
-A thin shell over ``lorapipe.export.gguf_writer``: options, provenance, file names.
+A thin shell over the engine beside it (``writer.py``): options, provenance, file names.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from lorapipe import __version__
 from lorapipe.plugin import Exporter, Options, RunInfo, UserError, hookimpl
+
+SCORES = "scores.json"  # the score option's report, beside the files it scored
 
 GgufType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q4_k_s", "q5_k_m", "q6_k"]
 
@@ -45,7 +47,7 @@ class GgufOptions(Options):
     @field_validator("types")
     @classmethod
     def _producible(cls, types: list[str]) -> list[str]:
-        from lorapipe.export.gguf_writer import can_produce, gguf_version
+        from .writer import can_produce, gguf_version
 
         if len(set(types)) != len(types):
             raise ValueError(f"each GGUF type once, please (got {types})")
@@ -71,7 +73,7 @@ class GgufExporter(Exporter):
     Options = GgufOptions
 
     def check(self, model_dir: Path) -> None:
-        from lorapipe.export.gguf_writer import check_model
+        from .writer import check_model
 
         check_model(model_dir)
 
@@ -80,11 +82,11 @@ class GgufExporter(Exporter):
         adapter GGUFs asked for, and ``scores.json`` when ``score`` is set."""
         from transformers import AutoTokenizer
 
-        from lorapipe.atomic import atomic_write_text
-        from lorapipe.export.gguf_adapter import write_adapter_gguf
-        from lorapipe.export.gguf_writer import write_gguf
-        from lorapipe.export.modelfile import modelfile
-        from lorapipe.plugin import from_pretrained
+        from lorapipe.plugin import atomic_write_text, from_pretrained
+
+        from .adapter import write_adapter_gguf
+        from .modelfile import modelfile
+        from .writer import write_gguf
 
         provenance = _provenance(run) if run is not None else {}
         tokenizer = from_pretrained(AutoTokenizer, merged_dir,
@@ -115,13 +117,9 @@ class GgufExporter(Exporter):
     def _score(self, merged_dir: Path, out_dir: Path, run: RunInfo, files: list[Path]) -> Path:
         """``scores.json``: each file's response perplexity beside merged/'s; a user error
         when one rose more than allowed and ``on_exceed: fail``."""
-        from lorapipe.atomic import atomic_write_json
-        from lorapipe.export.gguf_score import (
-            Samples,
-            gguf_perplexity,
-            merged_perplexity,
-            score_report,
-        )
+        from lorapipe.plugin import atomic_write_text
+
+        from .score import Samples, gguf_perplexity, merged_perplexity, score_report
 
         score = self.options.score
         samples = Samples.held_out(run.paths, score.max_samples)
@@ -129,7 +127,7 @@ class GgufExporter(Exporter):
         report = score_report(merged,
                               {f.name: gguf_perplexity(f, samples) for f in files},
                               score.max_increase, samples.split)
-        atomic_write_json(out_dir / "scores.json", report)
+        atomic_write_text(out_dir / SCORES, json.dumps(report, indent=2) + "\n")
         if report["exceeded"]:
             worst = ", ".join(f"{name} {report['files'][name]['increase']:+.1%}"
                               for name in report["exceeded"])
@@ -139,13 +137,18 @@ class GgufExporter(Exporter):
             if score.on_exceed == "fail":
                 raise UserError(f"{self.field}.score: {message}, or set on_exceed: warn")
             print(f"warning: {message}", file=sys.stderr)
-        return out_dir / "scores.json"
+        return out_dir / SCORES
+
+    def scores(self, out_dir: Path) -> dict[str, Any] | None:
+        """What ``score`` measured (``scores.json``), for run.json and the run's summary."""
+        path = out_dir / SCORES
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _provenance(run: RunInfo) -> dict[str, Any]:
     """Where the weights came from, so a GGUF file found later can be traced to its run."""
     extra: dict[str, Any] = {
-        "version": __version__,
+        "version": version("lorapipe"),
         "config_hash": run.config_hash,
         "quantizer": run.quantizer,
     }

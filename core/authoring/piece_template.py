@@ -8,15 +8,16 @@ the template's own structure. The built-in ``llama3``/``llama2`` and contrib's
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
+from lorapipe.authoring.masking import assemble, trained_turns
 from lorapipe.components import (
     ChatTemplate,
     Conversation,
     EncodedConversation,
     UnrenderableConversation,
 )
-from lorapipe.data.masking import assemble, trained_turns
 
 # A piece is token ids or text still to be tokenized, and whether it is trained.
 Piece = tuple[list[int] | str, bool]
@@ -50,6 +51,7 @@ class PieceTemplate(ChatTemplate):
         return "".join(p if isinstance(p, str) else "".join(tokenizer.convert_ids_to_tokens(p))
                        for p, _ in pieces)
 
+    @abstractmethod
     def pieces(
         self,
         messages: list[dict[str, str]],
@@ -57,7 +59,8 @@ class PieceTemplate(ChatTemplate):
         trained: set[int],
         generation_prompt: bool = False,
     ) -> list[Piece]:
-        raise NotImplementedError
+        """The conversation as ``(text or token ids, trained)`` pieces in order; the
+        messages whose indices are in ``trained`` are marked trained."""
 
     def _token_id(self, tokenizer: Any, token: str | None, what: str) -> int:
         token_id = tokenizer.convert_tokens_to_ids(token) if token else None

@@ -18,15 +18,15 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from lorapipe.errors import UserError
-from lorapipe.export.gguf_model import model_family
-from lorapipe.export.gguf_writer import atomic_gguf
-from lorapipe.merge.streaming import Adapter
+from lorapipe.plugin import LoraAdapter, UserError
+
+from .families import model_family
+from .writer import atomic_gguf
 
 ADAPTER_TYPES = {"f32": np.float32, "f16": np.float16}
 
 
-def _refuse_unsupported(adapter: Adapter, adapter_dir: Path) -> None:
+def _refuse_unsupported(adapter: LoraAdapter, adapter_dir: Path) -> None:
     """llama.cpp's LoRA applies ``s·B·A`` to linear weights and nothing else."""
     why = None
     if adapter.init:
@@ -47,7 +47,7 @@ def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_
     """Write ``adapter_dir`` (a peft LoRA of the model whose config is in ``model_dir``)
     to ``out_path`` atomically."""
     family = model_family(model_dir)
-    adapter = Adapter.load(adapter_dir)
+    adapter = LoraAdapter.load(adapter_dir)
     _refuse_unsupported(adapter, adapter_dir)
     updates = {module: u for module, u in sorted(adapter.updates.items()) if u.a is not None}
     shapes = {(u.alpha, u.a.shape[0]) for u in updates.values()}

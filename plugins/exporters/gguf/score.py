@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lorapipe.artifacts import RunPaths
-from lorapipe.errors import UserError
+from lorapipe.plugin import UserError
 
 IGNORE = -100
 
@@ -34,7 +33,9 @@ class Samples:
         return list(zip(self.dataset["input_ids"], self.dataset["labels"], strict=True))
 
     @classmethod
-    def held_out(cls, paths: RunPaths, limit: int) -> Samples:
+    def held_out(cls, paths: Any, limit: int) -> Samples:
+        """Up to ``limit`` samples of the run's test split, else its validation split;
+        ``paths`` is the run's layout (``RunInfo.paths``)."""
         from datasets import load_from_disk
 
         for split, directory in (("test", paths.test_data),
@@ -85,8 +86,7 @@ def merged_perplexity(merged_dir: Path, samples: Samples, *, trust_remote_code: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorapipe.evaluate.nll import token_nll
-    from lorapipe.model.pretrained import from_pretrained, pad_token_id
+    from lorapipe.plugin import from_pretrained, pad_token_id, token_nll
 
     trust = {"trust_remote_code": trust_remote_code}
     model = from_pretrained(AutoModelForCausalLM, merged_dir, dtype=torch.float32, **trust)

@@ -22,17 +22,18 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 from gguf import LlamaFileType as F
 
-from lorapipe.errors import UserError
-from lorapipe.export import kquants
-from lorapipe.export.gguf_mix import is_70b, possible_types, tensor_types
-from lorapipe.export.gguf_model import Family, model_family
-from lorapipe.export.gguf_vocab import GgufVocab, read_vocab
+from lorapipe.plugin import UserError
+
+from . import kquants
+from .families import Family, model_family
+from .mix import is_70b, possible_types, tensor_types
+from .vocab import GgufVocab, read_vocab
 
 if TYPE_CHECKING:
     import torch
 
 # GGUF type name (as users write it, llama-quantize's names) → (main tensor type, file type).
-# The K types are llama-quantize's mixes (see gguf_mix); the others hold one type.
+# The K types are llama-quantize's mixes (see mix.py); the others hold one type.
 GGUF_TYPES: dict[str, tuple[Q, F]] = {
     "f32": (Q.F32, F.ALL_F32),
     "f16": (Q.F16, F.MOSTLY_F16),

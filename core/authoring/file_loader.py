@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,8 +62,9 @@ class FileLoader(Loader):
         for path in expand_paths(self.options.path):
             yield from self.read_file(path)
 
+    @abstractmethod
     def read_file(self, path: Path) -> Iterator[RawRecord]:
-        raise NotImplementedError
+        """The records of one file, each with its ``path:line`` location."""
 
     def fingerprint(self) -> str:
         """SHA-256 over the options (a new delimiter reads other records) and every file."""
