@@ -22,6 +22,7 @@ from rich.table import Table
 
 from lorapipe import __version__
 from lorapipe.errors import UserError
+from lorapipe.library_messages import quiet_misleading_messages
 
 if TYPE_CHECKING:
     from lorapipe.plan import RunPlan
@@ -307,6 +308,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_misleading_messages()
     # Our stages show their own progress; the libraries' per-file bars only add noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
