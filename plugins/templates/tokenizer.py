@@ -103,6 +103,22 @@ def _around_reply(render: _Renderer, messages: Conversation, index: int,
     return head, tail
 
 
+def _whole_tokens(prefix: str, text: str, atomic: list[str]) -> str:
+    """``prefix`` of ``text``, cut back to the start of an ``atomic`` token it ends inside.
+
+    The tokenizer never splits its added tokens, so text that ends inside one ends before
+    it: Phi-3.5 writes "<|end|>\n<|user|>" when the conversation goes on and
+    "<|end|>\n<|endoftext|>" when it ends, which agree up to "<|", the start of the next
+    turn's "<|user|>".
+    """
+    cut = len(prefix)
+    for token in atomic:  # one straddling the cut starts less than len(token) before it
+        found = text.find(token, max(0, cut - len(token) + 1), cut + len(token) - 1)
+        if found != -1 and found < cut:
+            cut = found
+    return prefix[:cut]
+
+
 class TokenizerOptions(Options):
     # Also train what the template writes between the generation prompt and a reply (an
     # empty <think></think> block): a model that should emit it itself learns to.
@@ -141,8 +157,8 @@ class TokenizerTemplate(ChatTemplate):
             f"there is no assistant reply to train; name another template for {self.field}"
         )
 
-    def _render(self, messages: Conversation, render: _Renderer,
-                train_on: str) -> tuple[str, list[tuple[int, int]]]:
+    def _render(self, messages: Conversation, render: _Renderer, train_on: str,
+                atomic: list[str]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and the character spans of its trained assistant turns
         (content plus the end-of-turn token(s) closing it)."""
         if any("\ue000lorapipe-reply" in m["content"] for m in messages):
@@ -163,8 +179,11 @@ class TokenizerTemplate(ChatTemplate):
                 if full.startswith(prompt) and len(prompt) <= start:
                     start = len(prompt)
             _, closing = _around_reply(render, messages[: i + 1], i)
-            # Whitespace after the end-of-turn token (e.g. ChatML's "\n") separates turns.
-            end_of_turn = os.path.commonprefix([full[end:], closing]).rstrip()
+            # What the template writes after the reply whether or not the conversation goes
+            # on, in whole tokens; whitespace after the end-of-turn token (e.g. ChatML's
+            # "\n") separates turns.
+            agreed = os.path.commonprefix([full[end:], closing])
+            end_of_turn = _whole_tokens(agreed, full[end:], atomic).rstrip()
             spans.append((start, end + len(end_of_turn)))
         return full, spans
 
@@ -179,7 +198,8 @@ class TokenizerTemplate(ChatTemplate):
         self._check(tokenizer)
         render = _Renderer(tokenizer)
         self._probe(render)
-        rendered = [self._render(m, render, train_on) for m in conversations]
+        atomic = [token for token in tokenizer.get_added_vocab() if len(token) > 1]
+        rendered = [self._render(m, render, train_on, atomic) for m in conversations]
         # The template itself writes the BOS (as apply_chat_template(tokenize=True) does, we
         # add no special tokens), so it is never doubled. One call to the Rust tokenizer
         # for the batch: the Python wrapper's per-sequence conversion of offsets costs more

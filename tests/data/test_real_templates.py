@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from llama_cpp_material import real_tokenizer
 from real_templates import CONVERSATIONS, TEMPLATES, check
 
 from lorapipe.context import RunContext
@@ -48,6 +49,46 @@ def test_template_trains_the_reference_spans_or_is_refused(path: Path, tokenizer
     if path.stem in FAMILIES:
         trained = {name for name, outcome in outcomes.items() if outcome == "trained correctly"}
         assert trained == FAMILIES[path.stem], outcomes
+
+
+# Each family's stop tokens, as its generation_config.json lists them in eos_token_id:
+# what a reply ends with, whatever lorapipe's rule for finding an end-of-turn is.
+FAMILY_STOPS = {
+    ("phi3", "microsoft-Phi-3.5-mini-instruct"): ("<|end|>", "<|assistant|>", "<|endoftext|>"),
+    ("llama3", "meta-llama-Llama-3.1-8B-Instruct"): ("<|end_of_text|>", "<|eom_id|>",
+                                                     "<|eot_id|>"),
+    ("qwen2", "Qwen-Qwen2.5-7B-Instruct"): ("<|im_end|>", "<|endoftext|>"),
+    ("gemma", "google-gemma-2-2b-it"): ("<eos>", "<end_of_turn>"),
+}
+
+
+@pytest.mark.parametrize(("name", "template"), list(FAMILY_STOPS), ids=lambda x: x)
+def test_a_reply_is_trained_up_to_its_stop_token_never_into_the_next_turn(
+        name: str, template: str) -> None:
+    """On the family's real tokenizer, multi-turn: each reply that another turn follows is
+    trained up to the first of the family's stop tokens after it, and not one token of
+    the next turn (Phi-3.5 trained "<|user|>" after every non-final reply); the last one
+    at least that far."""
+    from transformers import AutoTokenizer
+
+    from lorapipe.authoring.masking import trained_text
+    from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer(name))
+    tokenizer.chat_template = (TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    messages = CONVERSATIONS["multi"]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    expected = []
+    for reply in replies:
+        end = full.index(reply) + len(reply)
+        stop = min((full.index(s, end), s) for s in FAMILY_STOPS[name, template]
+                   if s in full[end:])
+        expected.append(reply + full[end:stop[0] + len(stop[1])])
+    trained = trained_text(TokenizerTemplate().encode(messages, tokenizer), tokenizer)
+    assert len(trained) == len(replies)
+    assert trained[:-1] == expected[:-1]
+    assert trained[-1].startswith(expected[-1])
 
 
 def test_qwen3_think_scaffolding_is_not_trained(tokenizer: Any) -> None:
