@@ -25,6 +25,7 @@ from lorapipe.errors import UserError
 from lorapipe.library_messages import quiet_misleading_messages
 
 if TYPE_CHECKING:
+    from lorapipe.context import RunContext
     from lorapipe.plan import RunPlan
 
 console = Console(stderr=False, highlight=False)
@@ -107,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from lorapipe.context import RunContext
     from lorapipe.model.source import model_context
     from lorapipe.plan import load_plan
 
     plan = load_plan(args.config, args.overrides)
+    _check_before_work(RunContext(plan, config_file=Path(args.config)))
     console.print(f"[green]✓[/] {args.config} is valid")
     if model_context(plan.config.model.name_or_path) is None:
         console.print("  [yellow]note:[/] data.max_length not checked against the model's "
@@ -121,6 +124,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     console.print(f"  output_dir: {plan.config.output_dir}")
     _note_device_options(plan)
     return 0
+
+
+def _check_before_work(ctx: RunContext) -> None:
+    """What ``run`` refuses before any work, refused by ``validate`` too: the run
+    directory's place, ``data.columns``, and a local model directory that is not there."""
+    from lorapipe.data.schemas import check_columns
+    from lorapipe.errors import ConfigError
+    from lorapipe.rundir import check_location
+
+    check_location(ctx.paths.root, ctx.read_paths())
+    check_columns(ctx.config.data.columns)
+    name = ctx.config.model.name_or_path
+    local = os.path.expandvars(os.path.expanduser(name))
+    if name.startswith(("/", ".", "~", "$")) and not Path(local).is_dir():
+        raise ConfigError("model.name_or_path", f"no such directory: {local}; give a local "
+                          "Hugging Face model directory, a hub id, or tiny-llama")
 
 
 def _note_device_options(plan: RunPlan) -> None:

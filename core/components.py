@@ -36,9 +36,10 @@ Conversation = list[dict[str, str]]
 
 
 class Options(BaseModel):
-    """Base of every component's options: unknown keys are errors, not silently ignored."""
+    """Base of every component's options: unknown keys are errors, not silently ignored,
+    and so are infinite and NaN numbers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Part:

@@ -14,6 +14,10 @@ from lorapipe.config.messages import config_error
 from lorapipe.config.schema import PipelineConfig
 from lorapipe.errors import ConfigError
 
+# A config is a few hundred values. Aliases (*name) repeat a node without copying it, so a
+# few lines in which each anchor repeats the previous one several times (a "billion
+# laughs") stand for billions of values, which validating or printing would walk one by
+# one. A document that stands for more than this many is refused before anything walks it.
 MAX_EXPANDED_VALUES = 100_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 

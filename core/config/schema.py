@@ -21,12 +21,14 @@ from pydantic import (
 from lorapipe.errors import ConfigError
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+_PATH_MAX, _NAME_MAX = 4095, 255  # Linux's limits, in bytes
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors."""
+    """A config section: unknown keys are errors, and so are infinite and NaN numbers
+    (``epochs: .inf`` would pass every bound and crash the run)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentRef(BaseModel):
@@ -252,6 +254,17 @@ class PipelineConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     output_dir: Annotated[str, Field(min_length=1)]
 
+    @field_validator("output_dir")
+    @classmethod
+    def _path_fits(cls, value: str) -> str:
+        """The kernel refuses a path over PATH_MAX or a name over NAME_MAX bytes; say so
+        here rather than in the middle of prepare."""
+        longest = max((len(part.encode()) for part in value.split("/")), default=0)
+        if len(value.encode()) > _PATH_MAX or longest > _NAME_MAX:
+            raise ValueError(f"too long for a path ({len(value.encode()):,} bytes, a name of "
+                             f"{longest:,}; the limits are {_PATH_MAX} and {_NAME_MAX})")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
         """Checks that relate settings to each other, in one place, so ``validate`` catches
@@ -259,7 +272,15 @@ class PipelineConfig(Section):
 
         Raises ``ConfigError`` itself (pydantic lets it through) to name the field.
         """
-        train = self.train
+        train, data = self.train, self.data
+        held_out = (data.validation.fraction or 0) + (data.test.fraction or 0
+                                                      if data.test is not None else 0)
+        if held_out >= 1:
+            raise ConfigError(
+                "data.test.fraction",
+                f"data.validation.fraction + data.test.fraction is {held_out:g}, which leaves "
+                "nothing to train on; keep their sum below 1 (e.g. 0.05 and 0.05)",
+            )
         if train.early_stopping is not None and train.eval_steps is None:
             # Without eval_steps the loop evaluates once, at the last step: nothing to stop.
             raise ConfigError(
@@ -268,11 +289,3 @@ class PipelineConfig(Section):
                 "last step is evaluated); set train.eval_steps, or remove train.early_stopping",
             )
         return self
-
-
-# --- loading --------------------------------------------------------------------------
-
-# A config is a few hundred values. Aliases (*name) repeat a node without copying it, so a
-# few lines in which each anchor repeats the previous one several times (a "billion
-# laughs") stand for billions of values, which validating or printing would walk one by
-# one. A document that stands for more than this many is refused before anything walks it.

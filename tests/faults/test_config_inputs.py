@@ -121,3 +121,49 @@ def test_max_length_beyond_the_models_context_is_refused_at_validate(tmp_path: P
     assert main(["validate", str(path)]) == 2
     assert ("data.max_length: 4096 is longer than the model's context of 2048 tokens"
             in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ("train:\n  epochs: .inf\n", "train.epochs"),
+    ("adapter:\n  alpha: .inf\n", "adapter.alpha"),
+    ("train:\n  learning_rate: .nan\n", "train.learning_rate"),
+    ("evaluate:\n  evaluators:\n  - {name: perplexity, max_general_increase: .inf}\n",
+     "evaluate.evaluators.0.max_general_increase"),
+    ("data:\n  loader: {name: jsonl, path: data.jsonl}\n  validation: {fraction: 0.6}\n"
+     "  test: {fraction: 0.5}\n", "data.test.fraction"),
+    ("data:\n  loader: {name: jsonl, path: data.jsonl}\n  columns: {messagez: turns}\n",
+     "data.columns.messagez"),
+    ("output_dir: " + "x" * 300 + "\n", "output_dir"),
+    ("output_dir: /\n", "output_dir"),
+    ("output_dir: /srv\n", "output_dir"),
+])
+def test_validate_refuses_what_run_would_refuse(extra: str, field: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values that pass every bound but cannot run, and run-directory rules: one line
+    naming the field at ``validate``, exit 2, before any work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text("")
+    head = HEAD if extra.startswith(("train", "adapter", "evaluate", "output")) else \
+        "model:\n  name_or_path: tiny-llama\n"
+    path = tmp_path / "config.yaml"
+    text = head + extra
+    if "output_dir" not in extra:
+        text += f"output_dir: {tmp_path / 'run'}\n"
+    path.write_text(text)
+    code, err = _validate(path, capsys)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and field in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_refuses_a_missing_model_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD.replace("tiny-llama", str(tmp_path / "no-such-model"))
+                    + f"output_dir: {tmp_path / 'run'}\n")
+    code, err = _validate(path, capsys)
+    assert code == 2 and err.startswith("error: model.name_or_path: no such directory"), err
