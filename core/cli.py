@@ -131,12 +131,13 @@ def _check_before_work(ctx: RunContext) -> None:
     directory's place, ``data.columns``, and a local model directory that is not there."""
     from lorapipe.data.schemas import check_columns
     from lorapipe.errors import ConfigError
+    from lorapipe.model.source import resolve_model_path
     from lorapipe.rundir import check_location
 
     check_location(ctx.paths.root, ctx.read_paths())
     check_columns(ctx.config.data.columns)
     name = ctx.config.model.name_or_path
-    local = os.path.expandvars(os.path.expanduser(name))
+    local = resolve_model_path(name)
     if name.startswith(("/", ".", "~", "$")) and not Path(local).is_dir():
         raise ConfigError("model.name_or_path", f"no such directory: {local}; give a local "
                           "Hugging Face model directory, a hub id, or tiny-llama")

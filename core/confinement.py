@@ -64,22 +64,21 @@ def check(path: Path) -> None:
                 raise _refuse(step)
 
 
-def links_under(root: Path) -> list[Path]:
-    """Every symbolic link beneath ``root``, found without following any."""
-    found: list[Path] = []
+def _links_under(root: Path) -> Iterator[Path]:
+    """The symbolic links beneath ``root``, found without following any."""
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         for name in (*dirnames, *filenames):
             path = Path(directory) / name
             if path.is_symlink():
-                found.append(path)
-    return sorted(found)
+                yield path
 
 
 def require_no_links(root: Path) -> None:
-    """Refuse a run directory with a link anywhere beneath it, naming the first."""
-    found = links_under(root)
-    if found:
-        raise _refuse(found[0])
+    """Refuse a run directory with a link anywhere beneath it, naming one (the walk stops
+    there)."""
+    link = next(_links_under(root), None)
+    if link is not None:
+        raise _refuse(link)
 
 
 def remove_tree(path: Path) -> None:

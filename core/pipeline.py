@@ -95,8 +95,6 @@ def run_one_stage(ctx: RunContext, name: str) -> dict[str, Any]:
 
 def _run_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     func = stage_function(name)
-    if ctx.is_main_process:
-        require_no_links(ctx.paths.root)  # one made while an earlier stage ran
     atomic_write_text(ctx.paths.resolved_config, ctx.plan.resolved_yaml())
     record = _read_run_json(ctx)
     stages = record.setdefault("stages", {})
@@ -197,6 +195,8 @@ def _run_pipeline(ctx: RunContext, overwrite: bool) -> dict[str, dict[str, Any]]
                 summaries[name] = record["stages"][name].get("summary", {})
                 continue
             print(f"{name}: running again, its output is damaged: {damaged}", file=sys.stderr)
+        if rerun and ctx.is_main_process:
+            require_no_links(root)  # one made while the stage before ran
         rerun = True
         summaries[name] = _run_stage(ctx, name)
     if ctx.is_main_process:

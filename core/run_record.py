@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import Required, TypedDict
 
+from lorapipe.config.messages import file_problem
 from lorapipe.errors import UserError
 
 _Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -43,9 +44,6 @@ def read_run_record(path: Path) -> dict[str, Any]:
     try:
         return _RUN_RECORD.validate_json(path.read_bytes())
     except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        # keys come from the file: quoted unless plain names, so the message stays one line
-        field = ".".join(p if str(p).isidentifier() else repr(p) for p in first["loc"])
-        why = f"{field + ': ' if field else ''}{first['msg']}"
-    raise UserError(f"{path} is damaged ({why}), so lorapipe cannot tell which stages are "
-                    "done; start the run again with `lorapipe run CONFIG --overwrite`")
+        raise UserError(f"{path} is damaged ({file_problem(err)}), so lorapipe cannot tell "
+                        "which stages are done; start the run again with `lorapipe run "
+                        "CONFIG --overwrite`") from None

@@ -104,10 +104,10 @@ def clear(paths: RunPaths) -> None:
     for path in paths.root.iterdir():
         if path.name in (MARKER, LOCK) or not _is_ours(path, paths):
             continue
-        check(path)
         if path.is_dir():
             remove_tree(path)
         else:
+            check(path)
             path.unlink()
 
 

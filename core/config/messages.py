@@ -40,6 +40,21 @@ def config_error(
     return ConfigError(field, message)
 
 
+def file_problem(err: ValidationError, unknown: str = "unknown key") -> str:
+    """The first problem pydantic found in a file lorapipe reads back (run.json, a
+    checkpoint's state.json) as ``field: what is wrong (got value)``, on one line: the
+    file's keys are quoted unless they are plain names. ``unknown``: what to call a key
+    the schema does not have."""
+    first, *rest = err.errors(include_url=False)
+    field = ".".join(p if str(p).isidentifier() else repr(p) for p in first["loc"])
+    kind, message = first["type"], first["msg"].removeprefix("Value error, ")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        message = unknown
+    got = "" if kind in ("json_invalid", "value_error") else f" (got {first['input']!r:.40})"
+    more = f" (and {len(rest)} more)" if rest else ""
+    return f"{field + ': ' if field else ''}{message}{got}{more}"
+
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 80, 80
 _REPR_CHARS = 80

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from typing_extensions import TypedDict
 
 from lorapipe.atomic import atomic_directory, atomic_write_json
+from lorapipe.config.messages import file_problem
 from lorapipe.confinement import remove_tree
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem, write_manifest
@@ -184,15 +185,7 @@ def read_state(path: Path) -> TrainState:
     except OSError as err:
         raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
     except ValidationError as err:
-        first, *rest = err.errors(include_url=False)
-        # keys come from the file: quoted unless plain names, so the message stays one line
-        field = ".".join(p if str(p).isidentifier() else repr(p) for p in first["loc"])
-        kind, message = first["type"], first["msg"].removeprefix("Value error, ")
-        if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-            message = "not a TrainState field"
-        got = "" if kind in ("json_invalid", "value_error") else f" (got {first['input']!r:.40})"
-        more = f" (and {len(rest)} more)" if rest else ""
-        raise UserError(f"{path}: {field + ': ' if field else ''}{message}{got}{more}") from None
+        raise UserError(f"{path}: {file_problem(err, 'not a TrainState field')}") from None
 
 
 def _state_problem(directory: Path) -> str | None:

@@ -26,6 +26,8 @@ text; tests pin that), and tokenize the batch in one call to the Rust tokenizer.
 from __future__ import annotations
 
 import os
+import re
+from functools import cached_property
 from typing import Any
 
 from jinja2 import Template, TemplateError
@@ -61,6 +63,18 @@ class _Renderer:
         # globals (a ChainMap, slow per key) into a new dict at every call.
         self.variables = {**self.template.globals, "tools": None, "documents": None,
                           **tokenizer.special_tokens_map}
+        self.tokenizer = tokenizer
+
+    @cached_property
+    def added_tokens(self) -> tuple[re.Pattern[str] | None, int]:
+        """The tokenizer's added tokens (<|user|>, <|im_end|> ...), which it never splits,
+        matched leftmost-longest as it matches them, and the longest one's length (see
+        ``_whole_tokens``); built when masking first asks, not for a generation prompt."""
+        added = sorted((t for t in self.tokenizer.get_added_vocab() if len(t) > 1), key=len,
+                       reverse=True)
+        if not added:
+            return None, 0
+        return re.compile("|".join(map(re.escape, added))), len(added[0])
 
     def __call__(self, messages: Conversation, add_generation_prompt: bool) -> str:
         context = self.template.new_context(
@@ -103,20 +117,25 @@ def _around_reply(render: _Renderer, messages: Conversation, index: int,
     return head, tail
 
 
-def _whole_tokens(prefix: str, text: str, atomic: list[str]) -> str:
-    """``prefix`` of ``text``, cut back to the start of an ``atomic`` token it ends inside.
+def _whole_tokens(prefix: str, text: str, render: _Renderer) -> str:
+    """``prefix`` of ``text``, cut back to the start of an added token it ends inside.
 
     The tokenizer never splits its added tokens, so text that ends inside one ends before
     it: Phi-3.5 writes "<|end|>\n<|user|>" when the conversation goes on and
     "<|end|>\n<|endoftext|>" when it ends, which agree up to "<|", the start of the next
     turn's "<|user|>".
     """
+    pattern, longest = render.added_tokens
+    if pattern is None:
+        return prefix
     cut = len(prefix)
-    for token in atomic:  # one straddling the cut starts less than len(token) before it
-        found = text.find(token, max(0, cut - len(token) + 1), cut + len(token) - 1)
-        if found != -1 and found < cut:
-            cut = found
-    return prefix[:cut]
+    # one straddling the cut starts less than the longest token's length before it
+    for match in pattern.finditer(text, max(0, cut - longest + 1), cut + longest - 1):
+        if match.start() >= cut:
+            break
+        if match.end() > cut:
+            return prefix[:match.start()]
+    return prefix
 
 
 class TokenizerOptions(Options):
@@ -157,8 +176,8 @@ class TokenizerTemplate(ChatTemplate):
             f"there is no assistant reply to train; name another template for {self.field}"
         )
 
-    def _render(self, messages: Conversation, render: _Renderer, train_on: str,
-                atomic: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    def _render(self, messages: Conversation, render: _Renderer,
+                train_on: str) -> tuple[str, list[tuple[int, int]]]:
         """The rendered text and the character spans of its trained assistant turns
         (content plus the end-of-turn token(s) closing it)."""
         if any("\ue000lorapipe-reply" in m["content"] for m in messages):
@@ -183,7 +202,7 @@ class TokenizerTemplate(ChatTemplate):
             # on, in whole tokens; whitespace after the end-of-turn token (e.g. ChatML's
             # "\n") separates turns.
             agreed = os.path.commonprefix([full[end:], closing])
-            end_of_turn = _whole_tokens(agreed, full[end:], atomic).rstrip()
+            end_of_turn = _whole_tokens(agreed, full[end:], render).rstrip()
             spans.append((start, end + len(end_of_turn)))
         return full, spans
 
@@ -198,8 +217,7 @@ class TokenizerTemplate(ChatTemplate):
         self._check(tokenizer)
         render = _Renderer(tokenizer)
         self._probe(render)
-        atomic = [token for token in tokenizer.get_added_vocab() if len(token) > 1]
-        rendered = [self._render(m, render, train_on, atomic) for m in conversations]
+        rendered = [self._render(m, render, train_on) for m in conversations]
         # The template itself writes the BOS (as apply_chat_template(tokenize=True) does, we
         # add no special tokens), so it is never doubled. One call to the Rust tokenizer
         # for the batch: the Python wrapper's per-sequence conversion of offsets costs more
