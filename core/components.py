@@ -31,8 +31,13 @@ if TYPE_CHECKING:  # the heavy libraries are imported by the stages that use the
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Conversation = list[dict[str, str]]
-"""Canonical messages: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+Conversation = list[dict[str, Any]]
+"""Canonical messages: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``;
+an assistant message may add ``tool_calls`` (``[{"id", "type": "function", "function":
+{"name", "arguments": dict}}]``) and ``reasoning_content``, a tool message ``tool_call_id``
+and ``name``, and any message ``train: false`` (never trained; see ``trained_turns``)."""
+Tools = list[dict[str, Any]]
+"""A record's tool definitions, as ``apply_chat_template(tools=...)`` takes them."""
 
 
 class Options(BaseModel):
@@ -143,6 +148,9 @@ class EncodedConversation:
 
     input_ids: list[int]
     trainable: list[bool]
+    # Trained assistant turns whose reasoning_content the rendering leaves out (templates
+    # that show only the last turn's thinking): data.reasoning_turns decides what then.
+    reasoning_dropped: tuple[int, ...] = ()
 
 
 class UnrenderableConversation(ValueError):
@@ -160,10 +168,17 @@ class ChatTemplate(Component):
     token trainable. A template whose structure cannot give a reliable mask raises
     ``self.config_error(...)``; one conversation it cannot render raises
     ``UnrenderableConversation``.
+
+    ``renders`` says what beyond plain messages it can express: ``"tools"`` (record-level
+    tool definitions, tool calls and tool results: it then takes ``tools=``) and
+    ``"reasoning"`` (``reasoning_content``: it then takes ``train_reasoning=``). The engine
+    drops, with the reason, every record that needs what a template does not render, and
+    passes those keywords only to a template that declares them.
     """
 
     kind = "chat_template"
     plural = "chat_templates"
+    renders: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def encode_batch(
@@ -173,8 +188,11 @@ class ChatTemplate(Component):
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
+        **features: Any,
     ) -> list[EncodedConversation]:
-        """Encode many conversations at once: tokenizing in batches is what makes it fast."""
+        """Encode many conversations at once: tokenizing in batches is what makes it fast.
+        ``features`` holds ``tools`` (one list or ``None`` per conversation) and
+        ``train_reasoning`` where ``renders`` declares them."""
 
     def encode(
         self,
@@ -183,16 +201,22 @@ class ChatTemplate(Component):
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
+        tools: Tools | None = None,
+        **features: Any,
     ) -> EncodedConversation:
+        if tools is not None:
+            features["tools"] = [tools]
         return self.encode_batch(
-            [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs
+            [messages], tokenizer, train_on=train_on, train_on_inputs=train_on_inputs,
+            **features,
         )[0]
 
     @abstractmethod
     def generation_prompt(
-        self, messages: Conversation, tokenizer: PreTrainedTokenizerBase
+        self, messages: Conversation, tokenizer: PreTrainedTokenizerBase, **features: Any
     ) -> list[int]:
-        """Token ids of the conversation followed by the prompt that starts a reply."""
+        """Token ids of the conversation followed by the prompt that starts a reply
+        (``tools=`` where ``renders`` has ``"tools"``)."""
 
     @abstractmethod
     def serving_template(self, tokenizer: PreTrainedTokenizerBase) -> str | dict[str, str]:

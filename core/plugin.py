@@ -63,6 +63,7 @@ from lorapipe.components import (
     RunInfo,
     TargetDetector,
     TargetSelection,
+    Tools,
     UnrenderableConversation,
 )
 from lorapipe.errors import ConfigError, UserError
@@ -114,6 +115,7 @@ __all__ = [
     "RunInfo",
     "TargetDetector",
     "TargetSelection",
+    "Tools",
     "UnrenderableConversation",
     # errors that end a command with exit 2 and one clear message
     "ConfigError",

@@ -14,11 +14,13 @@ from lorapipe.components import EncodedConversation
 TRAIN_ON = ("all_assistant", "last_assistant")
 
 
-def trained_turns(messages: list[dict[str, str]], train_on: str) -> set[int]:
-    """Indices of the assistant messages whose content is trained."""
+def trained_turns(messages: list[dict[str, Any]], train_on: str) -> set[int]:
+    """Indices of the assistant messages whose content is trained: per ``train_on``, of
+    those a record does not mark ``train: false``."""
     if train_on not in TRAIN_ON:
         raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
-    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    assistant = [i for i, m in enumerate(messages)
+                 if m["role"] == "assistant" and m.get("train", True)]
     if train_on == "last_assistant":
         return set(assistant[-1:])
     return set(assistant)

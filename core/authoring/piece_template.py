@@ -90,11 +90,13 @@ class PieceTemplate(ChatTemplate):
         *,
         train_on: str = "all_assistant",
         train_on_inputs: bool = False,
+        **features: Any,  # none: ``renders`` is empty, so the engine passes none
     ) -> list[EncodedConversation]:
         all_pieces = [self.pieces(m, tokenizer, trained_turns(m, train_on)) for m in conversations]
         return self._tokenize_pieces(all_pieces, tokenizer, train_on_inputs)
 
-    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    def generation_prompt(self, messages: list[dict[str, str]], tokenizer: Any,
+                          **features: Any) -> list[int]:
         pieces = self.pieces(messages, tokenizer, set(), generation_prompt=True)
         return self._tokenize_pieces([pieces], tokenizer, False)[0].input_ids
 

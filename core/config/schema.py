@@ -133,12 +133,19 @@ class NearDedupeConfig(Section):
 class DataConfig(Section):
     loader: ComponentRef
     format: Literal["auto", "messages", "alpaca", "sharegpt", "instruction_response",
-                    "prompt_response"] = "auto"
+                    "prompt_response", "prompt_completion", "text"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)
     template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tokenizer"))
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
     train_on_inputs: bool = False
+    # Reasoning a template drops from earlier turns: train those turns as their own
+    # samples, with it (expand), or as rendered, without it (last).
+    reasoning_turns: Literal["last", "expand"] = "expand"
+    train_reasoning: bool = True  # false: the answer is trained, its reasoning is context
     max_length: int = Field(2048, ge=16, le=1_048_576)
+    # Raw text: tokens of a long document's previous block repeated before the next one,
+    # as context (not trained twice).
+    block_overlap: int = Field(0, ge=0)
     length_strategy: Literal["drop", "truncate_history", "truncate_response"] = "drop"
     dedupe: bool = True
     test: TestSplitConfig | None = None
@@ -280,6 +287,12 @@ class PipelineConfig(Section):
                 "data.test.fraction",
                 f"data.validation.fraction + data.test.fraction is {held_out:g}, which leaves "
                 "nothing to train on; keep their sum below 1 (e.g. 0.05 and 0.05)",
+            )
+        if data.block_overlap >= data.max_length // 2:
+            raise ConfigError(
+                "data.block_overlap",
+                f"{data.block_overlap} tokens of overlap leave less than half of each "
+                f"{data.max_length}-token block to train; keep it below {data.max_length // 2}",
             )
         if train.early_stopping is not None and train.eval_steps is None:
             # Without eval_steps the loop evaluates once, at the last step: nothing to stop.

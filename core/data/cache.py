@@ -17,7 +17,7 @@ from lorapipe.components import Loader
 from lorapipe.plan import RunPlan
 
 # Bump when the stage writes different output for the same inputs.
-OUTPUT_VERSION = 1
+OUTPUT_VERSION = 2  # 2: kind, tools and origin columns; text and completion records
 
 
 def hash_directory(directory: Path) -> str:

@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import ExitStack
 from itertools import chain, islice
@@ -30,21 +30,21 @@ from datasets import Features, Sequence, Value
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from lorapipe.components import ChatTemplate, Loader, RecordError, UnrenderableConversation
+from lorapipe.components import ChatTemplate, Loader, RecordError
 from lorapipe.config import DataConfig
 from lorapipe.data.chunks import EncodedChunks
 from lorapipe.data.cleaning import dedupe_key, validate
-from lorapipe.data.length import fit
 from lorapipe.data.report import DropLog
-from lorapipe.data.schemas import conversation_id, to_messages
+from lorapipe.data.samples import ORIGINS, Sample, encode_records
+from lorapipe.data.schemas import conversation_id, to_record
 
 if TYPE_CHECKING:
     from lorapipe.data.near_duplicates import NearDuplicates
 
 OUTPUT_FEATURES = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
-    "labels": Sequence(Value("int32")), "messages": Value("string"), "source": Value("string"),
-    "conversation_id": Value("string"),
+    "labels": Sequence(Value("int32")), "messages": Value("string"), "tools": Value("string"),
+    "kind": Value("string"), "source": Value("string"), "conversation_id": Value("string"),
 })
 # Records a worker templates and tokenizes at once (one task, one Arrow file): big enough
 # that the per-task cost (pickling the batch, opening a file) is small, small enough that
@@ -58,7 +58,7 @@ _CHUNK_BYTES = 96 << 20
 
 def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, str],
               near: NearDuplicates | None) -> Iterator[dict[str, str]]:
-    """Canonical, valid, not-yet-seen conversations; everything else goes to ``log``."""
+    """Canonical, valid, not-yet-seen records; everything else goes to ``log``."""
     field = data.validation.stratify_by
     # Workers tokenize at most a few batches behind the reading, so this bar shows both.
     for record in tqdm(loader.records(), desc="reading + tokenizing", unit=" rec"):
@@ -67,26 +67,26 @@ def _raw_rows(loader: Loader, data: DataConfig, log: DropLog, seen: dict[bytes, 
             log.drop(record.error.reason, record.location, record.error.detail)
             continue
         try:
-            messages = to_messages(record.data, data.format, data.columns)
+            canonical = to_record(record.data, data.format, data.columns)
             conversation = conversation_id(record.data, data.columns)
-            validate(messages, data.max_length, truncating=data.length_strategy != "drop",
+            validate(canonical, data.max_length, truncating=data.length_strategy != "drop",
                      min_response_chars=data.min_response_chars)
         except RecordError as err:
             log.drop(err.reason, record.location, err.detail)
             continue
         if data.dedupe:
-            key = dedupe_key(messages)
+            key = dedupe_key(canonical)
             if key in seen:
-                log.drop("duplicate", record.location, f"same conversation as {seen[key]}")
+                log.drop("duplicate", record.location, f"same record as {seen[key]}")
                 continue
             seen[key] = record.location
-        twin = near.twin(messages, record.location) if near is not None else None
+        twin = near.twin(canonical, record.location) if near is not None else None
         if twin is not None:
-            log.drop("near_duplicate", record.location, f"nearly the same conversation as {twin}")
+            log.drop("near_duplicate", record.location, f"nearly the same record as {twin}")
             continue
         stratum = str(record.data.get(field, "(missing)")) if field else ""
-        yield {"messages": json.dumps(messages, ensure_ascii=False),
-               "source": record.location, "stratum": stratum, "conversation": conversation}
+        yield {"record": canonical, "source": record.location, "stratum": stratum,
+               "conversation": conversation}
 
 
 def _batches(rows: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, list[Any]]]:
@@ -106,67 +106,55 @@ Drop = tuple[str, str, str]  # reason, location, detail
 
 def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer: Any,
                   data: DataConfig) -> tuple[pa.Table, dict[str, np.ndarray], list[Drop]]:
-    """Template and tokenize one batch: the kept samples as an Arrow table, their small
+    """Encode one batch of records: the samples as an Arrow table, their small
     per-sample columns (lengths, flags), and the drops in order.
 
     The Arrow columns are built from flat numpy arrays: converting per-token Python lists
     to Arrow one by one would cost as much as tokenizing.
     """
-    options = {"train_on": data.train_on, "train_on_inputs": data.train_on_inputs}
-    conversations = [json.loads(m) for m in batch["messages"]]
-
-    def encode_one(messages: list[dict[str, str]]) -> Any:
-        return template.encode(messages, tokenizer, **options)
-
-    try:
-        encoded: list[Any] = template.encode_batch(conversations, tokenizer, **options)
-    except UnrenderableConversation:  # find which ones, keep the rest
-        encoded = []
-        for messages in conversations:
-            try:
-                encoded.append(encode_one(messages))
-            except UnrenderableConversation as err:
-                encoded.append(err)
-    kept: list[int] = []
-    ids_rows, trainable_rows, texts, truncated_rows = [], [], [], []
+    outcomes = encode_records(batch["record"], template, tokenizer, data)
+    kept: list[int] = []  # the record of each sample
+    samples: list[Sample] = []
     drops: list[Drop] = []
-    for i, (messages, enc) in enumerate(zip(conversations, encoded, strict=True)):
-        try:
-            if isinstance(enc, UnrenderableConversation):
-                raise RecordError("unrenderable", str(enc))
-            messages, enc, truncated = fit(messages, enc, encode_one, tokenizer,
-                                           data.max_length, data.length_strategy)
-            if not any(enc.trainable):
-                raise RecordError("no_trainable_tokens", "no token of this sample is trained")
-        except RecordError as err:
-            drops.append((err.reason, batch["source"][i], err.detail))
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, RecordError):
+            drops.append((outcome.reason, batch["source"][i], outcome.detail))
             continue
-        kept.append(i)
-        ids_rows.append(enc.input_ids)
-        trainable_rows.append(enc.trainable)
-        texts.append(json.dumps(messages, ensure_ascii=False) if truncated
-                     else batch["messages"][i])
-        truncated_rows.append(truncated)
-    lengths = np.fromiter(map(len, ids_rows), dtype=np.int32, count=len(ids_rows))
+        kept += [i] * len(outcome)
+        samples += outcome
+    lengths = np.fromiter((len(s.encoded.input_ids) for s in samples), dtype=np.int32,
+                          count=len(samples))
     offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
-    ids = np.fromiter(chain.from_iterable(ids_rows), dtype=np.int32, count=total)
-    trained = np.fromiter(chain.from_iterable(trainable_rows), dtype=bool, count=total)
+    ids = np.fromiter(chain.from_iterable(s.encoded.input_ids for s in samples),
+                      dtype=np.int32, count=total)
+    trained = np.fromiter(chain.from_iterable(s.encoded.trainable for s in samples),
+                          dtype=bool, count=total)
     trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int32)])
+    conversations = [batch["conversation"][i] for i in kept]
+    per_record = Counter(kept)
     table = pa.Table.from_pydict({
         "input_ids": _list_array(ids, offsets),
         "attention_mask": _list_array(np.ones(total, dtype=np.int8), offsets),
         "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
-        "messages": pa.array(texts, pa.string()),
+        "messages": pa.array([s.record.json() for s in samples], pa.string()),
+        "tools": pa.array([json.dumps(s.record.tools, ensure_ascii=False)
+                           if s.record.tools else None for s in samples], pa.string()),
+        "kind": pa.array([s.record.kind for s in samples], pa.string()),
         "source": pa.array([batch["source"][i] for i in kept], pa.string()),
-        "conversation_id": pa.array([batch["conversation"][i] for i in kept], pa.string()),
+        "conversation_id": pa.array(conversations, pa.string()),
     }, schema=OUTPUT_FEATURES.arrow_schema)
     columns = {
         "n_tokens": lengths,
         "n_trainable": trained_before[offsets[1:]] - trained_before[offsets[:-1]],
-        "truncated": np.array(truncated_rows, dtype=bool),
-        "conversation": np.array([batch["conversation"][i] for i in kept], dtype=object),
+        "truncated": np.array([s.truncated for s in samples], dtype=bool),
+        "origin": np.array([ORIGINS.index(s.origin) for s in samples], dtype=np.int8),
+        # the samples of one record stay together on one side of every split
+        "conversation": np.array([c if c is not None or per_record[i] == 1
+                                  else f"\0{batch['source'][i]}"
+                                  for c, i in zip(conversations, kept, strict=True)],
+                                 dtype=object),
     }
     if data.validation.stratify_by:
         columns["stratum"] = np.array([batch["stratum"][i] for i in kept], dtype=object)
@@ -255,7 +243,7 @@ def encode_source(loader: Loader, data: DataConfig, log: DropLog, seen: dict[byt
     reading, so ``dropped.jsonl`` and strict mode see them in the same order as a
     read-then-encode loop would.
     """
-    out = EncodedChunks(["n_tokens", "n_trainable", "truncated", "conversation"]
+    out = EncodedChunks(["n_tokens", "n_trainable", "truncated", "origin", "conversation"]
                         + (["stratum"] if data.validation.stratify_by else []), _CHUNK_BYTES)
     batches = _batches(_raw_rows(loader, data, log, seen, near), _BATCH)
     head = list(islice(batches, 2))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lorapipe.components import EncodedConversation, RecordError
-from lorapipe.data.schemas import Message
+from lorapipe.data.messages import Message
 
 Encode = Callable[[list[Message]], EncodedConversation]
 
@@ -64,7 +64,7 @@ def _truncate_response(messages: list[Message], encode: Encode, tokenizer: Any,
     while keep > 0:
         # A cut inside a multi-byte character decodes to U+FFFD; drop that partial char.
         text = tokenizer.decode(reply[:keep]).rstrip("\ufffd")
-        candidate = [*messages[:last], {"role": "assistant", "content": text}]
+        candidate = [*messages[:last], {**messages[last], "content": text}]
         encoded = encode(candidate)
         over = len(encoded.input_ids) - max_length
         if over <= 0 and text.strip():

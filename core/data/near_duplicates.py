@@ -15,6 +15,7 @@ import re
 from datasketch import MinHash, MinHashLSH
 
 from lorapipe.config import NearDedupeConfig
+from lorapipe.data.schemas import Record
 
 _WORD = re.compile(r"\w+")
 
@@ -24,18 +25,20 @@ class NearDuplicates:
         self.config = config
         self.index = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
 
-    def _signature(self, messages: list[dict[str, str]]) -> MinHash:
-        words = [w for m in messages for w in (m["role"], *_WORD.findall(m["content"].lower()))]
+    def _signature(self, record: Record) -> MinHash:
+        parts = ([(m["role"], m["content"]) for m in record.messages] if record.kind == "chat"
+                 else [("", record.text or f"{record.prompt} {record.completion}")])
+        words = [w for role, text in parts for w in (role, *_WORD.findall(text.lower())) if w]
         n = self.config.ngram
         shingles = {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
         signature = MinHash(num_perm=self.config.num_perm, seed=1)
         signature.update_batch([s.encode() for s in shingles])
         return signature
 
-    def twin(self, messages: list[dict[str, str]], location: str) -> str | None:
-        """The location of a kept conversation this one nearly copies; else None (and it is
+    def twin(self, record: Record, location: str) -> str | None:
+        """The location of a kept record this one nearly copies; else None (and it is
         kept: later ones are compared with it)."""
-        signature = self._signature(messages)
+        signature = self._signature(record)
         matches = self.index.query(signature)  # locations of kept ones at the threshold
         if matches:
             return str(matches[0])

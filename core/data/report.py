@@ -88,6 +88,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
         table.add_row(f"dropped: {reason}", str(count), f"{first['location']}: {first['detail']}")
     table.add_row("truncated", str(report["truncated"]), "")
     table.add_row("kept", str(report["kept"]), "")
+    for origin, count in report["added_samples"].items():
+        if count:
+            table.add_row(f"added samples: {origin}", str(count), "")
     for split, size in report["split"]["sizes"].items():
         table.add_row(f"{split} samples", str(size), "")
         table.add_row(f"{split} trainable tokens", str(report["trainable_tokens"][split]), "")

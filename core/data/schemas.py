@@ -1,45 +1,91 @@
-"""Common dataset schemas mapped onto one canonical conversation.
+"""Common dataset schemas mapped onto one record model.
 
 Loaders yield raw JSON objects; this module — not each loader — knows the file formats
-people actually have: OpenAI-style ``messages``, alpaca, ShareGPT, prompt/response
-columns and the design's own instruction/response records. ``data.format: auto``
-detects the schema per record, so files in different formats can be combined;
-``data.columns`` renames fields for files that use other names.
+people actually have. A record is one of three kinds (``Record.kind``):
+
+- ``chat``: a conversation (``messages.py`` maps the message shapes: OpenAI/Hugging
+  Face ``messages`` with tool calls and reasoning, ShareGPT incl. LLaMA-Factory's
+  ``function_call``/``observation``), with the record-level ``tools`` it may use; alpaca,
+  prompt/response and the design's instruction/response records are one-exchange chats;
+- ``text``: a raw document for continued pretraining (``text``), trained whole;
+- ``completion``: a ``prompt``/``completion`` pair (TRL's names) for a base model: no
+  template, the completion trained.
+
+``data.format: auto`` detects the schema per record, so files in different formats can be
+combined; ``data.columns`` renames fields for files that use other names.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from lorapipe.components import RecordError
+from lorapipe.data.messages import ROLES, SHAREGPT_ROLES, Message, conversation, tools_list
 from lorapipe.errors import ConfigError
-
-Message = dict[str, str]
 
 # Canonical field name → default name in the file, per format.
 COLUMNS: dict[str, dict[str, str]] = {
-    "messages": {"messages": "messages", "role": "role", "content": "content"},
+    "messages": {"messages": "messages", "role": "role", "content": "content",
+                 "tools": "tools"},
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "system": "system"},
-    "sharegpt": {"conversations": "conversations", "from": "from", "value": "value"},
+    "sharegpt": {"conversations": "conversations", "from": "from", "value": "value",
+                 "tools": "tools", "system": "system"},
     "instruction_response": {"instruction": "instruction", "input": "input",
                              "response": "response", "system": "system"},
     "prompt_response": {"prompt": "prompt", "response": "response", "system": "system"},
+    "prompt_completion": {"prompt": "prompt", "completion": "completion"},
+    "text": {"text": "text"},
 }
 # Not part of the conversation: records sharing one are kept on the same side of every
 # split (see ``split.py``), so turns of one dialogue cannot leak into the held-out sets.
 CONVERSATION_ID = "conversation_id"
 
-# Fields a record must have to be in that format; detection tries them in this order.
+# Fields a record must have to be in that format; detection tries them in this order (a
+# lone ``text`` last: chat records may carry a text field of their own).
 REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",), "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"), "instruction_response": ("instruction", "response"),
-    "prompt_response": ("prompt", "response"),
+    "prompt_response": ("prompt", "response"), "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
 }
+Kind = Literal["chat", "text", "completion"]
+KIND = {"text": "text", "prompt_completion": "completion"}  # every other format: chat
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "chatgpt": "assistant"}
+
+@dataclass(frozen=True)
+class Record:
+    """One record in the canonical model: ``messages`` (and ``tools``) of a chat,
+    ``text`` of a document, or ``prompt`` and ``completion`` of a pair."""
+
+    kind: Kind
+    messages: tuple[Message, ...] = ()
+    tools: list[dict[str, Any]] | None = None
+    text: str = ""
+    prompt: str = ""
+    completion: str = ""
+
+    def body(self) -> Any:
+        """What the prepared data keeps of it (its ``messages`` column, as JSON): the
+        message list of a chat, ``{text}`` or ``{prompt, completion}`` otherwise."""
+        if self.kind == "chat":
+            return list(self.messages)
+        if self.kind == "text":
+            return {"text": self.text}
+        return {"prompt": self.prompt, "completion": self.completion}
+
+    @classmethod
+    def from_body(cls, body: Any, tools: list[dict[str, Any]] | None = None) -> Record:
+        if isinstance(body, list):
+            return cls("chat", tuple(body), tools)
+        if "text" in body:
+            return cls("text", text=body["text"])
+        return cls("completion", prompt=body["prompt"], completion=body["completion"])
+
+    def json(self) -> str:
+        return json.dumps(self.body(), ensure_ascii=False)
 
 
 def check_columns(columns: dict[str, str]) -> None:
@@ -69,8 +115,8 @@ def detect_format(data: dict[str, Any], columns: dict[str, str]) -> str:
     raise RecordError(
         "unknown_schema",
         "no known schema (expected 'messages', 'conversations', 'instruction'+'output', "
-        "'instruction'+'response' or 'prompt'+'response' fields; map other names with "
-        f"data.columns); keys: {keys}",
+        "'instruction'+'response', 'prompt'+'response', 'prompt'+'completion' or 'text' "
+        f"fields; map other names with data.columns); keys: {keys}",
     )
 
 
@@ -83,47 +129,31 @@ def _text(data: dict[str, Any], key: str, required: bool = True) -> str | None:
     return value
 
 
-def _turns(data: dict[str, Any], list_key: str, role_key: str, content_key: str,
-           roles: dict[str, str]) -> list[Message]:
-    turns = data[list_key]
-    if not isinstance(turns, list):
-        raise RecordError("wrong_type", f"'{list_key}' must be a list, got {type(turns).__name__}")
-    messages = []
-    for n, turn in enumerate(turns, start=1):
-        if not isinstance(turn, dict):
-            raise RecordError("wrong_type", f"{list_key}[{n}] must be an object")
-        role = turn.get(role_key)
-        if not isinstance(role, str):
-            raise RecordError("wrong_type", f"{list_key}[{n}].{role_key} must be a string")
-        if role not in roles:
-            raise RecordError(
-                "unknown_role",
-                f"{list_key}[{n}].{role_key} is '{role}'; expected one of {', '.join(roles)}",
-            )
-        content = turn.get(content_key)
-        if not isinstance(content, str):
-            raise RecordError(
-                "wrong_type",
-                f"{list_key}[{n}].{content_key} must be a string, got {type(content).__name__}",
-            )
-        messages.append({"role": roles[role], "content": content})
-    return messages
-
-
-def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list[Message]:
-    """The canonical conversation of one raw record (``fmt`` may be ``auto``)."""
+def to_record(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> Record:
+    """The canonical record of one raw record (``fmt`` may be ``auto``)."""
     if fmt == "auto":
         fmt = detect_format(data, columns)
     names = _names(fmt, columns)
     missing = [names[f] for f in REQUIRED[fmt] if names[f] not in data]
     if missing:
         raise RecordError("wrong_type", f"{fmt} record without '{missing[0]}'")
-    if fmt == "messages":
-        return _turns(data, names["messages"], names["role"], names["content"],
-                      {r: r for r in ROLES})
-    if fmt == "sharegpt":
-        return _turns(data, names["conversations"], names["from"], names["value"],
-                      SHAREGPT_ROLES)
+    if fmt == "text":
+        return Record("text", text=_text(data, names["text"]) or "")
+    if fmt == "prompt_completion":
+        return Record("completion", prompt=_text(data, names["prompt"]) or "",
+                      completion=_text(data, names["completion"]) or "")
+    if fmt in ("messages", "sharegpt"):
+        tools = tools_list(data.get(names["tools"]), names["tools"])
+        if fmt == "messages":
+            messages = conversation(data[names["messages"]], names["messages"], names["role"],
+                                    names["content"], ROLES)
+        else:
+            messages = conversation(data[names["conversations"]], names["conversations"],
+                                    names["from"], names["value"], SHAREGPT_ROLES)
+            system = _text(data, names["system"], required=False)  # LLaMA-Factory's column
+            if system and not (messages and messages[0]["role"] == "system"):
+                messages.insert(0, {"role": "system", "content": system})
+        return Record("chat", tuple(messages), tools)
     if fmt in ("alpaca", "instruction_response"):
         system = _text(data, names["system"], required=False)
         prompt = _text(data, names["instruction"])
@@ -136,8 +166,16 @@ def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list
         prompt = _text(data, names["prompt"])
         reply = _text(data, names["response"])
     messages = [{"role": "system", "content": system}] if system else []
-    return messages + [{"role": "user", "content": prompt},
-                       {"role": "assistant", "content": reply}]
+    return Record("chat", (*messages, {"role": "user", "content": prompt},
+                           {"role": "assistant", "content": reply}))
+
+
+def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list[Message]:
+    """The conversation of one raw chat record (``fmt`` may be ``auto``)."""
+    record = to_record(data, fmt, columns)
+    if record.kind != "chat":
+        raise RecordError("not_a_conversation", f"a {record.kind} record, not a conversation")
+    return list(record.messages)
 
 
 def conversation_id(data: dict[str, Any], columns: dict[str, str]) -> str | None:

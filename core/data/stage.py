@@ -28,7 +28,8 @@ from lorapipe.data.cache import fingerprint
 from lorapipe.data.chunks import EncodedChunks, Splits, write_splits
 from lorapipe.data.encoding import OUTPUT_FEATURES, Encoder, encode_source
 from lorapipe.data.report import DropLog, print_summary, token_stats
-from lorapipe.data.schemas import check_columns
+from lorapipe.data.samples import ORIGINS
+from lorapipe.data.schemas import KIND, check_columns
 from lorapipe.data.split import split_indices, validation_size
 from lorapipe.data.template_check import check_template
 from lorapipe.errors import UserError
@@ -62,7 +63,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     check_columns(data.columns)
     loader, val_loader, template = ctx.plan.loader, ctx.plan.validation_loader, ctx.plan.template
     tokenizer = load_tokenizer(config.model)  # the model's own; data/tokenizer/ keeps a copy
-    check_template(ctx.plan, tokenizer)
+    if data.format not in KIND:  # text and prompt/completion records use no template
+        check_template(ctx.plan, tokenizer)
 
     paths.data.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=paths.data))
@@ -96,8 +98,13 @@ def _split_report(splits: Splits) -> dict[str, Any]:
         return source.column(name)[positions].astype(np.int64)
 
     trainable = {split: column(split, "n_trainable") for split in splits}
+    origins = np.concatenate([column(split, "origin") for split in splits])
     return {
         "truncated": int(sum(column(split, "truncated").sum() for split in splits)),
+        # samples beyond one per kept record: a long document's further blocks, the turns
+        # data.reasoning_turns: expand trains on their own
+        "added_samples": {origin: int((origins == k).sum())
+                          for k, origin in enumerate(ORIGINS) if origin != "record"},
         "tokens": token_stats(np.concatenate([column(split, "n_tokens") for split in splits]),
                               np.concatenate(list(trainable.values()))),
         "trainable_tokens": {split: int(t.sum()) for split, t in trainable.items()},

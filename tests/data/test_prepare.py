@@ -18,6 +18,7 @@ import lorapipe.data.chunks as chunks_module
 import lorapipe.data.encoding as encoding_module
 from lorapipe.cli import main
 from lorapipe.data.cleaning import dedupe_key
+from lorapipe.data.schemas import Record
 from lorapipe.errors import UserError
 
 EOT = "<|eot_id|>"
@@ -34,7 +35,7 @@ def bad_rows() -> dict[str, Any]:
         "empty_assistant_content": {"messages": [good[0], {"role": "assistant",
                                                            "content": "  \n"}]},
         "invalid_text": b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
-        "unknown_schema": {"text": "plain text, no schema"},
+        "unknown_schema": {"body": "plain text, no schema"},
         "duplicate": {"messages": [{"role": m["role"], "content": "  " + m["content"].upper()}
                                    for m in chat(2)["messages"]]},  # = line of chat(2)
     }
@@ -91,8 +92,9 @@ def test_outputs_follow_the_contract(tmp_path: Path, prepare: Any) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [chat(i, turns=2, system=True) for i in range(20)])
     _, out = prepare(data, validation={"count": 3})
     train = load_from_disk(str(out / "data" / "train"))
-    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "source",
-                                  "conversation_id"]
+    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "tools",
+                                  "kind", "source", "conversation_id"]
+    assert set(train["kind"]) == {"chat"} and set(train["tools"]) == {None}
     assert len(train) == 17 and len(load_from_disk(str(out / "data" / "validation"))) == 3
     tokenizer = AutoTokenizer.from_pretrained(out / "data" / "tokenizer")
     row = train[0]
@@ -128,7 +130,7 @@ def test_split_is_seeded_disjoint_and_deduplicated_first(tmp_path: Path, prepare
     assert not set(train) & set(val)
     assert (train, val) == (_sources(again, "train"), _sources(again, "validation"))
     assert val != _sources(other, "validation")
-    keys = {split: {dedupe_key(json.loads(m)) for m in
+    keys = {split: {dedupe_key(Record.from_body(json.loads(m))) for m in
                     load_from_disk(str(first / "data" / split))["messages"]}
             for split in ("train", "validation")}
     assert not keys["train"] & keys["validation"]

@@ -85,7 +85,7 @@ def _dropped_reasons(out: Path) -> list[str]:
 def test_when_every_record_is_dropped_the_reasons_are_kept(tmp_path: Path,
                                                            prepare: Any) -> None:
     no_reply = {"messages": chat(0)["messages"][:1]}
-    data = write_jsonl(tmp_path / "d.jsonl", [no_reply, "not json", {"text": "x"}])
+    data = write_jsonl(tmp_path / "d.jsonl", [no_reply, "not json", {"body": "x"}])
     with pytest.raises(UserError, match=r"data\.loader: no usable records after cleaning"):
         prepare(data)
     out = tmp_path / "run"

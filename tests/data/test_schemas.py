@@ -74,7 +74,7 @@ def test_unknown_column_key_names_the_field() -> None:
     ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown_role"),
     ({"messages": [{"role": "user", "content": 3}]}, "wrong_type"),
     ({"messages": "hello"}, "wrong_type"),
-    ({"text": "just text"}, "unknown_schema"),
+    ({"body": "just text"}, "unknown_schema"),
 ])
 def test_bad_records_name_their_reason(data: dict, reason: str) -> None:
     with pytest.raises(RecordError) as err:
