@@ -5,10 +5,17 @@ training labels) with the tokenizer saved in ``data/tokenizer/``, so what the mo
 here is what it learned; ``--gguf`` instead hands the conversation to llama.cpp, which
 renders it with the template written into the GGUF — the way the file will be served.
 Greedy decoding is the default so that an answer can be reproduced.
+
+``--tools FILE`` gives the template tool definitions to render. The model then answers
+with a tool call in its own markup, which a serving stack would parse; here it is printed
+as written, special tokens included (only the token that ends the turn is left out), so a
+call that is wrong by one marker shows. With ``--gguf`` it is what llama.cpp's chat
+completion returns, which leaves out control tokens.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,12 +23,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lorapipe.artifacts import RunPaths
+from lorapipe.components import ChatTemplate, RecordError, Tools, UnrenderableConversation
 from lorapipe.config import load_config
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 
 Write = Callable[[str], None]
 Message = dict[str, str]
+_PROBE = [{"role": "user", "content": "Hello"}]  # a conversation to see what tools change
 HELP = "/reset clears the conversation · /system TEXT sets the system prompt · /exit ends"
 
 
@@ -39,8 +48,9 @@ class Sampling:
 class Backend(Protocol):
     label: str
 
-    def reply(self, messages: list[Message], write: Write) -> str:
-        """Stream the reply to ``messages`` through ``write``; return it whole."""
+    def reply(self, messages: list[Message], write: Write, tools: Tools | None = None) -> str:
+        """Stream the reply to ``messages`` (with ``tools`` defined) through ``write``;
+        return it whole."""
 
 
 def open_run(target: str | Path) -> RunContext:
@@ -59,6 +69,59 @@ def open_run(target: str | Path) -> RunContext:
     return RunContext(build_plan(load_config(path)), config_file=path)
 
 
+def load_tools(path: Path) -> Tools:
+    """``--tools FILE``: a JSON list of tool definitions, each ``{name, description,
+    parameters}`` or wrapped as ``{type: function, function: {...}}``."""
+    from lorapipe.data.messages import tools_list
+
+    where = f"--tools {path}"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{where}: cannot read it ({err})") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not JSON ({err.msg}, line {err.lineno} column "
+                        f"{err.colno})") from None
+    if not isinstance(value, list):
+        raise UserError(f"{where}: expected a JSON list of tool definitions "
+                        "({name, description, parameters} each)")
+    try:
+        tools = tools_list(value, path.name)
+    except RecordError as err:
+        raise UserError(f"{where}: {err.detail}") from None
+    if tools is None:
+        raise UserError(f"{where}: the list of tool definitions is empty")
+    return tools
+
+
+def _prompt(template: ChatTemplate, tokenizer: Any, messages: list[Message],
+            tools: Tools | None) -> list[int]:
+    features = {"tools": tools} if tools is not None else {}
+    return template.generation_prompt(messages, tokenizer, **features)
+
+
+def check_tools(template: ChatTemplate, tokenizer: Any, tools: Tools) -> None:
+    """Refuse tools the run's template would not show the model."""
+    if "tools" not in template.renders:
+        raise UserError(f"--tools: chat template '{template.name}' ({template.field}) renders "
+                        "no tool definitions; train with template: tokenizer and a model "
+                        "whose own chat template renders tools")
+    try:
+        with_tools = _prompt(template, tokenizer, _PROBE, tools)
+    except UnrenderableConversation as err:
+        raise UserError(f"--tools: the run's chat template cannot render these tool "
+                        f"definitions: {err}") from None
+    try:
+        without = _prompt(template, tokenizer, _PROBE, None)
+    except UnrenderableConversation:
+        return  # a template that renders only with tools
+    if with_tools == without:
+        raise UserError("--tools: the run's chat template leaves tool definitions out of "
+                        "the prompt, so the model would never see them")
+
+
 class TransformersBackend:
     """A transformers model, prompted through the run's chat template component."""
 
@@ -67,17 +130,35 @@ class TransformersBackend:
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.sampling, self.label = sampling, label
 
-    def reply(self, messages: list[Message], write: Write) -> str:
+    def _stops(self) -> set[int]:
+        """The tokens generation ends a reply with (not part of what it says)."""
+        listed = self.model.generation_config.eos_token_id
+        listed = listed if isinstance(listed, list) else [listed]
+        return {t for t in [*listed, self.tokenizer.eos_token_id] if t is not None}
+
+    def reply(self, messages: list[Message], write: Write, tools: Tools | None = None) -> str:
         import torch
         from transformers import TextStreamer
 
+        # With tools, the reply is shown as written: tool-call markup is often special
+        # tokens, which skipping would hide. The stop token is no part of it.
+        raw = tools is not None
+        stops = torch.tensor(sorted(self._stops()))
+
         class Streamer(TextStreamer):
+            def put(self, value: torch.Tensor) -> None:
+                if raw and not self.next_tokens_are_prompt:
+                    value = value[~torch.isin(value, stops)]
+                    if not value.numel():
+                        return
+                super().put(value)
+
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
                 write(text)
 
         from lorapipe.model.pretrained import pad_token_id
 
-        ids = torch.tensor([self.template.generation_prompt(messages, self.tokenizer)])
+        ids = torch.tensor([_prompt(self.template, self.tokenizer, messages, tools)])
         s = self.sampling
         options: dict[str, Any] = {"do_sample": False}
         if s.temperature > 0:
@@ -89,9 +170,12 @@ class TransformersBackend:
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                 max_new_tokens=s.max_new_tokens, pad_token_id=pad_token_id(self.tokenizer),
-                streamer=Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True),
+                streamer=Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=not raw),
                 **options)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        reply = out[0, ids.shape[1]:]
+        if raw:
+            reply = reply[~torch.isin(reply, stops.to(reply.device))]
+        return self.tokenizer.decode(reply, skip_special_tokens=not raw)
 
 
 class GgufBackend:
@@ -106,13 +190,35 @@ class GgufBackend:
         if not path.is_file():
             raise UserError(f"--gguf {path}: no such file")
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=sampling.seed, verbose=False)
-        self.sampling, self.label = sampling, f"{path.name} (llama.cpp)"
+        self.path, self.sampling, self.label = path, sampling, f"{path.name} (llama.cpp)"
 
-    def reply(self, messages: list[Message], write: Write) -> str:
+    def check_tools(self, tools: Tools) -> None:
+        """Refuse tools llama.cpp would not show the model: it renders them only through
+        the GGUF's own Jinja template (not a built-in format it recognised it as), and
+        only if that template writes them."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if self.llm.chat_format != "chat_template.default" or not template:
+            raise UserError(f"--tools: llama.cpp prompts {self.path.name} in its built-in "
+                            f"'{self.llm.chat_format}' chat format, which renders no tool "
+                            "definitions")
+        formatter = Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+        try:
+            with_tools = formatter(messages=_PROBE, tools=tools).prompt
+            without = formatter(messages=_PROBE).prompt
+        except Exception as err:  # noqa: BLE001 - a template may raise anything
+            raise UserError(f"--tools: the chat template in {self.path.name} cannot render "
+                            f"these tool definitions ({err})") from None
+        if with_tools == without:
+            raise UserError(f"--tools: the chat template in {self.path.name} leaves tool "
+                            "definitions out of the prompt, so the model would never see them")
+
+    def reply(self, messages: list[Message], write: Write, tools: Tools | None = None) -> str:
         s = self.sampling
         parts = []
         for chunk in self.llm.create_chat_completion(
-                messages=messages, stream=True, max_tokens=s.max_new_tokens,
+                messages=messages, tools=tools, stream=True, max_tokens=s.max_new_tokens,
                 temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed):
             text = chunk["choices"][0]["delta"].get("content")
             if text:
@@ -121,15 +227,19 @@ class GgufBackend:
         return "".join(parts)
 
 
-def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None,
-                 sampling: Sampling) -> Backend:
+def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None, sampling: Sampling,
+                 tools: Tools | None = None) -> Backend:
     """The model to talk to: the GGUF, the base, ``merged/``, or the base with ``adapter/``
-    (in that order of preference when several are possible)."""
+    (in that order of preference when several are possible). ``tools`` are checked to
+    reach the model's prompt before any weight is loaded."""
     config, paths = ctx.config, ctx.paths
     if gguf is not None:
         if base:
             raise UserError("--base and --gguf contradict each other; pick one")
-        return GgufBackend(gguf, sampling, n_ctx=config.data.max_length)
+        backend = GgufBackend(gguf, sampling, n_ctx=config.data.max_length)
+        if tools is not None:
+            backend.check_tools(tools)
+        return backend
     from transformers import AutoModelForCausalLM
 
     from lorapipe.manifest import require_intact
@@ -137,6 +247,9 @@ def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None,
     from lorapipe.model.pretrained import from_pretrained, prepared_tokenizer
 
     template, device = ctx.plan.template, ctx.device
+    tokenizer = prepared_tokenizer(paths, config.model)
+    if tools is not None:
+        check_tools(template, tokenizer, tools)
     if base or not (paths.merged / "config.json").is_file():
         quantizer = ctx.plan.quantizer
         adapter = None if base else paths.require_adapter("chat with")
@@ -157,8 +270,7 @@ def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None,
         label = "merged/"
     model.config.use_cache = True  # training turns the KV cache off; generation wants it
     model.eval()
-    return TransformersBackend(model, prepared_tokenizer(paths, config.model), template,
-                               sampling, label)
+    return TransformersBackend(model, tokenizer, template, sampling, label)
 
 
 @dataclass
@@ -167,6 +279,7 @@ class ChatSession:
 
     backend: Backend
     system: str | None = None
+    tools: Tools | None = None  # offered to the model with every message
     history: list[Message] = field(default_factory=list)
 
     def messages(self) -> list[Message]:
@@ -176,7 +289,7 @@ class ChatSession:
     def ask(self, text: str, write: Write) -> str:
         self.history.append({"role": "user", "content": text})
         try:
-            answer = self.backend.reply(self.messages(), write)
+            answer = self.backend.reply(self.messages(), write, self.tools)
         except BaseException:
             self.history.pop()  # an interrupted turn is not part of the conversation
             raise

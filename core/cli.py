@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--gguf", type=Path, help="talk to this exported GGUF through llama.cpp")
     chat.add_argument("--prompt", help="answer this one message and exit (no prompt loop)")
     chat.add_argument("--system", help="system prompt (in the chat: /system TEXT)")
+    chat.add_argument("--tools", type=Path, metavar="FILE",
+                      help="JSON list of tool definitions for the chat template; the "
+                           "model's tool calls are printed as it writes them")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
     chat.add_argument("--top-p", type=float, default=1.0)
@@ -233,23 +236,36 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.count < 1 or args.start < 0:
         raise UserError("--count must be at least 1 and --start at least 0")
     ctx = RunContext(load_plan(args.config, args.overrides))
+    data = ctx.config.data
     show_samples(ctx.paths, console, split=args.split, count=args.count, start=args.start,
-                 ids=args.ids, trust_remote_code=ctx.config.model.trust_remote_code)
+                 ids=args.ids, trust_remote_code=ctx.config.model.trust_remote_code,
+                 train_on=data.train_on, train_on_inputs=data.train_on_inputs,
+                 train_reasoning=data.train_reasoning)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from lorapipe.chat import HELP, ChatSession, Sampling, interact, load_backend, open_run
+    from lorapipe.chat import (
+        HELP,
+        ChatSession,
+        Sampling,
+        interact,
+        load_backend,
+        load_tools,
+        open_run,
+    )
 
     if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 \
             or args.top_k < 0:
         raise UserError("--max-new-tokens must be at least 1, --temperature at least 0, "
                         "--top-p in (0, 1] and --top-k at least 0")
+    tools = load_tools(args.tools) if args.tools is not None else None
     ctx = open_run(args.run)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.top_k,
                         args.seed)
-    backend = load_backend(ctx, base=args.base, gguf=args.gguf, sampling=sampling)
-    session = ChatSession(backend, system=args.system)
+    backend = load_backend(ctx, base=args.base, gguf=args.gguf, sampling=sampling,
+                           tools=tools)
+    session = ChatSession(backend, system=args.system, tools=tools)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -262,8 +278,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
     how = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
-    console.print(f"[bold]{escape(backend.label)}[/] from {escape(str(ctx.paths.root))}, {how}\n"
-                  f"[dim]{escape(HELP)}[/]")
+    if tools is not None:
+        how += ", tools: " + ", ".join(tool["function"]["name"] for tool in tools)
+    console.print(f"[bold]{escape(backend.label)}[/] from {escape(str(ctx.paths.root))}, "
+                  f"{escape(how)}\n[dim]{escape(HELP)}[/]")
     interact(session, input, write)
     return 0
 

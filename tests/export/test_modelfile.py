@@ -15,7 +15,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from lorapipe.model.source import resolve_model_path
-from lorapipe.plugins.exporters.gguf.modelfile import frames, go_template, modelfile, render, stops
+from lorapipe.plugins.exporters.gguf.modelfile import (
+    TOOLS_LEFT,
+    TOOLS_NOTE,
+    frames,
+    go_template,
+    modelfile,
+    render,
+    stops,
+)
 from lorapipe.plugins.templates.llama import Llama2Template, Llama3Template
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
@@ -98,3 +106,24 @@ def test_a_template_that_is_not_framed_is_left_to_ollama(tokenizer: Any) -> None
     assert "Ollama must recognise the GGUF's own" in text
     assert "num_ctx" not in text
     assert stops(tok) == [tok.eos_token]
+
+
+
+def test_the_file_says_tools_are_left_to_ollama(tokenizer: Any) -> None:
+    """No TEMPLATE lorapipe writes renders tools (it could not be checked to render them
+    exactly), so the file says that Ollama will turn tool requests down; without a
+    TEMPLATE, tools are up to the template Ollama recognises, and the file says that."""
+    assert TOOLS_NOTE.startswith("# Tools: lorapipe leaves them to Ollama.")
+    assert TOOLS_LEFT.startswith("# Tools: lorapipe leaves them to Ollama,")
+    # framed templates that render tools themselves, as trained, and Llama 3
+    framed = [text for text in (path.read_text() for path in sorted(TEMPLATES.glob("*.jinja")))
+              if "tools" in text and frames(with_template(tokenizer, text))]
+    assert len(framed) >= 3
+    for text in [*framed, Llama3Template.chat_template]:
+        file = modelfile("model-q8_0.gguf", with_template(tokenizer, text), 2048)
+        assert file.endswith('"""\n' + TOOLS_NOTE + "\n") and TOOLS_LEFT not in file
+        # Ollama offers tools only to a template that uses .Tools; this one uses no tool field
+        assert "Tool" not in file.split('TEMPLATE """', 1)[1].rsplit('"""', 1)[0]
+    file = modelfile("model-f16.gguf", with_template(tokenizer, Llama2Template.chat_template),
+                     None)
+    assert file.endswith("\n" + TOOLS_LEFT + "\n") and TOOLS_NOTE not in file

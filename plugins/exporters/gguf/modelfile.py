@@ -10,6 +10,13 @@ template's rendering of several conversations exactly. Templates that fold the s
 prompt into a turn or add text of their own (Llama 2, Mistral, Gemma, Qwen's default
 system prompt) are left to Ollama's recognition, and the file says so.
 
+Tools are left to Ollama, and the file says that too. How a template writes tool
+definitions, calls and results (its own JSON layout, XML tags, special tokens) is not a
+frame around a message's content, and Ollama writes ``.Tools``/``.ToolCalls`` with its own
+JSON encoding (fixed key order), so a derived TEMPLATE could not be checked to render
+them exactly. It renders none, and Ollama then turns down requests that carry tools (it
+offers tools only to a template that uses ``.Tools``).
+
 ``stop`` is what the template writes after a reply (its end-of-turn marker);
 ``num_ctx`` is the context the model was trained on (``data.max_length``), not the
 model's maximum, whose KV cache Ollama would reserve in full.
@@ -21,6 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 _MARK = "\x00{}\x00"  # placeholders no real template writes
+# What the file says of tools, with the TEMPLATE lorapipe derives and without one.
+TOOLS_NOTE = ("# Tools: lorapipe leaves them to Ollama. This TEMPLATE renders no tool "
+              "definitions or calls (.Tools, .ToolCalls), so Ollama turns down requests with "
+              "tools; to serve tool calls, write a TEMPLATE that renders them in the format "
+              "the model was trained on")
+TOOLS_LEFT = ("# Tools: lorapipe leaves them to Ollama, which offers them only where the "
+              "template it recognises renders them (.Tools) and parses the model's calls "
+              "itself")
 
 
 @dataclass(frozen=True)
@@ -130,11 +145,12 @@ def modelfile(gguf_name: str, tokenizer: Any, num_ctx: int | None) -> str:
     found = frames(tokenizer) if tokenizer.chat_template else None
     template = go_template(found) if found is not None else None
     if template is not None and '"""' not in template:
-        lines.append(f'TEMPLATE """{template}"""')
+        lines += [f'TEMPLATE """{template}"""', TOOLS_NOTE]
     else:
         lines.append("# No TEMPLATE: this chat template is not a fixed frame per message, so "
                      "Ollama must recognise the GGUF's own (check with `ollama show "
                      "--template NAME`)")
+        lines.append(TOOLS_LEFT)
     return "\n".join(lines) + "\n"
 
 
