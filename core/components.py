@@ -344,8 +344,12 @@ class EvalContext:
             yield self.model
 
     def conversations(self) -> list[Conversation]:
-        """The held-out conversations as message lists (stored as JSON strings)."""
-        return [json.loads(text) for text in self.dataset["messages"]]
+        """The held-out conversations as message lists (stored as JSON strings); documents
+        and prompt/completion pairs are not conversations."""
+        kinds = (self.dataset["kind"] if "kind" in self.dataset.column_names
+                 else ["chat"] * len(self.dataset))
+        return [json.loads(text) for text, kind in zip(self.dataset["messages"], kinds,
+                                                       strict=True) if kind == "chat"]
 
 
 class Evaluator(Component):
