@@ -196,7 +196,9 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = True
     activation_offload: bool = False  # GPU: keep saved activations in CPU memory
     kernels: Literal["liger"] | None = None  # GPU: Liger's fused Triton kernels
-    packing: bool = False
+    # Several samples per row, no attention across them; auto: for raw text (every
+    # training sample a document), which pretraining packs.
+    packing: bool | Literal["auto"] = "auto"
     padding_free: bool = False  # each micro batch as one row: no padding tokens at all
     group_by_length: bool = True
     logging_steps: int = Field(10, ge=1)

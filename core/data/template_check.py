@@ -48,4 +48,6 @@ def check_template(plan: RunPlan, tokenizer: Any) -> None:
     others = [name for name in usable_templates(plan, tokenizer) if name != template.name]
     advice = (f"Templates that work with this model's tokenizer: {', '.join(others)}"
               if others else "No installed chat template works with this model's tokenizer")
-    raise UserError(f"{problem}. {advice} (lorapipe components chat_template)") from None
+    raise UserError(f"{problem}. {advice} (lorapipe components chat_template); for raw text "
+                    "or prompt/completion data, which needs no template, set data.format: "
+                    "text or prompt_completion") from None

@@ -31,7 +31,11 @@ class Accumulation:
         self.examples: list[Example] = load_examples(train_data)
         lengths = [len(ids) for ids, _ in self.examples]
         singles = [[i] for i in range(len(lengths))]
-        self.items: list[Item] = pack(lengths, max_length) if config.packing else singles
+        packing = config.packing
+        if packing == "auto":
+            kinds = set(train_data["kind"]) if "kind" in train_data.column_names else set()
+            packing = kinds == {"text"}
+        self.items: list[Item] = pack(lengths, max_length) if packing else singles
         self.item_lengths = [sum(lengths[i] for i in item) for item in self.items]
         self.steps_per_epoch = len(self._plan(0))
         if self.steps_per_epoch == 0:

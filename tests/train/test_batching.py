@@ -78,3 +78,23 @@ def test_loss_sum_matches_cross_entropy_over_full_logits() -> None:
     # the hook is removed afterwards: a plain forward gives (batch, length, vocab) logits again
     with torch.no_grad():
         assert model(input_ids=batch["input_ids"]).logits.dim() == 3
+
+
+def test_packing_auto_packs_raw_text_only() -> None:
+    """train.packing: auto packs rows when every training sample is a document (raw
+    text is packed as pretraining packs it), and leaves conversations one to a row."""
+    from datasets import Dataset
+
+    from lorapipe.config import TrainConfig
+    from lorapipe.train.accumulation import Accumulation
+
+    def rows(kind: str) -> Dataset:
+        ids = [[1] * n for n in (10, 20, 30, 40, 15, 25, 35, 5)]
+        return Dataset.from_dict({"input_ids": ids, "labels": ids, "kind": [kind] * len(ids)})
+
+    config = TrainConfig(micro_batch_size=1, gradient_accumulation_steps=1)
+    assert config.packing == "auto"
+    packed = Accumulation(rows("text"), config, max_length=64, pad_token_id=0, world=1, rank=0)
+    single = Accumulation(rows("chat"), config, max_length=64, pad_token_id=0, world=1, rank=0)
+    assert len(single.items) == 8 and len(packed.items) < 8
+    assert sorted(i for item in packed.items for i in item) == list(range(8))
