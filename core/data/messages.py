@@ -50,13 +50,20 @@ def _content(value: Any, where: str, role: str) -> str:
     raise RecordError("wrong_type", f"{where} must be a string, got {type(value).__name__}")
 
 
+def _parsed(value: Any, reason: str, where: str) -> Any:
+    """``value``, or the JSON a string of it holds (tools, calls and arguments are often
+    stored as JSON text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise RecordError(reason, f"{where} is not JSON ({err.msg}, column {err.colno})"
+                          ) from None
+
+
 def _arguments(value: Any, where: str) -> dict[str, Any]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RecordError("bad_tool_call",
-                              f"{where} is not JSON ({err.msg}, column {err.colno})") from None
+    value = _parsed(value, "bad_tool_call", where)
     if not isinstance(value, dict):
         raise RecordError("bad_tool_call",
                           f"{where} must be a JSON object (or a string of one), "
@@ -93,14 +100,9 @@ def tools_list(value: Any, where: str) -> list[dict[str, Any]] | None:
     stores them) of function schemas, each wrapped as ``{type: function, function}``."""
     if value is None:
         return None
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RecordError("bad_tools",
-                              f"'{where}' is not JSON ({err.msg}, column {err.colno})") from None
+    if isinstance(value, str) and not value.strip():
+        return None
+    value = _parsed(value, "bad_tools", f"'{where}'")
     if not isinstance(value, list):
         raise RecordError("bad_tools", f"'{where}' must be a list of function definitions")
     tools = []
@@ -151,12 +153,7 @@ def conversation(turns: Any, list_key: str, role_key: str, content_key: str,
                                               f"one of {', '.join(roles)}")
         role = roles[written]
         if written == "function_call":  # ShareGPT: the call(s) as JSON text
-            raw = turn.get(content_key)
-            try:
-                parsed = json.loads(raw) if isinstance(raw, str) else raw
-            except json.JSONDecodeError as err:
-                raise RecordError("bad_tool_call",
-                                  f"{where}.{content_key} is not JSON ({err.msg})") from None
+            parsed = _parsed(turn.get(content_key), "bad_tool_call", f"{where}.{content_key}")
             message: Message = {"role": "assistant", "content": "",
                                 "tool_calls": parsed if isinstance(parsed, list) else [parsed]}
             previous = messages[-1] if messages else None

@@ -1,5 +1,7 @@
 """Every chat template in llama.cpp's collection trains exactly the reference's tokens on
-multi-turn data with and without a system prompt, or is refused with a reason."""
+multi-turn data with and without a system prompt, or is refused with a reason. The
+reference (``real_templates.py``) ends each reply on its family's stop tokens, on a real
+vocabulary with the family's markers, never by comparing renderings as lorapipe does."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from llama_cpp_material import real_tokenizer
 from real_templates import CONVERSATIONS, TEMPLATES, check
+from tool_templates import FAMILIES as REFERENCE_FAMILIES
 
 from lorapipe.context import RunContext
 from lorapipe.model.source import resolve_model_path
@@ -35,15 +38,14 @@ FAMILIES = {
 
 
 def test_the_collection_is_there() -> None:
-    assert len(PATHS) >= 60 and set(FAMILIES) <= {p.stem for p in PATHS}
+    stems = {p.stem for p in PATHS}
+    # the reference knows every template's family: its vocabulary and stop tokens
+    assert len(PATHS) >= 60 and set(FAMILIES) <= stems and stems == set(REFERENCE_FAMILIES)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
-def test_template_trains_the_reference_spans_or_is_refused(path: Path, tokenizer: Any) -> None:
-    tokenizer = copy.copy(tokenizer)
-    template = path.read_text(encoding="utf-8")
-    outcomes = {name: check(template, messages, tokenizer)
-                for name, messages in CONVERSATIONS.items()}
+def test_template_trains_the_reference_spans_or_is_refused(path: Path) -> None:
+    outcomes = {name: check(path, name) for name in CONVERSATIONS}
     for name, outcome in outcomes.items():
         assert outcome == "trained correctly" or outcome.startswith("refused: "), (name, outcome)
     if path.stem in FAMILIES:
@@ -51,24 +53,22 @@ def test_template_trains_the_reference_spans_or_is_refused(path: Path, tokenizer
         assert trained == FAMILIES[path.stem], outcomes
 
 
-# Each family's stop tokens, as its generation_config.json lists them in eos_token_id:
-# what a reply ends with, whatever lorapipe's rule for finding an end-of-turn is.
-FAMILY_STOPS = {
-    ("phi3", "microsoft-Phi-3.5-mini-instruct"): ("<|end|>", "<|assistant|>", "<|endoftext|>"),
-    ("llama3", "meta-llama-Llama-3.1-8B-Instruct"): ("<|end_of_text|>", "<|eom_id|>",
-                                                     "<|eot_id|>"),
-    ("qwen2", "Qwen-Qwen2.5-7B-Instruct"): ("<|im_end|>", "<|endoftext|>"),
-    ("gemma", "google-gemma-2-2b-it"): ("<eos>", "<end_of_turn>"),
-}
+# Real tokenizers as llama_cpp_material builds them, without the family's stop tokens
+# beside them (no generation_config.json: lorapipe knows only the EOS).
+BASES = [("phi3", "microsoft-Phi-3.5-mini-instruct"),
+         ("llama3", "meta-llama-Llama-3.1-8B-Instruct"),
+         ("qwen2", "Qwen-Qwen2.5-7B-Instruct"),
+         ("gemma", "google-gemma-2-2b-it")]
 
 
-@pytest.mark.parametrize(("name", "template"), list(FAMILY_STOPS), ids=lambda x: x)
+@pytest.mark.parametrize(("name", "template"), BASES, ids=lambda x: x)
 def test_a_reply_is_trained_up_to_its_stop_token_never_into_the_next_turn(
         name: str, template: str) -> None:
-    """On the family's real tokenizer, multi-turn: each reply that another turn follows is
-    trained up to the first of the family's stop tokens after it, and not one token of
-    the next turn (Phi-3.5 trained "<|user|>" after every non-final reply); the last one
-    at least that far."""
+    """On the family's real tokenizer, multi-turn, lorapipe left to find the stop tokens
+    itself: each reply that another turn follows is trained up to the first of the
+    family's stop tokens after it (its generation_config.json's eos_token_id, as the
+    reference's table lists them), and not one token of the next turn (Phi-3.5 trained
+    "<|user|>" after every non-final reply); the last one at least that far."""
     from transformers import AutoTokenizer
 
     from lorapipe.authoring.masking import trained_text
@@ -82,7 +82,7 @@ def test_a_reply_is_trained_up_to_its_stop_token_never_into_the_next_turn(
     expected = []
     for reply in replies:
         end = full.index(reply) + len(reply)
-        stop = min((full.index(s, end), s) for s in FAMILY_STOPS[name, template]
+        stop = min((full.index(s, end), s) for s in REFERENCE_FAMILIES[template].stops
                    if s in full[end:])
         expected.append(reply + full[end:stop[0] + len(stop[1])])
     trained = trained_text(TokenizerTemplate().encode(messages, tokenizer), tokenizer)

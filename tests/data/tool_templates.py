@@ -6,7 +6,8 @@ renders with transformers' public ``apply_chat_template(messages, tools=...)`` a
 compares renderings: it finds each message by searching, in order, for text the test made
 unique (a user's words, a word of each tool result, a reply, each call's function name and
 argument values), and takes from a table written per template, from knowledge of its
-model family:
+model family (every template of the collection has an entry; those that know no tools,
+for ``real_templates.py``'s plain conversations, have no ``calls``):
 
 - ``stops``: the family's stop tokens, what its ``generation_config.json`` lists as
   ``eos_token_id`` (Llama 3.x ``<|eot_id|>``/``<|eom_id|>``, ChatML ``<|im_end|>``,
@@ -258,6 +259,10 @@ FAMILIES = {
                                                  ("<｜DSML｜tool_calls>",)),
     "deepseek-ai-DeepSeek-V4": Family(DEEPSEEK, _DEEPSEEK_STOP, ("<｜DSML｜tool_calls>",)),
     "fireworks-ai-llama-3-firefunction-v2": Family(LLAMA3, _LLAMA3_STOPS, (" functools[",)),
+    # The three templates that know no tools (no call markup): for the plain conversations
+    # of real_templates.py. Gemma 2: generation_config.json's eos_token_id [1, 107].
+    "google-gemma-2-2b-it": Family(Vocab("gemma", bos="<bos>", eos="<eos>"),
+                                   ("<eos>", "<end_of_turn>"), ()),
     # Gemma 4 stops on the <|tool_response> it writes after a call (the runtime fills it in)
     "google-gemma-4-31B-it-interleaved": Family(
         GEMMA4,
@@ -274,6 +279,12 @@ FAMILIES = {
                         "</arg_key>", "<arg_value>", "</arg_value>")),
         ("<|role_end|>",), ("<tool_call>",)),
     "llama-cpp-deepseek-r1": Family(DEEPSEEK, _DEEPSEEK_STOP, _DEEPSEEK_CALLS),
+    # RWKV World: llama.cpp's converter sets token 261, "\n\n", as its end of turn (BOS
+    # and EOS are token 0, "<s>"). Its vocabulary (rwkv_vocab_v20230424, greedy longest
+    # match) is not in llama.cpp's tree: Llama 3's, with "\n\n" as one token, as RWKV's
+    # writes it after each reply here (it has no ".\n\n" token)
+    "llama-cpp-rwkv-world": Family(Vocab("llama3", ("\n\n",), bos="<s>", eos="<s>",
+                                         alone=True), ("\n\n",), ()),
     "meetkai-functionary-medium-v3.1": Family(LLAMA3, _LLAMA3_STOPS,
                                               ("<function=", "<|python_tag|>")),
     "meetkai-functionary-medium-v3.2": Family(LLAMA3, _LLAMA3_STOPS, (">>>",)),
@@ -284,6 +295,9 @@ FAMILIES = {
                                                ("<|python_tag|>", '{"name"')),
     "meta-llama-Llama-3.3-70B-Instruct": Family(LLAMA3, _LLAMA3_STOPS,
                                                 ("<|python_tag|>", '{"name"')),
+    # Phi-3.5: eos_token_id [32007, 32001, 32000]; its markers are the vocabulary's own
+    "microsoft-Phi-3.5-mini-instruct": Family(Vocab("phi3"),
+                                              ("<|end|>", "<|assistant|>", "<|endoftext|>"), ()),
     "mistralai-Ministral-3-14B-Reasoning-2512": Family(MISTRAL, ("</s>",), ("[TOOL_CALLS]",)),
     "mistralai-Mistral-Nemo-Instruct-2407": Family(MISTRAL, ("</s>",), ("[TOOL_CALLS]",)),
     "moonshotai-Kimi-K2": Family(KIMI, ("<|im_end|>",), ("<|tool_calls_section_begin|>",)),
@@ -344,7 +358,7 @@ def _first(text: str, needles: tuple[str, ...], start: int, stop: int) -> tuple[
     return min(found) if found else None
 
 
-def reference_spans(messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+def reference_spans(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
                     tokenizer: Any, template: str, family: Family
                     ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans to train (raises NoReference)."""
@@ -445,21 +459,27 @@ def check(template_path: Path, conversation: str) -> str:
     """``trained correctly``, or ``refused: <reason>``; raises AssertionError when lorapipe
     trains anything but the reference's tokens, or trains what the reference finds no reply
     in."""
+    return judge(template_path, CONVERSATIONS[conversation], TOOLS)
+
+
+def judge(template_path: Path, messages: list[dict[str, Any]],
+          tools: list[dict[str, Any]] | None) -> str:
+    """``check`` for any conversation (``tools=None``: a plain one, as
+    ``real_templates.py`` judges them), on the template's family tokenizer."""
     family = FAMILIES[template_path.stem]
     template = template_path.read_text(encoding="utf-8")
     tokenizer = family_tokenizer(family.vocab)
     tokenizer.chat_template = template
-    messages = CONVERSATIONS[conversation]
     try:
         # The family's stop tokens, as lorapipe reads them from a real model's
         # generation_config.json (these tokenizers have none beside them).
         options = TokenizerTemplate.Options(stop_tokens=list(family.stops))
         encoded = TokenizerTemplate(options, field="data.template").encode(
-            messages, tokenizer, tools=TOOLS)
+            messages, tokenizer, tools=tools)
     except (UnrenderableConversation, UserError) as err:
         return f"refused: {err}".splitlines()[0][:160]
     try:
-        text, spans = reference_spans(messages, TOOLS, tokenizer, template, family)
+        text, spans = reference_spans(messages, tools, tokenizer, template, family)
     except NoReference as err:
         raise AssertionError(f"trained, but the reference finds nothing to train: {err}"
                              ) from None
