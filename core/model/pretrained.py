@@ -78,6 +78,31 @@ def prepared_tokenizer(paths: RunPaths, model: ModelConfig) -> PreTrainedTokeniz
     return load_tokenizer(model)
 
 
+def tokenization(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What decides the ids a tokenizer gives: its vocabulary and merges, normalizer,
+    pre-tokenizer, added tokens (as matched, not how they are flagged) and special tokens.
+    Not its class or file layout, which ``save_pretrained`` and transformers' loading
+    rewrite (a config declaring LlamaTokenizerFast over a byte-level tokenizer.json loads
+    as TokenizersBackend)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: its vocabulary is what there is to compare
+        return {"vocab": tokenizer.get_vocab(), "special": tokenizer.special_tokens_map}
+    state = json.loads(backend.to_str())
+    matching = ("id", "content", "single_word", "lstrip", "rstrip", "normalized")
+    return {"model": state.get("model"), "normalizer": state.get("normalizer"),
+            "pre_tokenizer": state.get("pre_tokenizer"),
+            "added": [{k: t.get(k) for k in matching} for t in state.get("added_tokens", [])],
+            "special": tokenizer.special_tokens_map}
+
+
+def tokenization_difference(a: PreTrainedTokenizerBase,
+                            b: PreTrainedTokenizerBase) -> str | None:
+    """The first part of :func:`tokenization` in which ``a`` and ``b`` differ, or None."""
+    first, second = tokenization(a), tokenization(b)
+    return next((part for part in (*first, *second) if first.get(part) != second.get(part)),
+                None)
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id batches are padded with. Pad positions are masked out of attention and loss,
     so where the tokenizer defines no pad token (GPT-2 and other base models) any id will

@@ -62,8 +62,12 @@ def _record_memory(paths: RunPaths, report: dict[str, Any], peak: dict[str, Any]
 
 def _check_same_tokenizer(prepared: Any, model_tokenizer: Any, paths: Any) -> None:
     """Ids mean nothing under another vocabulary: refuse data prepared for another model."""
-    if prepared.get_vocab() != model_tokenizer.get_vocab():
+    from lorapipe.model.pretrained import tokenization_difference
+
+    differs = tokenization_difference(prepared, model_tokenizer)
+    if differs is not None:
         raise UserError(
             f"the data in {paths.data} was tokenized with a different tokenizer than "
-            "model.name_or_path's; run `lorapipe prepare CONFIG` again for this model"
+            f"model.name_or_path's (their {differs.replace('_', '-')} differs); run "
+            "`lorapipe prepare CONFIG` again for this model"
         )
