@@ -246,7 +246,7 @@ class EvaluateConfig(Section):
 
 class MergeConfig(Section):
     enabled: bool = True
-    dtype: Dtype | None = None  # None: the model's dtype
+    dtype: Dtype | None = None  # None: the base checkpoint's stored dtype
 
 
 class ExportConfig(Section):

@@ -60,7 +60,10 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     base_dir = _local_model_dir(config.model.name_or_path)
     refuse_quantized_checkpoint(str(base_dir))
 
-    dtype = resolve_dtype(config.merge.dtype, device=device) if config.merge.dtype else ctx.dtype
+    # merged/ is the base checkpoint's kind of file unless asked otherwise: an fp32 base
+    # trained in bf16 compute still merges (and is checked) in fp32.
+    dtype = (resolve_dtype(config.merge.dtype, device=device) if config.merge.dtype
+             else Layout.of(base_dir).stored_dtype())
     started = time.perf_counter()
     tokenizer = prepared_tokenizer(ctx.paths, config.model)
     samples = _verification_samples(ctx, tokenizer)

@@ -153,6 +153,9 @@ def _residual(rows: torch.Tensor, update: _Update, adapter: LoraAdapter) -> torc
     return layer.weight.data
 
 
+_FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
 @dataclass
 class Layout:
     """The base checkpoint as stored: its safetensors shards."""
@@ -180,6 +183,19 @@ class Layout:
     def numel(self) -> int:
         """How many numbers the checkpoint holds (from the headers, nothing loaded)."""
         return sum(_shard_numel(self.directory / shard) for shard in self.shards)
+
+    def stored_dtype(self) -> torch.dtype:
+        """The floating dtype most of the checkpoint's numbers are stored in (from the
+        headers): what ``merged/`` is written in unless ``merge.dtype`` says otherwise."""
+        counts: dict[str, int] = {}
+        for shard in self.shards:
+            with safe_open(str(self.directory / shard), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    part = handle.get_slice(key)
+                    kind = part.get_dtype()
+                    counts[kind] = counts.get(kind, 0) + math.prod(part.get_shape())
+        floats = {k: n for k, n in counts.items() if k in _FLOAT_DTYPES}
+        return _FLOAT_DTYPES[max(floats, key=floats.__getitem__)] if floats else torch.float32
 
 
 # Each shard is opened in its own function: its mapping is released only when the handle

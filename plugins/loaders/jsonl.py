@@ -70,6 +70,10 @@ class JsonlLoader(FileLoader):
                     why = RecordError("malformed_json", f"{err.msg} (column {err.colno})")
                     yield RawRecord(source, location, error=why)
                     continue
+                except ValueError as err:  # an integer past Python's digit limit
+                    why = RecordError("malformed_json", str(err).split(";")[0])
+                    yield RawRecord(source, location, error=why)
+                    continue
                 if not isinstance(data, dict):
                     why = RecordError("wrong_type",
                                       f"expected a JSON object, got {type(data).__name__}")

@@ -308,7 +308,7 @@ FAMILIES = {
     "openai-gpt-oss-120b": Family(
         Vocab("qwen2", ("<|start|>", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>",
                         "<|return|>", "<|call|>")),
-        ("<|return|>", "<|call|>", "<|end|>"), (" to=",)),
+        ("<|return|>", "<|call|>", "<|endoftext|>"), (" to=",)),
     "openbmb-MiniCPM5-1B": Family(QWEN, ("<|im_end|>",), ("<function name=",)),
     "poolside-Laguna-S-2.1": Family(
         LAGUNA, ("</assistant>",),

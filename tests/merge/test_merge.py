@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -121,6 +122,7 @@ def test_a_damaged_adapter_is_refused_naming_the_file(adapter_run, capsys) -> No
 LIMITED_MERGE = r"""
 import json, resource, sys
 from pathlib import Path
+from typing import Any
 import peft, torch, transformers  # noqa: F401 (imported before the limit, as the stage's)
 import transformers.models.llama.modeling_llama  # noqa: F401
 from lorapipe.config import validate_config
@@ -180,3 +182,21 @@ def test_a_model_larger_than_the_memory_left_merges(tmp_path: Path) -> None:
     with torch.no_grad():
         got = merged(input_ids=torch.tensor([IDS[0]])).logits
     assert (got - expected).abs().max() < 1e-4
+
+
+def test_merged_is_stored_as_the_base_whatever_the_compute_dtype(
+        tmp_path: Path, make_context, save_adapter) -> None:  # noqa: ANN001
+    """tiny-llama is stored in fp32: trained in bf16 compute, merged/ is still fp32 (and
+    checked against base+adapter in fp32); merge.dtype chooses otherwise."""
+    from safetensors import safe_open
+
+    def stored(ctx: Any) -> set[str]:
+        with safe_open(str(ctx.paths.merged / "model.safetensors"), framework="pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+
+    bf16 = make_context(tmp_path / "bf16", model={"name_or_path": "tiny-llama", "dtype": "bf16"})
+    save_adapter(bf16.paths.adapter)
+    assert run_stage(bf16)["dtype"] == "fp32" and stored(bf16) == {"F32"}
+    asked = make_context(tmp_path / "asked", merge={"dtype": "bf16"})
+    save_adapter(asked.paths.adapter)
+    assert run_stage(asked)["dtype"] == "bf16" and stored(asked) == {"BF16"}

@@ -142,13 +142,18 @@ def end_of_turn(after: str, closing: str, render: Renderer) -> str:
     ``closing``, the rest when the conversation ends with the turn: what both write, in
     whole tokens, without trailing whitespace (e.g. ChatML's "\n" between turns); cut
     after the first of the model's stop tokens in it, or extended to one that follows
-    (gpt-oss and GLM write different tokens, or none, after a last reply)."""
-    agreed = whole_tokens(os.path.commonprefix([after, closing]), after, render).rstrip()
+    (gpt-oss and GLM write different tokens, or none, after a last reply). A stop token
+    of whitespace (RWKV World's "\n\n") is kept."""
+    agreed = whole_tokens(os.path.commonprefix([after, closing]), after, render)
     found = [(agreed.find(stop), stop) for stop in render.stops if stop in agreed]
     if found:
         index, stop = min(found)
         return agreed[:index + len(stop)]
+    agreed = agreed.rstrip()
     rest = after[len(agreed):]
+    for stop in render.stops:
+        if rest.startswith(stop):
+            return agreed + stop
     gap = len(rest) - len(rest.lstrip())
     for stop in render.stops:
         if rest.startswith(stop, gap):
