@@ -136,3 +136,14 @@ def test_truncating_strategies_bound_each_message_not_the_conversation(
     assert report["dropped"] == {"too_long": 1}
     assert report["examples"]["too_long"][0]["location"] == f"{data}:12"
     assert summary["kept"] == 11
+
+
+def test_an_integer_past_pythons_digit_limit_drops_one_record(tmp_path: Path) -> None:
+    from lorapipe.authoring.file_loader import FileOptions
+    from lorapipe.plugins.loaders.jsonl import JsonlLoader
+
+    path = tmp_path / "big.jsonl"
+    path.write_text('{"messages": [], "n": ' + "9" * 5000 + '}\n{"messages": []}\n')
+    records = list(JsonlLoader(FileOptions(path=[str(path)])).records())
+    assert records[0].error.reason == "malformed_json"
+    assert "4300 digits" in records[0].error.detail and records[1].error is None
