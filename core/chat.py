@@ -245,6 +245,7 @@ def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None, sampling: Sa
     from lorapipe.manifest import require_intact
     from lorapipe.model.loading import load_base_model
     from lorapipe.model.pretrained import from_pretrained, prepared_tokenizer
+    from lorapipe.safetensors_check import require_safe_adapter, require_safe_model
 
     template, device = ctx.plan.template, ctx.device
     tokenizer = prepared_tokenizer(paths, config.model)
@@ -259,11 +260,14 @@ def load_backend(ctx: RunContext, *, base: bool, gguf: Path | None, sampling: Sa
             from peft import PeftModel
 
             require_intact(adapter, "run `lorapipe train CONFIG` again")
+            # before peft sees it: it would torch.load an adapter_model.bin
+            require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
             model = PeftModel.from_pretrained(model, str(adapter))
         label = "base model" if base else "base model + adapter/"
         label += f" ({quantizer.name})"
     else:
         require_intact(paths.merged, "run `lorapipe merge CONFIG` again")
+        require_safe_model(paths.merged, "run `lorapipe merge CONFIG` again")
         model = from_pretrained(AutoModelForCausalLM, paths.merged,
                                 trust_remote_code=config.model.trust_remote_code,
                                 dtype="auto", device_map={"": device})

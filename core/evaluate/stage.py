@@ -17,6 +17,7 @@ from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.evaluate.samples import write_samples
 from lorapipe.manifest import require_intact
+from lorapipe.safetensors_check import require_safe_adapter
 
 
 def load_held_out(ctx: RunContext) -> Any:
@@ -52,6 +53,8 @@ def _load_model(ctx: RunContext) -> Any:
     from lorapipe.model.loading import load_base_model
 
     adapter = ctx.paths.require_adapter("evaluate")
+    # before peft sees it: it would torch.load an adapter_model.bin
+    require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
     base = load_base_model(ctx.config.model, dtype=ctx.dtype, device=ctx.device,
                            quantizer=ctx.plan.quantizer)
     return PeftModel.from_pretrained(base, adapter)

@@ -12,6 +12,7 @@ from typing import Any
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.manifest import require_intact, write_manifest
+from lorapipe.safetensors_check import require_safe_model
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -25,6 +26,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
             "(and keep merge.enabled: true when export.exporters is set)"
         )
     require_intact(merged, "run `lorapipe merge CONFIG` again")
+    require_safe_model(merged, "run `lorapipe merge CONFIG` again")
     for exporter in exporters:
         exporter.check(merged)
     artifacts: list[dict[str, Any]] = []

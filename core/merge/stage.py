@@ -35,6 +35,7 @@ from lorapipe.merge.streamed_logits import (
     streamed_logits,
 )
 from lorapipe.merge.streaming import Architecture, Layout, lora_init, merge_checkpoint
+from lorapipe.safetensors_check import require_safe_adapter
 
 MERGE_REPORT = "lorapipe_merge.json"
 # Merged vs base+adapter in the same precision differ only by rounding of W + BA.
@@ -57,6 +58,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     if not config.merge.enabled:
         return {"skipped": "merge.enabled is false"}
     adapter = ctx.paths.require_adapter("merge")
+    # before peft sees it: it would torch.load an adapter_model.bin
+    require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
     base_dir = _local_model_dir(config.model.name_or_path)
     refuse_quantized_checkpoint(str(base_dir))
 

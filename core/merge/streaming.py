@@ -85,6 +85,9 @@ class LoraAdapter:
     def load(cls, adapter_dir: Path) -> LoraAdapter:
         from peft import LoraConfig
 
+        from lorapipe.safetensors_check import require_safe_adapter
+
+        require_safe_adapter(adapter_dir, "run `lorapipe train CONFIG` again")
         config = LoraConfig.from_pretrained(str(adapter_dir))
         tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
         updates: dict[str, _Update] = {}

@@ -41,6 +41,7 @@ from lorapipe.config.messages import file_problem
 from lorapipe.confinement import remove_tree
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem, write_manifest
+from lorapipe.safetensors_check import adapter_problem
 from lorapipe.train.distributed import load_optimizer_state
 
 _NAME = re.compile(r"^step-(\d+)$")
@@ -198,10 +199,11 @@ def _state_problem(directory: Path) -> str | None:
 
 def newest_valid(root: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies, and a line for each newer one that did not:
-    its files must match its manifest and its state.json ``TrainState``'s schema."""
+    its files must match its manifest, its state.json ``TrainState``'s schema, and its
+    adapter's safetensors header must fit the file (a forger can re-hash a manifest)."""
     problems = []
     for step, path in reversed(list_checkpoints(root)):
-        found = problem(path) or _state_problem(path)
+        found = problem(path) or _state_problem(path) or adapter_problem(path / "adapter")
         if found is None:
             return path, problems
         problems.append(f"checkpoint step-{step} is unusable ({found})")
