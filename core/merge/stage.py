@@ -58,10 +58,10 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     if not config.merge.enabled:
         return {"skipped": "merge.enabled is false"}
     adapter = ctx.paths.require_adapter("merge")
-    # before peft sees it: it would torch.load an adapter_model.bin
-    require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
     base_dir = _local_model_dir(config.model.name_or_path)
     refuse_quantized_checkpoint(str(base_dir))
+    # before peft sees it: it would torch.load an adapter_model.bin
+    require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
 
     # merged/ is the base checkpoint's kind of file unless asked otherwise: an fp32 base
     # trained in bf16 compute still merges (and is checked) in fp32.
