@@ -12,11 +12,9 @@ Plugin authors import these through ``lorapipe.plugin``; this module is the engi
 
 from __future__ import annotations
 
-import contextlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -25,10 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from lorapipe.artifacts import RunPaths
 from lorapipe.config.schema import ComponentRef
 from lorapipe.errors import ConfigError
+from lorapipe.eval_context import EvalContext
 
 if TYPE_CHECKING:  # the heavy libraries are imported by the stages that use them
     import torch
-    from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Conversation = list[dict[str, Any]]
@@ -315,41 +313,6 @@ class RunInfo:
     max_length: int | None = None  # data.max_length: the context the model was trained on
     # model.trust_remote_code: pass it to every from_pretrained (lorapipe.plugin's does)
     trust_remote_code: bool = False
-
-
-@dataclass
-class EvalContext:
-    """What an evaluator scores: the fine-tuned model (a ``PeftModel``), its tokenizer and
-    chat template, the held-out set (columns input_ids, attention_mask, labels, messages,
-    source), and where it may write files.
-
-    The base model is the same object with the adapter switched off (``base()``), so only
-    one copy of the weights is ever in memory. ``shared`` lives as long as one evaluation
-    and is shared by all evaluators, for work several of them need (generated replies).
-    """
-
-    model: Any
-    tokenizer: PreTrainedTokenizerBase
-    template: ChatTemplate
-    dataset: Dataset
-    pad_token_id: int
-    output_dir: Path | None = None  # eval/ of the run; None outside a run
-    run: RunInfo | None = None
-    shared: dict[Any, Any] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def base(self) -> Iterator[Any]:
-        """The model with every adapter disabled, for the base-model score."""
-        with self.model.disable_adapter():
-            yield self.model
-
-    def conversations(self) -> list[Conversation]:
-        """The held-out conversations as message lists (stored as JSON strings); documents
-        and prompt/completion pairs are not conversations."""
-        kinds = (self.dataset["kind"] if "kind" in self.dataset.column_names
-                 else ["chat"] * len(self.dataset))
-        return [json.loads(text) for text, kind in zip(self.dataset["messages"], kinds,
-                                                       strict=True) if kind == "chat"]
 
 
 class Evaluator(Component):
