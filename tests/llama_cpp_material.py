@@ -46,7 +46,37 @@ TOKENIZERS = {
     "qwen2": ("qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja"),
     "qwen3": ("qwen2", "Qwen-Qwen3-0.6B.jinja"),
     "gemma": ("llama-spm", "google-gemma-2-2b-it.jinja"),
+    # the 2026 families; the file's own template is a Gemma 4 one, Command R's its default
+    "qwen35": ("qwen35", "Qwen3.5-4B.jinja"),
+    "gemma4": ("gemma-4", None),
+    "command-r": ("command-r", None),
+    "deepseek": ("deepseek-llm", "deepseek-ai-DeepSeek-V3.1.jinja"),
 }
+
+# The class to build with where the one transformers picks from the file's architecture is
+# wrong or missing. Only the class reads the tokenizer.* fields (``gguf_file=`` on a class
+# goes straight to transformers' builder, keyed on ``tokenizer.ggml.model``); AutoTokenizer
+# first turns the architecture's metadata into a model config, which fails for gemma4 (a
+# per-layer ``head_count_kv`` list) and command-r (no config mapping), and takes the
+# qwen35 file (architecture qwen2) for Qwen2, whose class splits without Qwen 3.5's marks.
+# Gemma 4's ``gemma4`` model is a SentencePiece-style BPE with its merges in the file,
+# which transformers' builder already turns into GemmaTokenizer: no rewriting needed.
+_CLASSES = {"qwen35": "Qwen3_5Tokenizer", "gemma4": "GemmaTokenizer",
+            "command-r": "CohereTokenizer"}
+
+# DeepSeek LLM's pre-tokenizer (its tokenizer.json, as llama.cpp's deepseek-llm copies it;
+# characters that Unicode normalization would change are escaped, so no tool rewrites them)
+_DEEPSEEK_LLM_SPLITS = (
+    "[\r\n]",
+    ("\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷ"
+     "ᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-"
+     "ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻"
+     "𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+"),
+    "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-\ud7ff]+",
+    "\\p{N}+",
+)
 
 
 GEMMA_TURNS = ("<start_of_turn>", "<end_of_turn>")
@@ -187,8 +217,51 @@ def _llama3_style(directory: Path) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
+def _verbatim_vocab(directory: Path, meta: dict[str, Any]) -> None:
+    """Every token of a byte-level vocab file under its own id, spelled as the file spells it.
+
+    transformers' GGUF reader respells a token outside the byte-level alphabet: DeepSeek's
+    control tokens (``<｜begin▁of▁sentence｜>``) then match no text, the BOS and EOS set
+    from them are added again past the vocabulary (and BOS gets the new id); Command R's
+    raw characters (``™``, U+200D) collide with real tokens and 43 ids vanish. The file
+    spells each token as its tokenizer.json did, so it is used as is; control tokens are
+    special added tokens and user-defined ones plain added tokens, both matched whole as
+    llama.cpp matches them.
+    """
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    assert len(vocab) == len(tokens), "a token spelled twice"
+    data["model"]["vocab"] = vocab
+    added = {t["id"]: t for t in data["added_tokens"] if t["id"] < len(tokens)}
+    for i, kind in enumerate(types):
+        if kind in (3, 4):  # gguf.TokenType.CONTROL, USER_DEFINED
+            added[i] = {"id": i, "content": tokens[i], "single_word": False, "lstrip": False,
+                        "rstrip": False, "normalized": False, "special": kind == 3}
+    data["added_tokens"] = [added[i] for i in sorted(added)]
+    processor = data.get("post_processor") or {}
+    for special in processor.get("special_tokens", {}).values():
+        special["ids"] = [vocab[token] for token in special["tokens"]]
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def _deepseek_style(directory: Path) -> None:
+    """DeepSeek LLM's pre-tokenizer (transformers' reader knows no ``deepseek-llm`` and
+    leaves GPT-2's byte-level regex, which keeps a space in front of a number)."""
+    path = directory / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        *({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+           "invert": False} for regex in _DEEPSEEK_LLM_SPLITS),
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+         "use_regex": False}]}
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
 def real_tokenizer(name: str) -> Path:
     """A Hugging Face tokenizer directory of the real tokenizer ``name`` (cached)."""
+    import transformers
     from transformers import AutoTokenizer
 
     vocab_name, template = TOKENIZERS[name]
@@ -199,11 +272,22 @@ def real_tokenizer(name: str) -> Path:
         if (target / "tokenizer.json").is_file():
             return target
         staging = Path(tempfile.mkdtemp(dir=root))
-        tokenizer = AutoTokenizer.from_pretrained(vocab.parent, gguf_file=vocab.name)
+        meta, _ = read_gguf(vocab)
+        builder = getattr(transformers, _CLASSES[name]) if name in _CLASSES else AutoTokenizer
+        tokenizer = builder.from_pretrained(vocab.parent, gguf_file=vocab.name)
         if template is not None:
             tokenizer.chat_template = (TEMPLATES / template).read_text(encoding="utf-8")
         tokenizer.save_pretrained(staging)
-        if "tokenizer.ggml.scores" in gguf_fields(vocab):
+        if name in ("command-r", "deepseek"):
+            _verbatim_vocab(staging, meta)
+        if name == "deepseek":
+            _deepseek_style(staging)
+        if name in _CLASSES:
+            # a class of its own rebuilds its normalizer and pre-tokenizer when it loads
+            # (Cohere's NFC and digit split, Qwen 3.5's NFC): saved once more as loaded,
+            # tokenizer.json says what transformers does with it
+            AutoTokenizer.from_pretrained(staging).save_pretrained(staging)
+        if meta["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.scores" in meta:
             gemma = name == "gemma"
             _sentencepiece_model(vocab, staging / "tokenizer.model", dummy_prefix=not gemma,
                                  extra_control=GEMMA_TURNS if gemma else ())
