@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -228,10 +228,16 @@ class ChatTemplate(Component):
 
 @dataclass(frozen=True)
 class TargetSelection:
-    """Module names that get adapters, and why (shown in the parameter report)."""
+    """Module names that get adapters, and why (shown in the parameter report).
+
+    ``parameters`` names fused 3-D expert weights (``experts.gate_up_proj``), which are
+    parameters of an experts module rather than linear layers; peft adapts them with its
+    ``target_parameters``.
+    """
 
     modules: list[str]
     reason: str
+    parameters: list[str] = field(default_factory=list)
 
 
 class TargetDetector(Component):

@@ -77,7 +77,12 @@ if TYPE_CHECKING:
     from lorapipe.merge.streaming import LoraAdapter
     from lorapipe.model.dtypes import resolve_dtype
     from lorapipe.model.pretrained import from_pretrained, pad_token_id
-    from lorapipe.model.targets import adaptable_modules, short_names
+    from lorapipe.model.targets import (
+        adaptable_modules,
+        expert_parameters,
+        short_names,
+        short_parameter_names,
+    )
     from lorapipe.model.tiny_llama import train_byte_level_bpe
     from lorapipe.train.distributed import fsdp_launched
 
@@ -86,6 +91,8 @@ _HEAVY = {
     "paired_bootstrap": "lorapipe.evaluate.bootstrap",
     "adaptable_modules": "lorapipe.model.targets",
     "short_names": "lorapipe.model.targets",
+    "expert_parameters": "lorapipe.model.targets",
+    "short_parameter_names": "lorapipe.model.targets",
     "token_nll": "lorapipe.evaluate.nll",
     "bootstrap_ci": "lorapipe.evaluate.nll",
     "resolve_dtype": "lorapipe.model.dtypes",
@@ -128,6 +135,8 @@ __all__ = [
     "fsdp_launched",
     "resolve_dtype",
     "short_names",
+    "short_parameter_names",
+    "expert_parameters",
     "token_nll",
     "token_range",
     "trained_turns",

@@ -67,6 +67,8 @@ class AdapterConfig(Section):
     # None asks every registered detector in priority order until one answers.
     target_detector: ComponentRef | None = None
     target_modules: list[str] | None = None
+    # fused 3-D expert weights by name (peft's target_parameters), e.g. experts.down_proj
+    target_parameters: list[str] | None = None
     r: int = Field(16, ge=1, le=4096)
     alpha: float = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -78,11 +80,11 @@ class AdapterConfig(Section):
 
     @model_validator(mode="after")
     def _one_way_to_pick_targets(self) -> AdapterConfig:
-        if self.target_detector is not None and self.target_modules is not None:
-            raise ValueError(
-                "set either adapter.target_detector or adapter.target_modules, not both"
-            )
-        if self.target_modules is not None and not self.target_modules:
+        explicit = self.target_modules is not None or self.target_parameters is not None
+        if self.target_detector is not None and explicit:
+            raise ValueError("set either adapter.target_detector or adapter.target_modules "
+                             "(and target_parameters), not both")
+        if explicit and not (self.target_modules or self.target_parameters):
             raise ValueError("adapter.target_modules is empty; remove it to detect targets")
         return self
 

@@ -75,8 +75,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     # In memory when it fits once; beyond, streamed (a PiSSA/OLoRA base is rebuilt by
     # peft at load, which streaming does not do: there the probe checks stand alone).
     fits = model_bytes * 1.25 < budget
-    architecture = Architecture.of(weightless_model(config.model))
-    init = lora_init(LoraConfig.from_pretrained(str(adapter)))
+    lora = LoraConfig.from_pretrained(str(adapter))
+    architecture = Architecture.of(weightless_model(config.model), lora)
+    init = lora_init(lora)
     if fits:
         reference = _adapter_logits(ctx, adapter, dtype, samples)
     elif init is None:  # beyond memory: streamed, one module's weights at a time

@@ -3,7 +3,8 @@
 peft's ``merge_and_unload`` needs the whole model in memory, so a model larger than the
 machine's memory could be trained (4-bit) but not merged. Here each base tensor is read
 from its safetensors shard, updated (``W + s·B·A``; DoRA's ``m / ‖W + s·B·A‖`` row
-scaling; replaced biases and ``modules_to_save``), checked, and written to an output shard
+scaling; per expert for fused 3-D expert stacks; replaced biases and ``modules_to_save``),
+checked, and written to an output shard
 of bounded size, so memory holds one shard being written and the adapter, never the
 model. The arithmetic is done in float32 and rounded once to the output dtype.
 
@@ -50,6 +51,8 @@ class _Update:
     a: torch.Tensor | None = None  # (r, in)
     b: torch.Tensor | None = None  # (out, r)
     embedding: bool = False  # lora_embedding_A (r, vocab), lora_embedding_B (dim, r)
+    # a fused expert stack (peft's ParamWrapper): A (experts·r, in), B (out, r·experts)
+    experts: int = 1
     magnitude: torch.Tensor | None = None  # DoRA, one per output row
     replaced: dict[str, torch.Tensor] = field(default_factory=dict)  # "weight"/"bias" → new
 
@@ -108,8 +111,9 @@ class LoraAdapter:
                                 "modules_to_save tensor was expected)")
         for module, update in updates.items():
             if update.a is not None:
-                update.alpha = _alpha(config, module)
-                rank = update.a.shape[0]
+                update.alpha = _pattern(config, config.alpha_pattern, module, config.lora_alpha)
+                rank = _pattern(config, config.rank_pattern, module, config.r)
+                update.experts = update.a.shape[0] // rank  # 1 but for an expert stack
                 update.scale = update.alpha / (math.sqrt(rank) if config.use_rslora else rank)
         adapter = cls(updates, config)
         if adapter.init and not adapter.init.startswith(("pissa", "olora")):
@@ -130,14 +134,14 @@ def _split(key: str) -> tuple[str, str]:
     return module, part
 
 
-def _alpha(config: Any, module: str) -> float:
-    """``lora_alpha``, or its per-module value from peft's ``alpha_pattern``."""
+def _pattern(config: Any, pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """``default`` (``lora_alpha``, ``r``), or its per-module value from peft's
+    ``alpha_pattern``/``rank_pattern``."""
     from peft.utils.other import get_pattern_key
 
-    if not config.alpha_pattern:
-        return config.lora_alpha
-    key = get_pattern_key(config.alpha_pattern.keys(), module)
-    return config.alpha_pattern.get(key, config.lora_alpha)
+    if not pattern:
+        return default
+    return pattern.get(get_pattern_key(pattern.keys(), module), default)
 
 
 def _residual(rows: torch.Tensor, update: _Update, adapter: LoraAdapter) -> torch.Tensor:
@@ -215,28 +219,110 @@ def _shard_numel(path: Path) -> int:
                    for key in handle.keys())  # noqa: SIM118
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """A fused expert parameter peft adapted: the module its LoRA is saved under (peft
+    nests one ParamWrapper per parameter), whether it holds (experts, out, in), and the
+    checkpoint tensors it is loaded from (transformers fuses per-expert checkpoint
+    weights, ``experts.0.gate_proj.weight`` …, into one stack at load)."""
+
+    module: str
+    out_in: bool
+    parts: tuple[str, ...]
+
+
 @dataclass
 class Architecture:
     """What the checkpoint's tensors do not say: which modules store their weight (in, out)
-    (GPT-2's ``Conv1D``) and, when the base ties them, the input and output embeddings."""
+    (GPT-2's ``Conv1D``), when the base ties them the input and output embeddings, and
+    where peft put the LoRA of each adapted expert stack."""
 
     transposed: set[str]
     tied: tuple[str, str] | None
+    stacked: dict[str, Stacked] = field(default_factory=dict)  # parameter → its LoRA
+    model: torch.nn.Module | None = None  # weightless; knows the checkpoint conversions
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> Architecture:
-        """From the model built without weights (``lorapipe.model.loading.weightless_model``)."""
+    def of(cls, model: torch.nn.Module, lora: Any = None) -> Architecture:
+        """From the model built without weights (``lorapipe.model.loading.weightless_model``;
+        consumed when ``lora``, the adapter's peft ``LoraConfig``, targets parameters)."""
         from transformers.pytorch_utils import Conv1D
 
         names = {id(module): name for name, module in model.named_modules()}
         inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
         tied = (outputs is not None and getattr(model.config, "tie_word_embeddings", False)
                 and names.get(id(inputs)) is not None)
+        targets_parameters = lora is not None and lora.target_parameters
         return cls(
             transposed={name for name, module in model.named_modules()
                         if isinstance(module, Conv1D)},
             tied=(names[id(inputs)], names[id(outputs)]) if tied else None,
+            stacked=_stacked(model, lora) if targets_parameters else {},
+            model=model,
         )
+
+    def checkpoint_parts(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Tensors keyed by the model's parameters, as the checkpoint stores them:
+        transformers' own reverse of its load-time conversion (what ``save_pretrained``
+        writes). Its operations only move numbers, so a delta converts like a weight."""
+        from transformers.core_model_loading import revert_weight_conversion
+
+        return revert_weight_conversion(self.model, tensors)
+
+
+def _stacked(model: torch.nn.Module, lora: Any) -> dict[str, Stacked]:
+    """peft's own injection, run on the weightless model, says which nested wrapper holds
+    the LoRA of which parameter (the nesting follows peft's matching order)."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.lora import ParamWrapper
+    from transformers.core_model_loading import revert_weight_conversion
+
+    shapes = {name: param.shape for name, param in model.named_parameters()}
+    inject_adapter_in_model(lora, model, low_cpu_mem_usage=True)
+    stacked = {}
+    for name, module in model.named_modules():
+        if isinstance(module, ParamWrapper):
+            key = f"{name.replace('.base_layer', '')}.{module.parameter_name}"
+            parts = revert_weight_conversion(
+                model, {key: torch.empty(shapes[key], device="meta")})
+            stacked[key] = Stacked(name, module._did_swap_in_out_features, tuple(parts))
+    return stacked
+
+
+class _StackedDeltas:
+    """Each adapted expert stack's update, converted to the checkpoint tensors it is
+    stored in when the first of them is read and kept until the last is."""
+
+    def __init__(self, architecture: Architecture, adapter: LoraAdapter) -> None:
+        self.architecture, self.adapter = architecture, adapter
+        self.of_part = {part: key for key, stacked in architecture.stacked.items()
+                        if stacked.module in adapter.updates for part in stacked.parts}
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    def pop(self, part: str) -> tuple[str, torch.Tensor] | None:
+        """The LoRA module and the delta of checkpoint tensor ``part``, if it has one."""
+        key = self.of_part.get(part)
+        if key is None:
+            return None
+        stacked = self.architecture.stacked[key]
+        if key not in self.pending:
+            delta = _stacked_delta(self.adapter.updates[stacked.module], stacked.out_in)
+            self.pending[key] = self.architecture.checkpoint_parts({key: delta})
+        deltas = self.pending[key]
+        delta = deltas.pop(part)
+        if not deltas:
+            del self.pending[key]
+        return stacked.module, delta
+
+
+def _stacked_delta(update: _Update, out_in: bool) -> torch.Tensor:
+    """``s·B_e·A_e`` for every expert, in the parameter's layout (float32). peft's
+    ParamWrapper stores A's rows expert by expert and B's columns interleaved."""
+    experts, rank_in = update.experts, update.a.shape[1]
+    a = update.a.float().reshape(experts, -1, rank_in)  # (E, r, in)
+    b = update.b.float().reshape(update.b.shape[0], -1, experts).permute(2, 0, 1)  # (E, out, r)
+    delta = torch.bmm(b, a) * update.scale  # (E, out, in)
+    return delta if out_in else delta.transpose(1, 2)
 
 
 def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: torch.dtype,
@@ -254,15 +340,21 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     if architecture.tied and any(name in adapter.updates for name in architecture.tied):
         untie = architecture.tied
     writer = _ShardWriter(out_dir, shard_bytes)
+    stacked_deltas = _StackedDeltas(architecture, adapter)
     applied: set[str] = set()
     worst = 0.0
 
     def add(key: str, module: str, tensor: torch.Tensor) -> None:
         nonlocal worst
-        update = adapter.updates.get(module)
-        part = key.rpartition(".")[2]
-        merged, error = _apply(tensor, update, part, adapter,
-                               transposed=module in architecture.transposed)
+        stacked = stacked_deltas.pop(key)
+        if stacked:
+            # checked end to end: the stage compares merged/'s logits with base + adapter
+            module, delta = stacked
+            update, merged, error = True, tensor.float() + delta, 0.0
+        else:
+            update = adapter.updates.get(module)
+            merged, error = _apply(tensor, update, key.rpartition(".")[2], adapter,
+                                   transposed=module in architecture.transposed)
         if error > _PROBE_TOLERANCE:
             raise RuntimeError(f"merging {key} went wrong: on probe vectors it computes "
                                f"{error:.2g} (relative) away from base + adapter")

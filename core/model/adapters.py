@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
+from peft.tuners.lora import LoraLayer, ParamWrapper
 from rich.console import Console
 
 from lorapipe.atomic import atomic_write_json
@@ -18,7 +19,12 @@ from lorapipe.model.gpu_options import apply_liger
 from lorapipe.model.loading import load_base_model, weightless_model
 from lorapipe.model.memory import memory_snapshot
 from lorapipe.model.setup import ModelSetup
-from lorapipe.model.targets import ChosenTargets, select_targets, targets_are_transposed
+from lorapipe.model.targets import (
+    ChosenTargets,
+    not_adapted,
+    select_targets,
+    targets_are_transposed,
+)
 from lorapipe.units import format_bytes
 
 console = Console(highlight=False)
@@ -28,23 +34,30 @@ _INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa"
 
 
 def lora_config(
-    adapter: AdapterConfig, target_modules: list[str], *, fan_in_fan_out: bool = False
+    adapter: AdapterConfig, target_modules: list[str], *, fan_in_fan_out: bool = False,
+    target_parameters: list[str] = (),
 ) -> LoraConfig:
     """The peft ``LoraConfig`` for ``adapter.*`` and the chosen targets.
 
     ``fan_in_fan_out`` when the targets store weights as (in, out) (GPT-2's ``Conv1D``),
-    so peft applies and merges the update transposed.
+    so peft applies and merges the update transposed. Fused expert weights
+    (``target_parameters``) are adapted by peft's ``ParamWrapper``: one low-rank update
+    per expert, applied to the parameter itself, which is what a 3-D expert stack needs and
+    what peft's merge and loading understand, so no update of our own is needed. It cannot
+    apply dropout (its input is a weight, not activations): the config then says 0 and
+    ``add_linear_dropout`` puts ``adapter.dropout`` back on the linear layers.
     """
     return LoraConfig(
         fan_in_fan_out=fan_in_fan_out,
         r=adapter.r,
         lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
+        lora_dropout=0.0 if target_parameters else adapter.dropout,
         bias=adapter.bias,
         use_rslora=adapter.use_rslora,
         use_dora=adapter.use_dora,
         init_lora_weights=_INIT[adapter.init],
-        target_modules=list(target_modules),
+        target_modules=list(target_modules) or None,
+        target_parameters=list(target_parameters) or None,
         modules_to_save=list(adapter.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
@@ -73,9 +86,13 @@ def build_trainable_model(
     if targets is None:  # the architecture could not be built without weights
         targets = select_targets(model, setup)
     transposed = targets_are_transposed(model, targets.modules)
+    skipped = not_adapted(model, targets)  # before peft wraps the layers
     peft_model = get_peft_model(
-        model, lora_config(config.adapter, targets.modules, fan_in_fan_out=transposed)
+        model, lora_config(config.adapter, targets.modules, fan_in_fan_out=transposed,
+                           target_parameters=targets.parameters)
     )
+    if targets.parameters:
+        add_linear_dropout(peft_model, config.adapter.dropout)
     check_only_adapters_train(peft_model, config.adapter)
     measured["adapters_injected"] = memory_snapshot()
 
@@ -94,7 +111,7 @@ def build_trainable_model(
                       "storage_dtype": dtype_name(quantizer.storage_dtype(dtype, device))},
         "adapter": {**config.adapter.model_dump(mode="json", exclude={"target_detector"}),
                     "scaling": _scaling(config.adapter)},
-        "targets": targets.as_dict(),
+        "targets": {**targets.as_dict(), "not_adapted": skipped},
         "gradient_checkpointing": gradient_checkpointing,
         "parameters": parameter_counts(peft_model, targets),
         "memory": {"estimate": estimate, "measured": measured},
@@ -102,6 +119,17 @@ def build_trainable_model(
     atomic_write_json(report_path, report)
     print_report(report)
     return peft_model, report
+
+
+def add_linear_dropout(model: PeftModel, p: float) -> None:
+    """``adapter.dropout`` on the LoRA of every linear layer, where the config had to say 0
+    because it also targets parameters (see ``lora_config``)."""
+    if not p:
+        return
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and not isinstance(module, ParamWrapper):
+            for name in list(module.lora_dropout):
+                module.lora_dropout[name] = torch.nn.Dropout(p)
 
 
 def _targets_and_estimate(setup: ModelSetup) -> tuple[ChosenTargets | None, dict[str, Any]]:
@@ -116,7 +144,7 @@ def _targets_and_estimate(setup: ModelSetup) -> tuple[ChosenTargets | None, dict
         console.print(f"[yellow]warning:[/] no memory estimate for this model: {err}")
         return None, {"unavailable": str(err)}
     targets = select_targets(meta, setup)
-    counts = count_parameters(meta, setup.config.adapter, targets.modules)
+    counts = count_parameters(meta, setup.config.adapter, targets)
     return targets, estimate_memory(setup, counts)
 
 
@@ -154,15 +182,20 @@ def parameter_counts(model: PeftModel, targets: ChosenTargets) -> dict[str, Any]
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        key = next((t for t in targets.modules if name == t or name.endswith("." + t)),
+        base = type(module.get_base_layer()).__name__
+        if isinstance(module, ParamWrapper):
+            name = f"{name.replace('.base_layer', '')}.{module.parameter_name}"
+            base = f"{base} ({module.num_experts} experts)"
+        names = targets.parameters if isinstance(module, ParamWrapper) else targets.modules
+        key = next((t for t in names if name == t or name.endswith("." + t)),
                    name.rsplit(".", 1)[-1])
-        entry = per_target.setdefault(
-            key, {"layers": 0, "adapter_params": 0,
-                  "base_layer": type(module.get_base_layer()).__name__},
-        )
+        entry = per_target.setdefault(key, {"layers": 0, "adapter_params": 0,
+                                            "base_layer": base})
         entry["layers"] += 1
+        # a nested ParamWrapper holds the next one: its own adapter weights only
         entry["adapter_params"] += sum(p.numel() for n, p in module.named_parameters()
-                                       if "lora_" in n and p.requires_grad)
+                                       if "lora_" in n and "base_layer." not in n
+                                       and p.requires_grad)
     return {
         "total": total,
         "trainable": trainable,
@@ -179,7 +212,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"quantizer {report['quantizer']['name']}, LoRA r={report['adapter']['r']} "
         f"alpha={report['adapter']['alpha']}"
     )
-    console.print(f"  targets {', '.join(targets['modules'])} — {how}: {targets['reason']}")
+    names = ", ".join([*targets["modules"], *targets["parameters"]])
+    console.print(f"  targets {names} — {how}: {targets['reason']}")
     console.print(
         f"  trainable {params['trainable']:,} of {params['total']:,} parameters "
         f"({100 * params['trainable_ratio']:.3f}%)"
@@ -187,6 +221,10 @@ def print_report(report: dict[str, Any]) -> None:
     for name, entry in params["per_target"].items():
         console.print(f"    {name:<12} {entry['layers']:>3} × {entry['base_layer']:<12} "
                       f"{entry['adapter_params']:,} adapter parameters")
+    for entry in targets["not_adapted"]:
+        console.print(f"  not adapted: {entry['name']} ({entry['layers']} × "
+                      f"{entry['parameters'] // entry['layers']:,} parameters): "
+                      f"{entry['reason']}")
     measured = report["memory"]["measured"]
     console.print(
         f"  process memory: {format_bytes(measured['baseline']['rss_bytes'])} at start, "

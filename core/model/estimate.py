@@ -19,7 +19,14 @@ from lorapipe.components import Quantizer
 from lorapipe.config import AdapterConfig, PipelineConfig
 from lorapipe.model.memory import device_capacity
 from lorapipe.model.setup import ModelSetup
-from lorapipe.model.targets import adaptable_modules, matches_target
+from lorapipe.model.targets import (
+    LINEAR_TYPES,
+    ChosenTargets,
+    adaptable_modules,
+    expert_parameters,
+    matches_target,
+    router_modules,
+)
 from lorapipe.units import format_bytes
 
 # AdamW keeps two fp32 moments per trainable weight; the 8-bit variants two bytes.
@@ -40,7 +47,8 @@ class ParamCounts:
     """What the estimate needs to know about a model."""
 
     quantizable: int  # weights of adaptable linear layers: what a quantizer compresses
-    other: int  # embeddings, output head, norms, biases
+    other: int  # embeddings, output head, norms, biases, fused experts
+    experts: int  # fused 3-D expert weights (in ``other``: 4-bit quantizers leave them)
     adapter: int  # LoRA A/B (and DoRA magnitude) parameters for the chosen targets
     saved: int  # parameters of adapter.modules_to_save (trained in full)
     hidden_size: int
@@ -51,20 +59,26 @@ class ParamCounts:
 
 
 def count_parameters(model: PreTrainedModel, adapter_config: AdapterConfig,
-                     targets: list[str]) -> ParamCounts:
+                     targets: ChosenTargets) -> ParamCounts:
     """Exact counts from a (weightless) instance of the model and the chosen targets."""
     model_config = model.config
-    linear = adaptable_modules(model)
-    quantizable = sum(m.weight.numel() for m in linear.values())
+    linear = {**adaptable_modules(model), **router_modules(model)}
+    quantizable = sum(m.weight.numel() for m in linear.values()
+                      if isinstance(m, LINEAR_TYPES))
     total = sum(p.numel() for p in model.parameters())
     r, dora = adapter_config.r, adapter_config.use_dora
     adapter = 0
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 2 and any(
-            matches_target(name, key) for key in targets
+            matches_target(name, key) for key in targets.modules
         ):
             adapter += r * sum(weight.shape) + (_out_features(module) if dora else 0)
+    experts = expert_parameters(model)
+    for name, param in experts.items():
+        if any(matches_target(name, key) for key in targets.parameters):
+            count, *features = param.shape  # one rank-r pair per expert
+            adapter += r * count * sum(features)
     saved = sum(
         p.numel()
         for name, module in model.named_modules()
@@ -75,6 +89,7 @@ def count_parameters(model: PreTrainedModel, adapter_config: AdapterConfig,
     return ParamCounts(
         quantizable=quantizable,
         other=total - quantizable,
+        experts=sum(p.numel() for p in experts.values()),
         adapter=adapter,
         saved=saved,
         hidden_size=hidden,
@@ -120,7 +135,9 @@ def _estimate(config: PipelineConfig, counts: ParamCounts, quantizer: Quantizer,
     # Checkpointing keeps each layer's input and recomputes one layer at a time.
     with_gc = counts.num_layers * tokens * counts.hidden_size * act_bytes + per_layer + logits
     parts = {
-        "weights_bytes": quantizer.weight_bytes(counts.quantizable, counts.other, dtype),
+        # fused experts stay in the model's dtype: no quantizer here compresses 3-D stacks
+        "weights_bytes": quantizer.weight_bytes(counts.quantizable, counts.other - counts.experts,
+                                                dtype) + counts.experts * dtype.itemsize,
         "adapters_bytes": trainable * 4,  # peft keeps adapter weights in fp32
         "gradients_bytes": trainable * 4,
         "optimizer_bytes": trainable * _OPTIMIZER_BYTES[config.train.optimizer],
@@ -190,7 +207,8 @@ def print_estimate(estimate: dict[str, Any], console: Any) -> None:
     console.print(
         f"[bold]Memory estimate[/] ({estimate['device']}, micro batch "
         f"{estimate['micro_batch_size']} × {estimate['max_length']} tokens): "
-        f"weights {format_bytes(estimate['weights_bytes'])} ({estimate['quantizer']}), "
+        f"weights {format_bytes(estimate['weights_bytes'])} ({estimate['quantizer']}"
+        f"{_experts_note(estimate)}), "
         f"adapters {format_bytes(estimate['adapters_bytes'])}, "
         f"gradients {format_bytes(estimate['gradients_bytes'])}, "
         f"optimizer {format_bytes(estimate['optimizer_bytes'])}, activations "
@@ -206,3 +224,8 @@ def print_estimate(estimate: dict[str, Any], console: Any) -> None:
         console.print("[yellow]warning:[/] this run will probably not fit in memory. Try:")
         for line in estimate["suggestions"]:
             console.print(f"  - {line}")
+
+
+def _experts_note(estimate: dict[str, Any]) -> str:
+    experts = estimate["params"]["experts"]
+    return f"; {experts:,} fused expert weights unquantized" if experts else ""

@@ -12,6 +12,7 @@ for peft and bitsandbytes (seconds).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -73,9 +74,27 @@ def prepared_tokenizer(paths: RunPaths, model: ModelConfig) -> PreTrainedTokeniz
     """The tokenizer that produced the run's token ids (``data/tokenizer/``, chat template
     included), or the base model's when the data was not prepared in this run directory."""
     if paths.tokenizer.is_dir():
-        return from_pretrained(AutoTokenizer, paths.tokenizer,
-                               trust_remote_code=model.trust_remote_code)
+        return load_saved_tokenizer(paths.tokenizer, model)
     return load_tokenizer(model)
+
+
+def load_saved_tokenizer(directory: Path, model: ModelConfig) -> PreTrainedTokenizerBase:
+    """A tokenizer saved by :func:`save_tokenizer`, loaded as the base model's is.
+
+    transformers picks a tokenizer's class from the model's ``config.json`` before the
+    ``tokenizer_class`` its files declare (a Qwen3.5 checkpoint declares Qwen2Tokenizer
+    and loads Qwen3_5Tokenizer, whose pre-tokenizer also splits off combining marks), and
+    ``directory`` has no config.json: the base's is given, so the class is the same.
+    """
+    from transformers import AutoConfig
+
+    kwargs: dict[str, Any] = {}
+    # no model config to be found (a hub id offline): the files decide alone
+    with contextlib.suppress(OSError, ValueError):
+        kwargs["config"] = from_pretrained(AutoConfig, resolve_model_path(model.name_or_path),
+                                           trust_remote_code=model.trust_remote_code)
+    return from_pretrained(AutoTokenizer, directory, trust_remote_code=model.trust_remote_code,
+                           **kwargs)
 
 
 def tokenization(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from lorapipe.plugin import CHECKPOINTING_KWARGS, Options, Quantizer, hookimpl
+from lorapipe.plugin import Options, Quantizer, hookimpl
 
 # torch, bitsandbytes and peft are imported inside the methods: plugin discovery
 # (`lorapipe components`, `validate`) imports this module and must stay fast.
@@ -92,15 +92,32 @@ class Nf4Quantizer(Quantizer):
         return {"dtype": dtype, "quantization_config": config}
 
     def prepare_for_training(self, model: Any, *, gradient_checkpointing: bool) -> Any:
-        """peft's k-bit preparation: freeze, upcast norms/embeddings to fp32, checkpoint."""
-        from peft import prepare_model_for_kbit_training
+        """peft's k-bit preparation (freeze, upcast norms/embeddings to fp32, checkpoint),
+        except that fused expert weights keep their dtype.
 
-        # Non-reentrant: no input gradients needed (see enable_checkpointing)
-        return prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
-        )
+        peft's ``prepare_model_for_kbit_training`` upcasts every non-4-bit weight, which
+        for a mixture-of-experts model means most of it (bitsandbytes leaves 3-D expert
+        stacks unquantized): twice their bf16 memory. Here they stay in the compute dtype
+        and their modules compute in it, as a 4-bit layer does, returning fp32.
+        """
+        import torch
+
+        from lorapipe.plugin import enable_checkpointing, expert_parameters, freeze
+
+        freeze(model)
+        experts = expert_parameters(model)
+        kept = {id(param) for param in experts.values()}
+        for param in model.parameters():
+            if (param.dtype in (torch.float16, torch.bfloat16) and id(param) not in kept
+                    and type(param).__name__ != "Params4bit"):
+                param.data = param.data.to(torch.float32)
+        owners = {name.rsplit(".", 1)[0] for name, param in experts.items()
+                  if param.dtype != torch.float32}
+        for name in owners:
+            compute_in_own_dtype(model.get_submodule(name))
+        if gradient_checkpointing:  # non-reentrant: no input gradients needed
+            enable_checkpointing(model)
+        return model
 
     def weight_bytes(self, quantizable: int, other: int, dtype: Any) -> int:
         double = self.options.double_quant
@@ -112,6 +129,25 @@ class Nf4Quantizer(Quantizer):
         import torch
 
         return torch.float32  # the upcast fp32 embeddings make the residual stream fp32
+
+
+def compute_in_own_dtype(module: Any) -> None:
+    """``module`` takes floating inputs in its weights' dtype and gives fp32 back."""
+    import torch
+
+    dtype = next(module.parameters()).dtype
+
+    def cast(value: Any, to: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.to(to)
+        if isinstance(value, tuple):
+            return tuple(cast(item, to) for item in value)
+        return value
+
+    module.register_forward_pre_hook(
+        lambda _, args, kwargs: (cast(args, dtype), {k: cast(v, dtype) for k, v in kwargs.items()}),
+        with_kwargs=True)
+    module.register_forward_hook(lambda _, __, output: cast(output, torch.float32))
 
 
 @hookimpl

@@ -24,11 +24,13 @@ class LlamaTargets(TargetDetector):
 
     def detect(self, model: Any) -> TargetSelection | None:
         """Recognised by its linear layers' names, not ``model_type``: Mistral, Qwen2 and
-        many fine-tuned derivatives share the layout under other type names."""
-        from lorapipe.plugin import adaptable_modules
+        many fine-tuned derivatives share the layout under other type names. A model with
+        more (linear attention, per-layer projections, experts) is not Llama-layout: the
+        preset would silently leave those out."""
+        from lorapipe.plugin import adaptable_modules, expert_parameters
 
         present = {name.rsplit(".", 1)[-1] for name in adaptable_modules(model)}
-        if not set(PRESETS["all"]) <= present:
+        if present != set(PRESETS["all"]) or expert_parameters(model):
             return None
         preset = self.options.preset
         return TargetSelection(

@@ -51,7 +51,7 @@ def _measure(raw: dict) -> tuple[int, dict]:
 def _estimate(ctx) -> dict:  # noqa: ANN001
     """The estimate from the weightless model, with the targets the run would choose."""
     meta = weightless_model(ctx.config.model)
-    targets = select_targets(meta, ctx.model_setup).modules
+    targets = select_targets(meta, ctx.model_setup)
     return estimate_memory(ctx.model_setup, count_parameters(meta, ctx.config.adapter, targets))
 
 

@@ -51,3 +51,27 @@ def test_another_vocabulary_or_pre_tokenizer_is_named() -> None:
     changed.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     assert changed("a b")["input_ids"] != qwen("a b")["input_ids"]
     assert tokenization_difference(qwen, changed) == "pre_tokenizer"
+
+
+def test_a_tokenizer_whose_class_the_model_type_picks_reloads_as_that_class(
+        tmp_path: Path) -> None:
+    """A Qwen3.5-MoE checkpoint declares Qwen2Tokenizer; transformers loads
+    Qwen3_5Tokenizer for its model type (another pre-tokenizer). data/tokenizer/ has no
+    config.json, so it is reloaded with the base's config: the same class, and train
+    accepts the data prepare wrote (it refused it before, whatever prepare did)."""
+    from transformers import AutoConfig
+
+    from lorapipe.model.pretrained import load_saved_tokenizer
+
+    model_dir = shutil.copytree(real_tokenizer("qwen3"), tmp_path / "qwen35moe")
+    AutoConfig.for_model("qwen3_5_moe_text", vocab_size=256).save_pretrained(model_dir)
+    model = ModelConfig(name_or_path=str(model_dir))
+    loaded = load_tokenizer(model)
+    declared = json.loads((model_dir / "tokenizer_config.json").read_text())["tokenizer_class"]
+    assert type(loaded).__name__ != declared  # the model type decided
+    save_tokenizer(loaded, model, tmp_path / "prepared")
+    assert tokenization_difference(AutoTokenizer.from_pretrained(tmp_path / "prepared"),
+                                   loaded) == "pre_tokenizer"  # alone, the files disagree
+    prepared = load_saved_tokenizer(tmp_path / "prepared", model)
+    assert type(prepared) is type(loaded)
+    assert tokenization_difference(prepared, loaded) is None
