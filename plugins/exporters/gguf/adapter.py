@@ -40,6 +40,14 @@ def _refuse_unsupported(adapter: LoraAdapter, adapter_dir: Path) -> None:
     if why is not None:
         raise UserError(f"{adapter_dir}: llama.cpp's --lora cannot apply {why}; export the "
                         "merged model's GGUF instead (remove adapter from the gguf exporter)")
+    experts = list(getattr(adapter.config, "target_parameters", None) or [])
+    if experts:
+        # llama.cpp can apply 3-D expert LoRA pairs, but one peft update of a fused
+        # gate_up_proj would have to be split into gate and up pairs: not written here
+        raise UserError(f"{adapter_dir}: the adapter updates fused expert weights "
+                        f"(target_parameters {', '.join(experts)}), which the GGUF adapter "
+                        "export does not write; export the merged model's GGUF instead "
+                        "(remove adapter from the gguf exporter)")
 
 
 def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_name: str,

@@ -6,11 +6,14 @@ bits (all attn_v more in a "70B"), and a weight whose rows do not divide into 25
 blocks a 32-value type (``tensor_type_fallback``; per tensor: llama.cpp has no model-wide
 fallback). A file of ours should carry the same types as llama-quantize's file of the
 same name, so users get the sizes and quality they know from llama.cpp. This ports that
-choice for the file types we write; its MoE and Falcon cases are left out because no
-architecture we export has them.
+choice for the file types we write, MoE cases included (an expert stack's ffn_down takes
+its layer from its name; 8-expert models get more bits in attention); the Falcon cases are
+left out because we do not export Falcon.
 
-The other types are written "pure", as llama.cpp's converter writes them: every 2-D weight
-in the type, F16 where its rows do not divide into the type's blocks.
+The other types are written "pure", as llama.cpp's converter writes them: every 2-D or 3-D
+weight in the type, F16 where its rows do not divide into the type's blocks. Either way
+the MoE router (``ffn_gate_inp``) stays F32: the converter writes it so, and
+llama-quantize never quantizes it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ K_MIXES = (F.MOSTLY_Q4_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K)
 
 # tensor_type_fallback: a 256-block type becomes this 32-block type (F16 if that fails too)
 _SHAPE_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+# weights the converter always writes in F32 (and llama-quantize then leaves alone)
+_ALWAYS_F32 = ("ffn_gate_inp.weight",)
 
 
 def possible_types(default: Q, file_type: F) -> set[Q]:
@@ -45,25 +50,26 @@ def is_70b(arch: gguf.MODEL_ARCH, n_layers: int, n_head: int, n_head_kv: int) ->
 
 
 def tensor_types(tensors: Sequence[tuple[str, tuple[int, ...]]], default: Q, file_type: F,
-                 n_layers: int, seventy_b: bool = False) -> list[tuple[Q, bool]]:
+                 n_layers: int, seventy_b: bool = False, n_experts: int = 0,
+                 ) -> list[tuple[Q, bool]]:
     """For each (GGUF name, numpy shape): its type, and whether its shape forced a fallback."""
     names = [name for name, _shape in tensors]
     tied = "output.weight" not in names
     if file_type not in K_MIXES:
         return [_output(shape, default) if _is_output(name, tied) and default in (Q.Q4_0, Q.Q8_0)
-                else _pure(shape, default) for name, shape in tensors]
+                else _pure(name, shape, default) for name, shape in tensors]
     n_attn_v = sum(_is_attn_v(name) for name in names)
     counters = {"attn_v": 0, "ffn_down": 0}
     chosen: dict[str, tuple[Q, bool]] = {}
     # llama.cpp walks the weights by layer, then name; the counters follow that order
     for name, shape in sorted(tensors, key=lambda item: (_layer(item[0]), item[0])):
-        if len(shape) < 2:
+        if len(shape) < 2 or _always_f32(name):
             chosen[name] = (Q.F32, False)
         elif not _quantizable(name):
             chosen[name] = (Q.F16, False)
         else:
             wanted = _mix_type(name, shape[-1], default, file_type, tied, n_attn_v, n_layers,
-                               counters)
+                               counters, n_experts)
             if seventy_b and _is_attn_v(name) and wanted == Q.Q4_K:
                 wanted = Q.Q5_K
             chosen[name] = _fit(wanted, shape[-1], _SHAPE_FALLBACK.get(wanted, wanted))
@@ -82,8 +88,8 @@ def _output(shape: tuple[int, ...], default: Q) -> tuple[Q, bool]:
     return _fit(Q.Q6_K, shape[-1], Q.Q8_0)
 
 
-def _pure(shape: tuple[int, ...], wanted: Q) -> tuple[Q, bool]:
-    if len(shape) < 2:
+def _pure(name: str, shape: tuple[int, ...], wanted: Q) -> tuple[Q, bool]:
+    if len(shape) < 2 or _always_f32(name):
         return Q.F32, False  # norms and biases: tiny, and llama.cpp keeps them in F32
     return _fit(wanted, shape[-1], Q.F16)
 
@@ -102,6 +108,10 @@ def _layer(name: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def _always_f32(name: str) -> bool:
+    return name.endswith(_ALWAYS_F32)
+
+
 def _quantizable(name: str) -> bool:
     """llama.cpp's ``tensor_allows_quantization`` for the tensors our architectures have."""
     return name.endswith("weight") and "_norm.weight" not in name
@@ -117,8 +127,8 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 
 def _mix_type(name: str, n_cols: int, default: Q, file_type: F, tied: bool, n_attn_v: int,
-              n_layers: int, counters: dict[str, int]) -> Q:
-    """``llama_tensor_get_type_impl`` for the K mixes, without its MoE/Falcon/70B cases."""
+              n_layers: int, counters: dict[str, int], n_experts: int) -> Q:
+    """``llama_tensor_get_type_impl`` for the K mixes, without its Falcon/70B cases."""
     if _is_output(name, tied):
         if n_cols % gguf.GGML_QUANT_SIZES[default][0]:
             return Q.Q8_0
@@ -128,14 +138,23 @@ def _mix_type(name: str, n_cols: int, default: Q, file_type: F, tied: bool, n_at
     if _is_attn_v(name):
         i_layer = counters["attn_v"]
         counters["attn_v"] += 1
+        if n_experts == 8:
+            return Q.Q8_0  # whatever the mix ("trades just ~128MB")
         if file_type in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and _use_more_bits(i_layer, n_attn_v):
             return Q.Q6_K
         if file_type == F.MOSTLY_Q4_K_S and i_layer < 4:
             return Q.Q5_K
         return default
+    if "attn_k.weight" in name and n_experts == 8:
+        return Q.Q8_0
+    if ("attn_output.weight" in name and n_experts == 8
+            and file_type in (F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M)):
+        return Q.Q5_K
     if "ffn_down" in name:
         i_layer = counters["ffn_down"]
         counters["ffn_down"] += 1
+        if n_experts > 1:  # experts may sit in any order: the layer is read from the name
+            i_layer = _layer(name)
         if file_type in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and _use_more_bits(i_layer, n_layers):
             return Q.Q6_K
         if file_type == F.MOSTLY_Q4_K_S and i_layer < n_layers // 8:

@@ -243,6 +243,9 @@ def read_vocab(model_dir: Path, family: Family) -> GgufVocab:
                    else gguf.SpecialVocab(model_dir, load_merges=True))
     finally:
         vocab_logger.setLevel(level)
+    added = {str(t["content"]): int(t["id"]) for t in tokenizer.get("added_tokens", [])}
+    for kind, token_id in family.special_tokens(added).items():
+        special.special_token_ids.setdefault(kind, token_id)  # as the converter: no override
     if not spm and not special.merges:
         raise UserError(f"{tokenizer_json}: the BPE tokenizer has no merges; cannot export it")
     if special.chat_template is None:

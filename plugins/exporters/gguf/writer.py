@@ -25,7 +25,7 @@ from gguf import LlamaFileType as F
 from lorapipe.plugin import UserError
 
 from . import kquants
-from .families import Family, model_family
+from .families import Family, Source, model_family
 from .mix import is_70b, possible_types, tensor_types
 from .vocab import GgufVocab, read_vocab
 
@@ -65,8 +65,8 @@ def can_produce(type_name: str) -> bool:
 @dataclass
 class _Planned:
     gguf_name: str
-    source: str  # safetensors key, or "" for a generated tensor
-    file: Path | None
+    source: Source | None  # None for a generated tensor
+    files: tuple[Path, ...]  # the file of each of source.keys
     shape: tuple[int, ...]
     qtype: Q
     data: np.ndarray | None = None  # generated tensors only (tiny)
@@ -111,48 +111,61 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
     from safetensors import safe_open
 
     names = gguf.get_tensor_name_map(family.arch, family.n_layers)
-    plan = [_Planned(name, "", None, data.shape, Q.F32, data)
+    plan = [_Planned(name, None, (), data.shape, Q.F32, data)
             for name, data in family.extra_tensors().items()]
+    where: dict[str, Path] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in _safetensors_files(model_dir):
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if family.skip(key):
-                    continue
-                gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-                if gguf_name is None:
-                    raise UserError(
-                        f"{file}: tensor {key!r} has no llama.cpp counterpart in the "
-                        f"{family.arch.name.lower()} architecture; the GGUF exporter cannot "
-                        "place it"
-                    )
-                shape = tuple(handle.get_slice(key).get_shape())
-                if gguf_name.startswith("token_embd.") and shape[0] > n_vocab:
-                    shape = (n_vocab, *shape[1:])  # rows beyond the vocabulary are dropped
-                plan.append(_Planned(gguf_name, key, file, shape, Q.F32))
+                if not family.skip(key):
+                    where[key], shapes[key] = file, tuple(handle.get_slice(key).get_shape())
+    for source in family.sources(shapes):
+        gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias"))
+        key = source.keys[0]
+        if gguf_name is None:
+            raise UserError(
+                f"{where[key]}: tensor {key!r} has no llama.cpp counterpart in the "
+                f"{family.arch.name.lower()} architecture; the GGUF exporter cannot place it"
+            )
+        shape = source.shape
+        if gguf_name.startswith("token_embd.") and shape[0] > n_vocab:
+            shape = (n_vocab, *shape[1:])  # rows beyond the vocabulary are dropped
+        files = tuple(where[k] for k in source.keys)
+        plan.append(_Planned(gguf_name, source, files, shape, Q.F32))
     types = tensor_types([(item.gguf_name, item.shape) for item in plan], wanted, file_type,
                          family.n_layers,
-                         is_70b(family.arch, family.n_layers, family.n_head, family.n_head_kv))
+                         is_70b(family.arch, family.n_layers, family.n_head, family.n_head_kv),
+                         family.n_experts)
     for item, (qtype, fallback) in zip(plan, types, strict=True):
         item.qtype, item.fallback = qtype, fallback
     return plan
 
 
 def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, np.ndarray]]:
-    """Yield each planned tensor converted, reading one at a time from disk."""
+    """Yield each planned tensor converted, reading only its own sources from disk."""
+    import torch
     from safetensors import safe_open
 
-    open_file: Path | None = None
     with contextlib.ExitStack() as stack:
-        handle: Any = None
+        handles: dict[Path, Any] = {}
+
+        def read(file: Path, key: str) -> torch.Tensor:
+            if file not in handles:  # safe_open maps the file; nothing is read until asked
+                handles[file] = stack.enter_context(safe_open(file, framework="pt"))
+            return handles[file].get_tensor(key).float()
+
         for item in plan:
-            if item.data is not None:
+            source = item.source
+            if source is None:
                 yield item, item.data
                 continue
-            if item.file != open_file:
-                stack.close()
-                handle = stack.enter_context(safe_open(item.file, framework="pt"))
-                open_file = item.file
-            tensor = family.transform(item.source, handle.get_tensor(item.source).float())
+            read_in = [read(file, key) for file, key in zip(item.files, source.keys,
+                                                            strict=True)]
+            tensor = read_in[0] if len(read_in) == 1 else torch.stack(read_in)
+            if source.rows is not None:
+                tensor = tensor[..., source.rows, :]
+            tensor = family.transform(source.name, tensor)
             if tuple(tensor.shape) != item.shape:
                 tensor = tensor[: item.shape[0]]  # embedding rows beyond the vocabulary
             yield item, _convert(tensor, item.qtype)

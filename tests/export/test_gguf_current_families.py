@@ -1,0 +1,282 @@
+"""Native GGUF export of the late-2026 families (``tests/current_families.py``), judged by
+llama.cpp: its tokenization and f16 logits against transformers, its converter
+(``convert_hf_to_gguf.py``) for metadata and tensors, and ``llama_model_quantize`` for the
+bytes of a q4_k_m file. Families the exporter does not write must be refused by name.
+
+Each model is the family's shape with the sizes a GGUF test needs (``GGUF_SHAPES``):
+intermediate sizes of 256 so ffn_down rows fill K-quant blocks, and, where llama.cpp
+fixes a layer pattern the checkpoint cannot tell it, that pattern. Built once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import pytest
+import torch
+from current_families import FAMILIES as SHAPES
+from current_families import SHAPE
+from llama_cpp_material import (
+    compare_tensors,
+    cpp_logits,
+    llama_cpp_tree,
+    llama_quantize,
+    read_gguf,
+    real_tokenizer,
+)
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from lorapipe.errors import UserError
+from lorapipe.plugins.exporters.gguf.adapter import write_adapter_gguf
+from lorapipe.plugins.exporters.gguf.families import model_family
+from lorapipe.plugins.exporters.gguf.writer import check_model, write_gguf
+
+SLIDING_3_OF_4 = ["sliding_attention"] * 3 + ["full_attention"]
+# family → config beyond its current_families shape, for a GGUF llama.cpp computes alike
+GGUF_SHAPES: dict[str, dict[str, Any]] = {
+    "granite": dict(intermediate_size=256),
+    "olmo2": dict(intermediate_size=256),
+    "seed_oss": dict(intermediate_size=256),
+    # llama.cpp fixes NoPE on every 4th layer
+    "smollm3": dict(intermediate_size=256, num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0]),
+    # llama.cpp reads EXAONE 4's sliding window only for the 64-layer model
+    "exaone4": dict(intermediate_size=256, sliding_window=None,
+                    layer_types=["full_attention", "full_attention"]),
+    # llama.cpp fixes three sliding layers in four
+    "cohere2": dict(intermediate_size=256, num_hidden_layers=4, layer_types=SLIDING_3_OF_4),
+    # the converter takes GLM-4's special tokens from its own tokenizer's added tokens
+    "glm4": dict(intermediate_size=256),
+    # llama.cpp renormalises the top-k router weights
+    "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
+}
+# tokens a family's real tokenizer has and the shape's stand-in lacks (Llama 3's vocabulary
+# has GLM-4's <|endoftext|> but not its <|user|>)
+ADDED_TOKENS = {"glm4": ["<|user|>"]}
+# current_families shapes the exporter refuses, and a phrase of the reason
+REFUSED: dict[str, str] = {
+    **{name: "GGUF export supports model_type" for name in (
+        "llama4", "gpt_oss", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "lfm2",
+        "granitemoehybrid", "gemma4", "gemma4_moe")},
+    "smollm3": "no_rope_layers",
+    "exaone4": "sliding window",
+    "cohere2": "layer_types",
+    "qwen3_moe": "norm_topk_prob",
+}
+PROBES = [
+    "Hello world",
+    "The quick brown fox, jumps! over... the lazy dog? (yes) [no] {maybe}",
+    "Numbers: 7 42 12345 3.14159 2024-01-15 $19.99 50%",
+    "Café naïve Zürich 東京 Москва العربية 🙂 → ✓",
+    "  leading spaces\n\nnew lines\tand tabs   ",
+]
+CHAT = [{"role": "user", "content": "What is 7 plus 2?"},
+        {"role": "assistant", "content": "7 plus 2 is 9."},
+        {"role": "user", "content": "And 3 plus 3?"}]
+
+
+def _settings(name: str, vocab: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    shape = SHAPES[name]
+    return {**SHAPE, **shape.config, **extra, "vocab_size": len(vocab),
+            "bos_token_id": vocab.bos_token_id, "eos_token_id": vocab.eos_token_id,
+            "pad_token_id": vocab.pad_token_id}
+
+
+def build_gguf_shape(name: str, out: Path) -> Path:
+    """``current_families.build_family`` with ``GGUF_SHAPES[name]`` on top of the shape
+    (and ``ADDED_TOKENS[name]`` in its tokenizer)."""
+    shape = SHAPES[name]
+    shutil.copytree(real_tokenizer(shape.tokenizer), out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    if name in ADDED_TOKENS:
+        tokenizer.add_special_tokens({"additional_special_tokens": ADDED_TOKENS[name]})
+        tokenizer.save_pretrained(out)
+    settings = _settings(name, tokenizer, GGUF_SHAPES[name])
+    config = AutoConfig.for_model(shape.model_type, **settings)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """Each family's model and our f16 GGUF of it, built on first use."""
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def build(name: str) -> tuple[Path, Path]:
+        if name not in cache:
+            tmp = tmp_path_factory.mktemp(name)
+            model = build_gguf_shape(name, tmp / "model")
+            cache[name] = model, write_gguf(model, tmp / "model-f16.gguf", "f16",
+                                            progress=False).path
+        return cache[name]
+
+    return build
+
+
+@pytest.fixture(scope="module", params=list(GGUF_SHAPES))
+def exported(request: pytest.FixtureRequest, built) -> tuple[str, Path, Path]:
+    return request.param, *built(request.param)
+
+
+def _logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_gguf_tokenizes_and_computes_like_transformers(exported) -> None:
+    _, model_dir, f16 = exported
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    chat = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    llm = llama_cpp.Llama(str(f16), vocab_only=True, verbose=False)
+    try:
+        for text in [*PROBES, chat]:
+            expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == expected, text
+    finally:
+        llm.close()
+    ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+    hf = _logits(model_dir, ids)
+    cpp = cpp_logits(f16, ids)
+    assert np.abs(cpp - hf).max() < 0.02 * hf.std() + 1e-3, np.abs(cpp - hf).max()
+
+
+def _converter_input(name: str, model_dir: Path, tmp: Path) -> Path:
+    """The directory the converter reads: ours, except that Cohere 2's converter needs
+    ``rotary_pct``, which transformers 5 no longer writes (its Cohere 2 rotates the
+    whole head: 1.0)."""
+    if name != "cohere2":
+        return model_dir
+    copy = tmp / "converter-input"
+    copy.mkdir()
+    for item in model_dir.iterdir():
+        (copy / item.name).symlink_to(item)
+    (copy / "config.json").unlink()
+    config = json.loads((model_dir / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "rotary_pct": 1.0}))
+    return copy
+
+
+def _fields(path: Path) -> tuple[dict[str, Any], dict[str, tuple[str, tuple, np.ndarray]]]:
+    fields, found = read_gguf(path)
+    meta = {key: value for key, value in fields.items() if not key.startswith("general.")}
+    meta["general.architecture"] = fields["general.architecture"]
+    meta["general.file_type"] = fields["general.file_type"]
+    return meta, {t.name: (t.type.name, t.shape, t.data) for t in found.values()}
+
+
+def test_gguf_has_parity_with_llama_cpp_converter(exported, tmp_path: Path) -> None:
+    name, model_dir, f16 = exported
+    reference = tmp_path / "converter-f16.gguf"
+    subprocess.run([sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"),
+                    str(_converter_input(name, model_dir, tmp_path)), "--outtype", "f16",
+                    "--outfile", str(reference)], check=True, capture_output=True)
+    ours_meta, ours = _fields(f16)
+    their_meta, theirs = _fields(reference)
+    assert ours_meta == their_meta
+    assert {n: t[:2] for n, t in ours.items()} == {n: t[:2] for n, t in theirs.items()}
+    for tensor, (_, _, data) in ours.items():
+        np.testing.assert_array_equal(data, theirs[tensor][2], err_msg=tensor)
+
+
+def test_q4_k_m_is_llama_quantizes(exported, tmp_path: Path) -> None:
+    """Our q4_k_m holds llama-quantize's types and bytes (from our f16 file, so both start
+    from the same values), K-quant blocks included, and llama.cpp runs it."""
+    name, model_dir, f16 = exported
+    rounded = tmp_path / "f16-values"
+    shutil.copytree(model_dir, rounded)
+    weights = rounded / "model.safetensors"
+    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
+    ours = write_gguf(rounded, tmp_path / "ours.gguf", "q4_k_m", progress=False).path
+    theirs = llama_quantize(f16, tmp_path / "theirs.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    differ, same, total = compare_tensors(ours, theirs)
+    assert not differ
+    assert same == total, f"{same}/{total} blocks identical"
+    types = {t.name: t.type.name for t in read_gguf(ours)[1].values()}
+    if name == "qwen3_moe":  # gate/up rows are hidden_size (64) long: Q4_K's fallback
+        assert {types[f"blk.{i}.ffn_{w}_exps.weight"] for i in range(2) for w in
+                ("gate", "up")} == {"Q5_0"}
+        assert [types[f"blk.{i}.ffn_down_exps.weight"] for i in range(2)] == ["Q4_K", "Q6_K"]
+        assert {types[f"blk.{i}.ffn_gate_inp.weight"] for i in range(2)} == {"F32"}
+    else:
+        assert "Q6_K" in types.values()  # ffn_down: K-quant blocks, not only fallbacks
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert np.isfinite(cpp_logits(ours, tokenizer(PROBES[1])["input_ids"])).all()
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_unsupported_shapes_are_refused_by_name(name: str, tmp_path: Path) -> None:
+    """current_families' shapes the exporter cannot write faithfully are refused from the
+    config alone, before any weight is read (none is written here)."""
+    shape = SHAPES[name]
+    settings = {**SHAPE, **shape.config, "vocab_size": 1024}
+    if shape.model_type == "gemma4_text":
+        settings["vocab_size_per_layer_input"] = 1024
+    AutoConfig.for_model(shape.model_type, **settings).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=REFUSED[name]) as refused:
+        model_family(tmp_path)
+    assert "convert_hf_to_gguf.py" in str(refused.value)
+
+
+def test_fused_expert_checkpoint_gives_the_same_file(built, tmp_path: Path) -> None:
+    """transformers 5's fused layout (experts.gate_up_proj / down_proj, as the model holds
+    them in memory) and the per-expert layout it saves give byte-identical files."""
+    model_dir, f16 = built("qwen3_moe")
+    fused_dir = tmp_path / "fused"
+    shutil.copytree(model_dir, fused_dir)
+    weights = load_file(model_dir / "model.safetensors")
+    fused: dict[str, torch.Tensor] = {}
+    for key, tensor in weights.items():
+        if ".mlp.experts." not in key:
+            fused[key] = tensor
+    for layer in range(2):
+        prefix = f"model.layers.{layer}.mlp.experts"
+
+        def stack(kind: str, prefix: str = prefix) -> torch.Tensor:
+            return torch.stack([weights[f"{prefix}.{e}.{kind}.weight"] for e in range(4)])
+
+        fused[f"{prefix}.gate_up_proj"] = torch.cat([stack("gate_proj"), stack("up_proj")], 1)
+        fused[f"{prefix}.down_proj"] = stack("down_proj")
+    save_file(fused, fused_dir / "model.safetensors")
+    ours = write_gguf(fused_dir, tmp_path / "fused-f16.gguf", "f16", progress=False).path
+    _, got = _fields(ours)
+    _, want = _fields(f16)
+    assert {n: t[:2] for n, t in got.items()} == {n: t[:2] for n, t in want.items()}
+    for tensor, (_, _, data) in got.items():
+        np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
+
+
+def test_expert_lora_adapter_export_is_refused(built, tmp_path: Path) -> None:
+    """A LoRA on the fused expert weights (peft target_parameters) is not written as a
+    llama.cpp adapter: refused with the reason, not exported without its expert part."""
+    from peft import LoraConfig, get_peft_model
+
+    model_dir, _ = built("qwen3_moe")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, target_modules=["q_proj"],
+                        target_parameters=["experts.gate_up_proj", "experts.down_proj"])
+    get_peft_model(model, config).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(UserError, match=r"fused expert weights \(target_parameters "
+                                        r"experts\.down_proj, experts\.gate_up_proj\)"):
+        write_adapter_gguf(tmp_path / "adapter", model_dir, tmp_path / "adapter.gguf", "f16")
+    assert not (tmp_path / "adapter.gguf").exists()
+
+
+def test_glm4_without_its_special_tokens_is_refused(tmp_path: Path) -> None:
+    """GLM-4 on a tokenizer without GLM-4's <|user|> (the shape's Llama 3 stand-in), which
+    the converter cannot convert either: refused before any weight."""
+    shape = SHAPES["glm4"]
+    shutil.copytree(real_tokenizer(shape.tokenizer), tmp_path, dirs_exist_ok=True)
+    settings = _settings("glm4", AutoTokenizer.from_pretrained(tmp_path), {})
+    AutoConfig.for_model(shape.model_type, **settings).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"GLM-4's tokenizer has no <\|user\|>"):
+        check_model(tmp_path)
