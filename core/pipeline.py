@@ -25,7 +25,7 @@ from lorapipe.confinement import confined, require_no_links
 from lorapipe.context import RunContext
 from lorapipe.errors import UserError
 from lorapipe.manifest import problem
-from lorapipe.model.source import resolve_model_path
+from lorapipe.model.source import refuse_stored_quantized, resolve_model_path
 from lorapipe.report.page import write_report
 from lorapipe.run_record import read_run_record
 from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
@@ -149,7 +149,9 @@ def _stop_on_sigterm(ctx: RunContext, record: dict[str, Any], name: str,
 
 
 def check_exporters(ctx: RunContext) -> None:
-    """Refuse a model an exporter cannot handle before hours of training, not after."""
+    """Refuse a model an exporter cannot handle, or one stored quantized, before hours of
+    training, not after."""
+    refuse_stored_quantized(ctx.config.model.name_or_path)
     model_dir = Path(resolve_model_path(ctx.config.model.name_or_path))
     if not model_dir.is_dir():
         return  # a hub id: the exporter checks merged/ before it writes anything

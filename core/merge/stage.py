@@ -26,7 +26,7 @@ from lorapipe.cards import write_model_card
 from lorapipe.config import ModelConfig
 from lorapipe.context import RunContext
 from lorapipe.manifest import write_manifest
-from lorapipe.merge.checks import logits, max_abs_diff, refuse_quantized_checkpoint
+from lorapipe.merge.checks import logits, max_abs_diff
 from lorapipe.merge.streamed_logits import (
     Checkpoint,
     adapter_source,
@@ -35,6 +35,7 @@ from lorapipe.merge.streamed_logits import (
     streamed_logits,
 )
 from lorapipe.merge.streaming import Architecture, Layout, lora_init, merge_checkpoint
+from lorapipe.model.source import refuse_stored_quantized
 from lorapipe.safetensors_check import require_safe_adapter
 
 MERGE_REPORT = "lorapipe_merge.json"
@@ -59,7 +60,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
         return {"skipped": "merge.enabled is false"}
     adapter = ctx.paths.require_adapter("merge")
     base_dir = _local_model_dir(config.model.name_or_path)
-    refuse_quantized_checkpoint(str(base_dir))
+    refuse_stored_quantized(str(base_dir))
     # before peft sees it: it would torch.load an adapter_model.bin
     require_safe_adapter(adapter, "run `lorapipe train CONFIG` again")
 

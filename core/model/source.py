@@ -13,9 +13,14 @@ import json
 import os
 from pathlib import Path
 
+from lorapipe.errors import UserError
 from lorapipe.model.tiny_llama import TINY_LLAMA, build_tiny_llama, ensure_tiny_llama
 
-__all__ = ["TINY_LLAMA", "build_tiny_llama", "ensure_tiny_llama", "resolve_model_path"]
+__all__ = ["TINY_LLAMA", "build_tiny_llama", "ensure_tiny_llama", "refuse_stored_quantized",
+           "resolve_model_path"]
+
+# transformers' config class (and import) for the formats it can dequantize on load
+_DEQUANTIZE = {"mxfp4": "Mxfp4Config", "fp8": "FineGrainedFP8Config"}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -45,3 +50,34 @@ def model_context(name_or_path: str) -> int | None:
     data = {**data, **data.get("text_config", {})}  # multimodal configs nest the text model
     return next((int(data[key]) for key in _CONTEXT_KEYS if isinstance(data.get(key), int)),
                 None)
+
+
+def refuse_stored_quantized(name_or_path: str) -> None:
+    """Refuse a base stored quantized (gpt-oss's MXFP4 experts, FP8, GPTQ, AWQ ...)
+    before any work, saying how to get full-precision weights.
+
+    lorapipe trains against the base's own weights (4-bit NF4 is made from them) and
+    merges into them; merging into quantized weights would round the adapter away.
+    """
+    config_path = Path(resolve_model_path(name_or_path)) / "config.json"
+    if not config_path.is_file():
+        return  # a hub id: transformers reports its own problems
+    quant = json.loads(config_path.read_text(encoding="utf-8")).get("quantization_config")
+    if not quant:
+        return
+    method = quant.get("quant_method", "unknown")
+    where = config_path.parent
+    fix = "point model.name_or_path at the unquantized checkpoint"
+    if method in _DEQUANTIZE:
+        cls = _DEQUANTIZE[method]
+        fix = (f"dequantize it once with transformers: python -c \"from transformers import "
+               f"AutoModelForCausalLM, AutoTokenizer, {cls}; p = '{where}'; "
+               f"m = AutoModelForCausalLM.from_pretrained(p, quantization_config={cls}("
+               "dequantize=True), dtype='bfloat16'); m.save_pretrained('DEQUANTIZED'); "
+               "AutoTokenizer.from_pretrained(p).save_pretrained('DEQUANTIZED')\" and set "
+               "model.name_or_path: DEQUANTIZED")
+    raise UserError(
+        f"model.name_or_path: {where} is stored quantized ({method}); lorapipe trains from "
+        "and merges into full-precision weights (merging into quantized ones would round "
+        f"the adapter away): {fix}"
+    )

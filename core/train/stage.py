@@ -21,8 +21,10 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     from lorapipe.model.gpu_options import check_device_options
     from lorapipe.model.memory import memory_snapshot
     from lorapipe.model.pretrained import load_tokenizer, pad_token_id, prepared_tokenizer
+    from lorapipe.model.source import refuse_stored_quantized
 
     paths, config = ctx.paths, ctx.config
+    refuse_stored_quantized(config.model.name_or_path)
     check_device_options(config, ctx.device, ctx.dtype)
     paths.require_data()
     train_data = load_from_disk(str(paths.train_data))

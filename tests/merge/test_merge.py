@@ -79,7 +79,7 @@ def test_quantized_checkpoint_is_refused(tmp_path: Path, make_context) -> None:
     (ctx.paths.adapter).mkdir(parents=True)
     (ctx.paths.adapter / "adapter_config.json").write_text("{}")
     write_manifest(ctx.paths.adapter)
-    with pytest.raises(UserError, match="stored quantized \\(bitsandbytes\\).*full precision"):
+    with pytest.raises(UserError, match="stored quantized \\(bitsandbytes\\).*full-precision"):
         run_stage(ctx)
     assert not ctx.paths.merged.exists()
 

@@ -1,0 +1,111 @@
+"""The late-2026 families end to end: mixture-of-experts (Qwen3-MoE, Qwen3.5-MoE,
+gpt-oss, Gemma 4 MoE, Llama 4, DeepSeek-V3), hybrids (Qwen3.5's linear attention, Granite
+4's Mamba, LFM2's short convolutions) and the newer dense types, as tiny random-weight
+models of their real config shapes (``tests/current_families.py``).
+
+One run per family: prepare, nf4 train, evaluate, merge; then the same data trained and
+merged without quantization. merged/ must compute what the
+base + adapter does in peft (within 1e-4) in both. The GGUF side of these families is
+``tests/export/test_gguf_current_families.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from current_families import FAMILIES, build_family
+from datasets import load_from_disk
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from lorapipe.config import validate_config
+from lorapipe.context import RunContext
+from lorapipe.pipeline import run_one_stage
+from lorapipe.plan import build_plan
+
+SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
+
+
+def _context(model_dir: Path, data: Path, out: Path, quantizer: str) -> RunContext:
+    return RunContext(build_plan(validate_config({
+        "model": {"name_or_path": str(model_dir), "quantizer": quantizer},
+        "data": {"loader": {"name": "jsonl", "path": str(data)}, "max_length": 96,
+                 "validation": {"count": 4}},
+        "train": {"max_steps": 2, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+                  "logging_steps": 1, "gradient_checkpointing": False,
+                  "learning_rate": 1e-2},  # two steps that move the adapter measurably
+        "evaluate": {"evaluators": ["perplexity"]},
+        "export": {"exporters": []},
+        "output_dir": str(out),
+    })))
+
+
+# The suite runs the families whose code paths differ most (a per-expert checkpoint, fused
+# (E, in, out) stacks with biases, linear attention with a shared expert, Mamba with
+# Granite's own expert names); `pytest -m families tests/model/test_current_families.py`
+# runs every family (README, "Model families").
+DEFAULT = ("qwen3_moe", "gpt_oss", "qwen3_5_moe", "granitemoehybrid")
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=() if name in DEFAULT else pytest.mark.families)
+    for name in FAMILIES])
+def family_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[str, Path, dict[str, RunContext]]:
+    family = request.param
+    tmp = tmp_path_factory.mktemp(family)
+    model_dir = build_family(family, tmp / "model")
+    data = tmp / "chats.jsonl"
+    data.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:32]))
+    runs = {"nf4": _context(model_dir, data, tmp / "nf4", "nf4")}
+    for stage in ("prepare", "train", "evaluate", "merge"):
+        run_one_stage(runs["nf4"], stage)
+    runs["none"] = _context(model_dir, data, tmp / "none", "none")
+    for stage in ("prepare", "train", "merge"):
+        run_one_stage(runs["none"], stage)
+    return family, model_dir, runs
+
+
+def _logits(model: Any, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.tensor([ids])).logits[0]
+
+
+@pytest.mark.parametrize("quantizer", ["nf4", "none"])
+def test_family_trains_and_merges_exactly(family_runs, quantizer: str) -> None:
+    family, model_dir, runs = family_runs
+    ctx = runs[quantizer]
+    shape = FAMILIES[family]
+    report = json.loads(ctx.paths.model_report.read_text())
+    assert report["quantizer"]["quantized"] is (quantizer == "nf4")
+    assert sorted(report["targets"]["modules"]) == sorted(shape.modules)
+    assert sorted(report["targets"]["parameters"]) == sorted(shape.parameters)
+    adapted = report["parameters"]["per_target"]
+    assert set(adapted) == {*shape.modules, *shape.parameters}  # each really got adapters
+    losses = [json.loads(line)["loss"] for line in ctx.paths.metrics.read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+    ids = list(load_from_disk(str(ctx.paths.validation_data))[0]["input_ids"])
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    plain = _logits(base, ids)
+    expected = _logits(PeftModel.from_pretrained(base, ctx.paths.adapter), ids)
+    merged = AutoModelForCausalLM.from_pretrained(ctx.paths.merged, dtype=torch.float32)
+    got = _logits(merged, ids)
+    assert (got - expected).abs().max() < 1e-4
+    assert (got - plain).abs().max() > 1e-4  # the adapter changed the model
+    merge_report = json.loads((ctx.paths.merged / "lorapipe_merge.json").read_text())
+    assert merge_report["max_abs_logit_diff_vs_adapter"] < 1e-4
+
+
+def test_family_is_evaluated_against_its_base(family_runs) -> None:
+    _, _, runs = family_runs
+    perplexity = json.loads(runs["nf4"].paths.eval_report.read_text())["perplexity"]
+    base, tuned = perplexity["base"], perplexity["finetuned"]
+    assert base and set(base) == set(tuned)
+    assert all(v is None or v > 0 for v in [*base.values(), *tuned.values()])
+    assert base != tuned and perplexity["tokens"]["response"] > 0
