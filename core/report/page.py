@@ -264,6 +264,10 @@ def _model(paths: RunPaths) -> str:
             ["targets", ", ".join(params.get("per_target") or {})],
             ["trainable parameters",
              f"{_fmt(params.get('trainable'))} of {_fmt(params.get('total'))}"]]
+    rows += [[f"not adapted: {entry['name']}",
+              f"{entry['layers']} × {_fmt(entry['parameters'] // max(entry['layers'], 1))} "
+              f"parameters: {entry['reason']}"]
+             for entry in (report.get("targets") or {}).get("not_adapted") or []]
     return _table(None, rows)
 
 

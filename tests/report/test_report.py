@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,9 @@ def test_the_report_holds_every_section_with_the_runs_numbers(finished_run: Path
     run = json.loads((root / "run.json").read_text())
     assert f">{run['versions']['torch']}<" in html and run["config_hash"] in html
     assert "output_dir: " in html  # the resolved config
+    model = json.loads((root / "model_report.json").read_text())
+    for entry in model["targets"]["not_adapted"]:  # what was not fine-tuned, and why
+        assert f">not adapted: {entry['name']}<" in html and escape(entry["reason"]) in html
 
 
 def test_each_curve_has_a_point_per_logged_step(finished_run: Path) -> None:
