@@ -7,7 +7,7 @@ Needs TRL for the comparison (a bench requirement, not a lorapipe dependency):
 
 The model is a seeded random Qwen3-MoE (transformers' ``qwen3_moe``: hidden 512, 4
 layers, 8 experts of intermediate 512, top-2 routing, q/k norms, 32,000-token vocabulary;
-58 M parameters, 50 M of them in the fused expert stacks). The data is ``--samples``
+61 M parameters: 25 M in the fused expert stacks, 33 M in the untied embeddings and head). The data is ``--samples``
 sequences of ``--length`` random token ids, every token trained, so neither tool pads or
 masks anything. Both train the same LoRA (r=16, alpha 32, no dropout: peft cannot drop
 out a parameter's input) on q/k/v/o and the fused experts (``experts.gate_up_proj``,
@@ -77,6 +77,7 @@ def run_lorapipe(workdir: Path) -> dict:
     from lorapipe.train import TrainSetup, train
 
     data = load_from_disk(str(workdir / "data"))
+    (workdir / "unused.jsonl").write_text("{}\n")  # the data is already tokenized
     config = validate_config({
         "model": {"name_or_path": str(workdir / "model"), "quantizer": "none",
                   "dtype": "fp32"},
