@@ -55,6 +55,8 @@ GGUF_SHAPES: dict[str, dict[str, Any]] = {
     "cohere2": dict(intermediate_size=256, num_hidden_layers=4, layer_types=SLIDING_3_OF_4),
     # the converter takes GLM-4's special tokens from its own tokenizer's added tokens
     "glm4": dict(intermediate_size=256),
+    "lfm2": dict(intermediate_size=256, block_ff_dim=256),
+    "gpt_oss": dict(intermediate_size=256),
     # llama.cpp renormalises the top-k router weights
     "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
 }
@@ -64,8 +66,8 @@ ADDED_TOKENS = {"glm4": ["<|user|>"]}
 # current_families shapes the exporter refuses, and a phrase of the reason
 REFUSED: dict[str, str] = {
     **{name: "GGUF export supports model_type" for name in (
-        "llama4", "gpt_oss", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "lfm2",
-        "granitemoehybrid", "gemma4", "gemma4_moe")},
+        "llama4", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "granitemoehybrid", "gemma4",
+        "gemma4_moe")},
     "smollm3": "no_rope_layers",
     "exaone4": "sliding window",
     "cohere2": "layer_types",

@@ -12,8 +12,9 @@ left out because we do not export Falcon.
 
 The other types are written "pure", as llama.cpp's converter writes them: every 2-D or 3-D
 weight in the type, F16 where its rows do not divide into the type's blocks. Either way
-the MoE router (``ffn_gate_inp``) stays F32: the converter writes it so, and
-llama-quantize never quantizes it.
+biases, the MoE router (``ffn_gate_inp``) and LFM2's convolution kernel stay F32: the
+converter writes them so (llama.cpp's convolution reads F32 only), and llama-quantize
+never quantizes them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ K_MIXES = (F.MOSTLY_Q4_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K)
 # tensor_type_fallback: a 256-block type becomes this 32-block type (F16 if that fails too)
 _SHAPE_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
 # weights the converter always writes in F32 (and llama-quantize then leaves alone)
-_ALWAYS_F32 = ("ffn_gate_inp.weight",)
+_ALWAYS_F32 = ("ffn_gate_inp.weight", "shortconv.conv.weight")
 
 
 def possible_types(default: Q, file_type: F) -> set[Q]:
@@ -109,7 +110,9 @@ def _layer(name: str) -> int:
 
 
 def _always_f32(name: str) -> bool:
-    return name.endswith(_ALWAYS_F32)
+    """The converter's F32-only tensors: those listed, and all but weights (biases, even
+    gpt-oss's 2-D expert biases)."""
+    return name.endswith(_ALWAYS_F32) or not name.endswith(".weight")
 
 
 def _quantizable(name: str) -> bool:

@@ -8,7 +8,7 @@ Two kinds cover the supported families:
   or from a ``tokenizer.json`` of the same kind with gguf-py's ``LlamaHfVocab``;
 - byte-level BPE (``gpt2``: Llama 3, Qwen): tokens and merges, plus the pre-tokenizer,
   which llama.cpp picks by name (``tokenizer.ggml.pre``); the exporter recognises it from
-  the split regex in ``tokenizer.json`` and refuses one llama.cpp would split differently
+  the split steps in ``tokenizer.json`` and refuses one llama.cpp would split differently
   rather than write a file that silently tokenizes wrong.
 
 Token types follow llama.cpp's converter exactly (a parity test compares them). The
@@ -113,10 +113,19 @@ def detect_pre_tokenizer(tokenizer: dict[str, Any], where: Path) -> str:
         and not steps[1].get("add_prefix_space", False)
     ):
         return PRE_TOKENIZERS[steps[0]["pattern"]["Regex"], ignore_merges]
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and steps[0].get("individual_digits")
+        and steps[1].get("use_regex", True)
+        and not steps[1].get("add_prefix_space", False)
+        and not ignore_merges
+    ):
+        return "command-r"  # each digit alone, then GPT-2's split: llama.cpp's command-r
     raise UserError(
         f"{where}: pre-tokenizer {' + '.join(str(k) for k in kinds) or 'none'} is not one the "
         "GGUF exporter can map to llama.cpp; supported: the regex splits of Llama 3 "
-        f"(llama-bpe) and Qwen2/3 (qwen2) + byte-level. Convert with llama.cpp: {CONVERT}"
+        "(llama-bpe) and Qwen2/3 (qwen2) + byte-level, and Command R's digits + byte-level "
+        f"(command-r). Convert with llama.cpp: {CONVERT}"
     )
 
 

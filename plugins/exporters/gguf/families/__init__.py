@@ -2,9 +2,9 @@
 
 ``base`` holds :class:`Family`; each module beside it the families llama.cpp's converter
 treats alike (``llama``: permuted Q/K; ``dense``: weights as they are; ``gemma``; ``phi``;
-``moe``: stacked experts). This module picks the family of a model directory and refuses,
-before any tensor is read, anything else, naming what was found and the converter
-command to run instead.
+``moe``: stacked experts; ``hybrid``: convolution layers). This module picks the family
+of a model directory and refuses, before any tensor is read, anything else, naming what
+was found and the converter command to run instead.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from lorapipe.plugin import UserError
 from .base import CONVERT, Family, Source, llama3_rope_factors, permute_qk
 from .dense import Cohere2, Exaone4, Glm4, Olmo2, Qwen2, Qwen3, SeedOss
 from .gemma import Gemma2, Gemma3
+from .hybrid import Lfm2
 from .llama import Granite, Llama, SmolLM3
-from .moe import Qwen3Moe
+from .moe import GptOss, Qwen3Moe
 from .phi import Phi3
 
 __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
@@ -28,7 +29,7 @@ __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
 
 FAMILIES: tuple[type[Family], ...] = (
     Llama, Qwen2, Qwen3, Gemma2, Gemma3, Phi3,
-    Granite, SmolLM3, Olmo2, SeedOss, Exaone4, Cohere2, Glm4, Qwen3Moe,
+    Granite, SmolLM3, Olmo2, SeedOss, Exaone4, Cohere2, Glm4, Lfm2, Qwen3Moe, GptOss,
 )
 SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
 

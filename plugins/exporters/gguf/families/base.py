@@ -113,6 +113,8 @@ class Family:
         if self.rope_type == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(self.rope["factor"]))
+        if self.rope_type == "yarn":
+            self.yarn_metadata(writer)
         if self.rope.get("rope_theta") is not None:
             writer.add_rope_freq_base(float(self.rope["rope_theta"]))
         if self.rope_swa.get("rope_theta") is not None:
@@ -124,6 +126,22 @@ class Family:
         if hp.get("head_dim") is not None and self.writes_head_dim:
             writer.add_key_length(int(hp["head_dim"]))
             writer.add_value_length(int(hp["head_dim"]))
+
+    def yarn_metadata(self, writer: gguf.GGUFWriter) -> None:
+        """YaRN's parameters, under the keys and in the cases the converter writes them."""
+        rope = self.rope
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
+        if rope.get("extrapolation_factor") is not None:
+            writer.add_rope_scaling_yarn_ext_factor(float(rope["extrapolation_factor"]))
+        attention = rope.get("attention_factor", rope.get("attn_factor"))
+        if attention is not None:
+            writer.add_rope_scaling_yarn_attn_factor(float(attention))
+        if rope.get("beta_fast") is not None:
+            writer.add_rope_scaling_yarn_beta_fast(float(rope["beta_fast"]))
+        if rope.get("beta_slow") is not None:
+            writer.add_rope_scaling_yarn_beta_slow(float(rope["beta_slow"]))
 
     def skip(self, key: str) -> bool:
         """Tensors llama.cpp recomputes or never reads."""

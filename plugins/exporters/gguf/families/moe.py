@@ -7,20 +7,24 @@ per expert (``experts.0.gate_proj.weight`` ...; what the Hub's Qwen3-MoE files h
 what transformers 5 still writes on save), stacked here as the converter stacks them; or
 transformers 5's fused parameters, ``experts.gate_up_proj`` (experts, 2·intermediate,
 hidden; gate rows first) and ``experts.down_proj`` (experts, hidden, intermediate),
-whose gate and up halves llama.cpp keeps apart.
+whose gate and up halves llama.cpp keeps apart. gpt-oss stores its experts fused too,
+but input-major and with gate and up interleaved column by column, plus expert biases.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gguf
 
 from lorapipe.plugin import UserError
 
 from .base import CONVERT, Family, Source
+
+if TYPE_CHECKING:
+    import torch
 
 _PER_EXPERT = re.compile(r"(.+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _FUSED_GATE_UP = "mlp.experts.gate_up_proj"
@@ -61,6 +65,74 @@ class Qwen3Moe(Family):
 
     def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
         return expert_sources(shapes, self.n_experts, self.where)
+
+
+class GptOss(Family):
+    model_types = ("gpt_oss",)
+    arch = gguf.MODEL_ARCH.GPT_OSS
+    rope_types = ("default", "yarn")
+    # what llama.cpp's graph fixes: sliding on even layers, the clamped SwiGLU's constants
+    _SWIGLU = {"swiglu_alpha": 1.702, "swiglu_limit": 7.0}
+
+    def __init__(self, hp: dict[str, Any], where: Path) -> None:
+        super().__init__(hp, where)
+        expected = [i % 2 == 0 for i in range(self.n_layers)]
+        if self.sliding_pattern() != expected:
+            raise UserError(
+                f"{where}: gpt-oss layer_types {hp['layer_types']} differ from the pattern "
+                "llama.cpp fixes for this architecture (sliding, global, sliding, ...); "
+                f"llama.cpp would compute a different model. Convert with llama.cpp: {CONVERT}"
+            )
+        changed = {k: hp.get(k) for k, v in self._SWIGLU.items() if hp.get(k, v) != v}
+        if changed:
+            raise UserError(
+                f"{where}: gpt-oss with {changed}; llama.cpp's graph fixes {self._SWIGLU} "
+                f"and would compute a different model. Convert with llama.cpp: {CONVERT}"
+            )
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.hp["num_local_experts"])
+
+    def metadata(self, writer: gguf.GGUFWriter) -> None:
+        super().metadata(writer)
+        writer.add_expert_count(self.n_experts)
+        writer.add_expert_used_count(int(self.hp["num_experts_per_tok"]))
+        writer.add_sliding_window(int(self.hp["sliding_window"]))
+        writer.add_expert_feed_forward_length(int(self.hp["intermediate_size"]))
+
+    def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
+        sources = []
+        for key, shape in shapes.items():
+            base = key.removesuffix("gate_up_proj").removesuffix("gate_up_proj_bias")
+            if key.endswith(_FUSED_GATE_UP):  # (experts, hidden, 2·intermediate)
+                experts, hidden, rows = shape
+                half = (experts, rows // 2, hidden)
+                sources += [Source(base + "gate_proj.weight", (key,), half),
+                            Source(base + "up_proj.weight", (key,), half)]
+            elif key.endswith(_FUSED_GATE_UP + "_bias"):  # (experts, 2·intermediate)
+                half = (shape[0], shape[1] // 2)
+                sources += [Source(base + "gate_proj.bias", (key,), half),
+                            Source(base + "up_proj.bias", (key,), half)]
+            elif key.endswith(_FUSED_DOWN):  # (experts, intermediate, hidden)
+                sources.append(Source(key + ".weight", (key,), (shape[0], shape[2], shape[1])))
+            elif key.endswith(_FUSED_DOWN + "_bias"):
+                sources.append(Source(key.removesuffix("_bias") + ".bias", (key,), shape))
+            elif key.endswith(".sinks"):
+                sources.append(Source(key + ".weight", (key,), shape))
+            else:
+                sources.append(Source(key, (key,), shape))
+        return sources
+
+    def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key.endswith(("experts.gate_proj.weight", "experts.up_proj.weight",
+                         "experts.down_proj.weight")):
+            tensor = tensor.transpose(-1, -2)  # stored input-major
+        if key.endswith(("experts.gate_proj.weight", "experts.gate_proj.bias")):
+            return tensor[..., ::2, :] if tensor.dim() == 3 else tensor[..., ::2]
+        if key.endswith(("experts.up_proj.weight", "experts.up_proj.bias")):
+            return tensor[..., 1::2, :] if tensor.dim() == 3 else tensor[..., 1::2]
+        return tensor
 
 
 def expert_sources(shapes: dict[str, tuple[int, ...]], n_experts: int, where: Path
