@@ -1,4 +1,4 @@
-"""Base classes of the six component kinds, and the typed objects components receive.
+"""Base classes of the seven component kinds, and the typed objects components receive.
 
 A component class carries its YAML ``name`` and an ``Options`` pydantic model. The run
 plan (``plan.py``) looks each configured name up once, validates the user's options
@@ -13,7 +13,7 @@ Plugin authors import these through ``lorapipe.plugin``; this module is the engi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -369,9 +369,59 @@ class Exporter(Component):
         return None
 
 
+# --- objectives -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectiveLoss:
+    """A micro batch's loss and metrics, each a *sum* over its ``Objective.count`` units."""
+
+    total: torch.Tensor  # scalar, fp32, with the graph the loop backpropagates
+    metrics: dict[str, float] = field(default_factory=dict)  # one per ``Objective.metrics``
+
+
+class Objective(Component):
+    """What training minimises: the loss of a batch of prepared data.
+
+    The loop keeps the rest (accumulation, clipping, guards, checkpoints, DDP/FSDP2,
+    trackers) and normalises exactly: each micro batch's ``loss`` is a sum over its
+    ``count`` units (trainable tokens for ``sft``, pairs for a preference objective), and
+    the step's gradient is that of the mean over every unit of the step on every process,
+    however the step is split. The validation loss during training is the same mean.
+
+    ``columns`` are the prepared data's columns it reads; training refuses data without
+    them. ``metrics`` name what ``loss`` reports besides the loss: metrics.jsonl and the
+    trackers show each as a mean per unit (``eval_<name>`` on the validation set).
+    """
+
+    kind = "objective"
+    plural = "objectives"
+    columns: ClassVar[tuple[str, ...]] = ("input_ids", "labels")
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """The units ``loss`` sums over in ``batch``. Known without a forward: the loop
+        totals them over the step first, to scale every micro batch's backward."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+             fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             ) -> ObjectiveLoss:
+        """The loss of ``batch`` summed over its units, in fp32, and its metrics' sums.
+
+        ``batch`` is a micro batch as the loop collates it: ``input_ids``, ``labels``
+        (-100 where not trained), and ``attention_mask`` or, packed, ``position_ids``.
+        ``model`` may be wrapped (DDP, FSDP2): call it whole, so the wrapper sees the
+        forward. ``fused(hidden, targets)`` is, under ``train.kernels: liger``, the output
+        head and the summed cross-entropy in one chunked kernel (no logits); else ``None``.
+        """
+
+
 # The component kinds, declared once: the registry's hooks and ``lorapipe components``
 # come from this.
 KINDS: dict[str, type[Component]] = {
     cls.kind: cls
-    for cls in (Loader, ChatTemplate, TargetDetector, Quantizer, Evaluator, Exporter)
+    for cls in (Loader, ChatTemplate, TargetDetector, Quantizer, Objective, Evaluator,
+                Exporter)
 }

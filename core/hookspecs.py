@@ -94,6 +94,20 @@ def lorapipe_register_quantizers(register: Register) -> None:
 
 
 @hookspec
+def lorapipe_register_objectives(register: Register) -> None:
+    """Register training objectives: subclasses of ``lorapipe.plugin.Objective``.
+
+    ``train.objective`` names one (``sft`` unless it says otherwise); the ``train`` stage
+    checks the prepared data has its ``columns``, then asks it for every micro batch's
+    loss and for the validation loss. Example::
+
+        @hookimpl
+        def lorapipe_register_objectives(register):
+            register(DpoObjective)
+    """
+
+
+@hookspec
 def lorapipe_register_evaluators(register: Register) -> None:
     """Register evaluators: subclasses of ``lorapipe.plugin.Evaluator``.
 

@@ -25,11 +25,12 @@ from lorapipe.components import (
     Evaluator,
     Exporter,
     Loader,
+    Objective,
     Part,
     Quantizer,
     TargetDetector,
 )
-from lorapipe.config import ComponentRef, PipelineConfig, config_error, load_config
+from lorapipe.config import ComponentRef, PipelineConfig, TrainConfig, config_error, load_config
 from lorapipe.errors import ConfigError
 from lorapipe.registry import Registry, get_registry
 
@@ -50,6 +51,7 @@ class RunPlan:
     # options, in the order they are asked (ascending priority). Unused with target_modules.
     detectors: tuple[TargetDetector, ...]
     detector_named: bool
+    objective: Objective
     evaluators: tuple[Evaluator, ...]
     exporters: tuple[Exporter, ...]
     registry: Registry
@@ -61,6 +63,7 @@ class RunPlan:
             yield from self.detectors
         yield from self.loaders()
         yield self.template
+        yield self.objective
         yield from self.evaluators
         yield from self.exporters
 
@@ -167,12 +170,20 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
         quantizer=build("quantizer", "model.quantizer", config.model.quantizer, Quantizer),
         detectors=detectors,
         detector_named=adapter.target_detector is not None,
+        objective=build_objective(config.train, registry),
         evaluators=tuple(build("evaluator", f"evaluate.evaluators.{i}", ref, Evaluator)
                          for i, ref in enumerate(config.evaluate.evaluators)),
         exporters=tuple(build("exporter", f"export.exporters.{i}", ref, Exporter)
                         for i, ref in enumerate(config.export.exporters)),
         registry=registry,
     )
+
+
+def build_objective(train: TrainConfig, registry: Registry | None = None) -> Objective:
+    """``train.objective``'s component: the plan's, and the loop's when its caller (a script,
+    a test) gives it none."""
+    registry = registry if registry is not None else get_registry()
+    return build_component(registry, "objective", "train.objective", train.objective, Objective)
 
 
 def _check_context(config: PipelineConfig) -> None:

@@ -22,8 +22,13 @@ and names the module in its distribution's entry points::
     dialogue = "my_package.dialogue"
 
 The helpers that need torch, transformers or numpy (``generate``, ``paired_bootstrap``,
-``adaptable_modules``, ``train_byte_level_bpe``, ``from_pretrained``) are imported on first
-use, so a plugin that only defines a loader does not pay for them when lorapipe discovers it.
+``adaptable_modules``, ``train_byte_level_bpe``, ``from_pretrained``, ``loss_sum``) are
+imported on first use, so a plugin that only defines a loader does not pay for them when
+lorapipe discovers it.
+
+An objective computes its loss from the loop's micro batches; ``loss_sum`` (the summed
+next-token cross-entropy of the trained tokens, the output head run on those positions
+only) and ``trainable_tokens`` (their count) are ``sft``'s, for objectives built on it.
 
 A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer, path,
 trust_remote_code=run.trust_remote_code)`` (``RunInfo``; ``False`` without one): the
@@ -55,6 +60,8 @@ from lorapipe.components import (
     Evaluator,
     Exporter,
     Loader,
+    Objective,
+    ObjectiveLoss,
     Options,
     Part,
     Quantizer,
@@ -85,6 +92,7 @@ if TYPE_CHECKING:
     )
     from lorapipe.model.tiny_llama import train_byte_level_bpe
     from lorapipe.train.distributed import fsdp_launched
+    from lorapipe.train.loss import loss_sum, trainable_tokens
 
 _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
@@ -97,6 +105,8 @@ _HEAVY = {
     "bootstrap_ci": "lorapipe.evaluate.nll",
     "resolve_dtype": "lorapipe.model.dtypes",
     "fsdp_launched": "lorapipe.train.distributed",
+    "loss_sum": "lorapipe.train.loss",
+    "trainable_tokens": "lorapipe.train.loss",
     "from_pretrained": "lorapipe.model.pretrained",
     "pad_token_id": "lorapipe.model.pretrained",
     "LoraAdapter": "lorapipe.merge.streaming",
@@ -114,6 +124,8 @@ __all__ = [
     "Evaluator",
     "Exporter",
     "Loader",
+    "Objective",
+    "ObjectiveLoss",
     "Options",
     "Part",
     "Quantizer",
@@ -133,12 +145,14 @@ __all__ = [
     "enable_checkpointing",
     "freeze",
     "fsdp_launched",
+    "loss_sum",
     "resolve_dtype",
     "short_names",
     "short_parameter_names",
     "expert_parameters",
     "token_nll",
     "token_range",
+    "trainable_tokens",
     "trained_turns",
     "FileLoader",
     "FileOptions",

@@ -182,6 +182,8 @@ class SpikeConfig(Section):
 
 
 class TrainConfig(Section):
+    # what training minimises: an objective plugin (sft: next-token cross-entropy)
+    objective: ComponentRef = Field(default_factory=lambda: ComponentRef(name="sft"))
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
     micro_batch_size: int = Field(4, ge=1)

@@ -7,7 +7,8 @@ One module per concern:
   run directory (it fills the ``TrainSetup``)
 - ``batching``: what a batch is (order, packing, padding); ``accumulation``: which micro
   batches this process trains each step on, and auto_batch's finer split
-- ``loss``: exact token-mean accumulation; ``optim`` and ``schedule``: the update rule
+- ``loss``: exact accumulation over the objective's units (``train.objective``, a
+  plugin) and the ``sft`` objective's loss; ``optim`` and ``schedule``: the update rule
 - ``evaluation``: the validation loss during training, the best step, early stopping
 - ``checkpoint``: what is saved and how it is verified; ``resume``: saving from every
   process and continuing from a checkpoint (``--resume``, rollbacks); ``publish``: the

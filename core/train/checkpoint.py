@@ -71,6 +71,8 @@ class Unlogged(TypedDict, total=False):
     trainable_tokens: Tokens
     real_tokens: Tokens
     batch_tokens: Tokens
+    # the objective's metrics, weighted like loss_sum (and as free to be non-finite)
+    metrics: Annotated[dict[str, float], Field(max_length=1000)]
 
 
 @dataclasses.dataclass

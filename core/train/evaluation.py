@@ -2,7 +2,8 @@
 (the best step, whose checkpoint becomes adapter/, and early stopping).
 
 The evaluators of the ``evaluate`` stage judge the finished adapter; this is the loop's
-own yardstick, one token-mean loss, cheap enough to measure about every 10% of a run.
+own yardstick, the training objective's loss as a mean over its units (tokens for ``sft``),
+cheap enough to measure about every 10% of a run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from lorapipe.config import EarlyStoppingConfig, TrainConfig
 from lorapipe.train.batching import Example, collate, load_examples
 from lorapipe.train.checkpoint import TrainState
 from lorapipe.train.distributed import sum_over
-from lorapipe.train.loss import loss_sum, trainable_tokens
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from lorapipe.components import Objective
     from lorapipe.train.accumulation import Accumulation
 
 
@@ -29,11 +30,12 @@ class Evaluation:
     """The validation set, the steps it is evaluated at, and what each evaluation decides.
 
     ``batches`` gives the micro batch size in effect (auto_batch may have lowered it) and
-    the pad id; ``log`` writes a metrics.jsonl record (the main process's).
+    the pad id; ``objective`` the loss; ``log`` writes a metrics.jsonl record (the main
+    process's).
     """
 
     def __init__(self, validation_data, config: TrainConfig, total_steps: int, *,  # noqa: ANN001
-                 accelerator: Accelerator, batches: Accumulation,
+                 accelerator: Accelerator, batches: Accumulation, objective: Objective,
                  log: Callable[[dict[str, Any]], None]) -> None:
         self.examples = load_examples(validation_data) if validation_data else []
         # "auto": about every 10% of the steps; None: the last step only
@@ -41,6 +43,7 @@ class Evaluation:
                       else config.eval_steps)
         self.rule = config.early_stopping
         self.accelerator, self.batches, self.log = accelerator, batches, log
+        self.objective = objective
         # read before ``prepare``: on the CPU, where FSDP is installed after the fact,
         # the accelerator no longer reports it afterwards
         self.sharded = accelerator.is_fsdp2
@@ -52,13 +55,14 @@ class Evaluation:
                  epoch: float) -> tuple[bool, bool]:
         """Evaluate, record it in ``state`` and log it; return (improved on the best,
         patience exhausted)."""
-        eval_loss = validation_loss(self.accelerator, model, self.examples,
-                                    sharded=self.sharded,
-                                    micro_batch_size=self.batches.micro_batch_size,
-                                    pad_token_id=self.batches.pad)
+        eval_loss, metrics = validation_loss(self.accelerator, model, self.examples,
+                                             self.objective, sharded=self.sharded,
+                                             micro_batch_size=self.batches.micro_batch_size,
+                                             pad_token_id=self.batches.pad)
         improved, stop = judge(state, eval_loss, self.rule)
-        self.log({"step": state.step, "epoch": epoch,
-                  "eval_loss": eval_loss, "best_eval_loss": state.best_eval_loss})
+        self.log({"step": state.step, "epoch": epoch, "eval_loss": eval_loss,
+                  **{f"eval_{name}": value for name, value in metrics.items()},
+                  "best_eval_loss": state.best_eval_loss})
         if stop:
             self.log({"step": state.step, "event": "early_stop",
                       "best_step": state.best_step, "patience": self.rule.patience})
@@ -67,8 +71,10 @@ class Evaluation:
 
 @torch.no_grad()
 def validation_loss(accelerator: Accelerator, model: torch.nn.Module, examples: list[Example],
-                    *, sharded: bool, micro_batch_size: int, pad_token_id: int) -> float:
-    """Token-mean loss on the validation set, sharded over processes.
+                    objective: Objective, *, sharded: bool, micro_batch_size: int,
+                    pad_token_id: int) -> tuple[float, dict[str, float]]:
+    """The objective's loss and metrics on the validation set, as means over its units
+    (tokens for ``sft``), sharded over processes.
 
     Runs on the unwrapped model: DDP's forward syncs buffers, which would hang when
     the shards give the processes different numbers of batches.
@@ -82,17 +88,20 @@ def validation_loss(accelerator: Accelerator, model: torch.nn.Module, examples: 
     shards: list[list[int] | None] = [mine[s:s + size] for s in range(0, len(mine), size)]
     if sharded:  # every forward gathers weights from all: each runs the first's count
         shards += [None] * (math.ceil(len(order[::world]) / size) - len(shards))
-    total, tokens = 0.0, 0
+    total, count, sums = 0.0, 0, dict.fromkeys(objective.metrics, 0.0)
     for indices in shards:
         batch = collate([[examples[i]] for i in indices or order[:1]], pad_token_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            loss = loss_sum(model, batch).item()
+            loss = objective.loss(model, batch)
         if indices is not None:  # a filler forward only keeps the others company
-            total, tokens = total + loss, tokens + trainable_tokens(batch)
+            total, count = total + loss.total.item(), count + objective.count(batch)
+            for name in sums:
+                sums[name] += float(loss.metrics[name])
     model.train()
-    total, tokens = sum_over(accelerator, total, tokens)
-    return total / max(tokens, 1)
+    total, count, *metrics = sum_over(accelerator, total, count, *sums.values())
+    units = max(count, 1)
+    return total / units, {name: value / units for name, value in zip(sums, metrics, strict=True)}
 
 
 def judge(state: TrainState, eval_loss: float,

@@ -6,7 +6,8 @@ returns a ``StepResult``), count it in the state, handle a skipped non-finite up
 ``TrainState`` (checkpoint.py) plus the config is everything the loop needs to continue
 exactly where it left off, the learning rate included (schedule.py).
 
-What the loop hands off: the micro batches of a step and auto_batch's finer split
+What the loop hands off: the loss of a micro batch (the run's ``Objective``, ``sft`` unless
+``train.objective`` names another), the micro batches of a step and auto_batch's finer split
 (accumulation.py), the validation loss and early stopping (evaluation.py), the checkpoint
 a run continues from (resume.py), the summary and adapter/ at the end (publish.py).
 """
@@ -18,7 +19,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import set_seed
@@ -27,19 +28,25 @@ from tqdm.auto import tqdm
 from lorapipe.artifacts import RunPaths
 from lorapipe.config import TrainConfig
 from lorapipe.model.memory import memory_snapshot
+from lorapipe.plan import build_objective
 from lorapipe.train.accumulation import Accumulation
 from lorapipe.train.checkpoint import TrainState
 from lorapipe.train.distributed import make_accelerator, placement, sum_over
 from lorapipe.train.evaluation import Evaluation
 from lorapipe.train.guard import NonFiniteGuard, SpikeGuard
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
-from lorapipe.train.loss import backward_scale, loss_sum, trainable_tokens
+from lorapipe.train.loss import backward_scale
 from lorapipe.train.memory_watch import MemoryPressure, MemoryWatch
 from lorapipe.train.metrics import LogWindow, StepResult, open_log
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.publish import closing_line, publish_adapter, run_summary
 from lorapipe.train.resume import Checkpoints, resume_point
 from lorapipe.train.schedule import LearningRateSchedule
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from lorapipe.components import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,8 @@ class TrainSetup:
     memory: Callable[[], dict] = memory_snapshot
     # the resolved pipeline config: what train.report_to trackers record as hyperparameters
     run_config: dict[str, Any] | None = None
+    # the plan's train.objective; None builds config.objective from the registry
+    objective: Objective | None = None
 
 
 def train(model: torch.nn.Module, train_data, validation_data,  # noqa: ANN001 - Datasets
@@ -75,6 +84,9 @@ class Trainer:
     def __init__(self, model, train_data, validation_data, setup: TrainSetup) -> None:  # noqa: ANN001
         config = self.config = setup.config
         self.setup, self.paths, self.memory = setup, setup.paths, setup.memory
+        self.objective = (setup.objective if setup.objective is not None
+                          else build_objective(config))
+        _check_columns(self.objective, train=train_data, validation=validation_data)
         self.accelerator = acc = make_accelerator(model)
         self.sharded = acc.is_fsdp2  # before prepare: on the CPU it is not reported after
         self.world, self.rank = acc.num_processes, acc.process_index
@@ -84,12 +96,13 @@ class Trainer:
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.evaluation = Evaluation(validation_data, config, self.total_steps,
-                                     accelerator=acc, batches=self.batches, log=self._log)
+                                     accelerator=acc, batches=self.batches,
+                                     objective=self.objective, log=self._log)
         optimizer = build_optimizer(model, config)
         self.schedule = LearningRateSchedule(optimizer, config, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.fused = None  # Liger's linear cross-entropy, where the head allows it
+        self.fused = None  # Liger's linear cross-entropy for the objective, where the head allows
         if config.kernels == "liger":
             from lorapipe.model.gpu_options import fused_cross_entropy
 
@@ -155,28 +168,30 @@ class Trainer:
     def step(self) -> StepResult:
         """One optimizer step on the next effective batch; the caller counts it (``_count``).
 
-        Backpropagates every micro-batch's loss sum divided by the step's trainable tokens
-        on all processes (loss.py), syncing gradients only on the last micro-batch; clips;
-        sets the scheduled lr from the state; applies the update unless the loss or the
-        gradient is non-finite. The gradients are cleared either way.
+        Backpropagates every micro-batch's loss sum (the objective's) divided by the step's
+        units (its ``count``) on all processes (loss.py), syncing gradients only on the
+        last micro-batch; clips; sets the scheduled lr from the state; applies the update
+        unless the loss or the gradient is non-finite. The gradients are cleared either way.
         """
-        acc, state = self.accelerator, self.state
+        acc, state, objective = self.accelerator, self.state, self.objective
         batches, real = self.batches.next_step(state)
-        step_tokens = int(sum_over(acc, sum(trainable_tokens(b) for b in batches))[0])
-        scale = backward_scale(step_tokens, self.world)
-        total = 0.0
+        step_count = int(sum_over(acc, sum(objective.count(b) for b in batches))[0])
+        scale = backward_scale(step_count, self.world)
+        total, sums = 0.0, dict.fromkeys(objective.metrics, 0.0)
         for i, batch in enumerate(batches):
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             last = i == len(batches) - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):
                 with acc.autocast(), self._offloading():
-                    summed = loss_sum(self.model, batch, self.fused)
-                acc.backward(summed * scale)
-            total += summed.item()
+                    micro = objective.loss(self.model, batch, fused=self.fused)
+                acc.backward(micro.total * scale)
+            total += micro.total.item()
+            for name in sums:
+                sums[name] += float(micro.metrics[name])
             self.memory_watch.check_pressure()  # auto_batch: may abandon the step
         padded = sum(b["input_ids"].numel() for b in batches)
-        total, real, padded = sum_over(acc, total, real, padded)
-        loss = total / max(step_tokens, 1)
+        total, real, padded, *metrics = sum_over(acc, total, real, padded, *sums.values())
+        loss = total / max(step_count, 1)
         grad_norm = float(acc.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
         applied = self.guard.record(loss, grad_norm)
         spike = self.spike_guard.check(state, loss, grad_norm) if applied else None
@@ -187,8 +202,10 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm, lr=lr, applied=applied,
-                          trainable_tokens=step_tokens, real_tokens=int(real),
-                          batch_tokens=int(padded), spike=spike)
+                          trainable_tokens=step_count, real_tokens=int(real),
+                          batch_tokens=int(padded), spike=spike,
+                          metrics={name: value / max(step_count, 1)
+                                   for name, value in zip(sums, metrics, strict=True)})
 
     def _offloading(self) -> contextlib.AbstractContextManager:
         """train.activation_offload: the tensors the forward saves for backward (with
@@ -296,3 +313,15 @@ class Trainer:
         if self.accelerator.is_main_process:
             tqdm.write(closing_line(summary, seconds))
         return summary
+
+
+def _check_columns(objective: Objective, **splits: Dataset | None) -> None:
+    """The prepared data must hold what the objective reads: a run prepared for another
+    kind of training fails here, naming the objective, not at its first batch."""
+    for split, data in splits.items():
+        missing = [c for c in objective.columns if data is not None and c not in data.column_names]
+        if missing:
+            raise objective.config_error(
+                f"objective '{objective.name}' reads the columns {', '.join(missing)}, which "
+                f"the prepared {split} data lacks; prepare data for it (lorapipe prepare "
+                "CONFIG) or pick another objective")

@@ -1,12 +1,15 @@
-"""Loss normalised exactly over an optimizer step.
+"""Loss normalised exactly over an optimizer step, and the ``sft`` objective's loss.
 
 A mean of per-micro-batch means weights a token in a short micro-batch more than one in
 a long micro-batch, so changing the micro batch or the accumulation would change the
-result. Here every micro-batch contributes its token-loss *sum*, divided by the number
-of trainable tokens of the whole step on all processes, so the step's gradient is the
-gradient of the mean over all its trainable tokens, however the step is split.
-We compute the cross-entropy ourselves rather than pass ``labels`` to the model so the
-sum and the count are ours to normalise.
+result. Here every micro-batch contributes its loss *sum* (the objective's, over its
+units: trainable tokens for ``sft``), divided by the units of the whole step on all
+processes (``backward_scale``), so the step's gradient is the gradient of the mean over
+all its units, however the step is split.
+
+``loss_sum`` and ``trainable_tokens`` are the ``sft`` objective's (public through
+``lorapipe.plugin``). We compute the cross-entropy ourselves rather than pass ``labels``
+to the model so the sum and the count are ours to normalise.
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
-def backward_scale(step_tokens: int, world_size: int) -> float:
-    """Factor turning a micro-batch's loss sum into its share of the step's token mean.
+def backward_scale(step_count: int, world_size: int) -> float:
+    """Factor turning a micro-batch's loss sum into its share of the step's mean over the
+    objective's ``count`` units (tokens for ``sft``).
 
     DDP averages gradients over processes, i.e. divides by ``world_size``; multiplying by
-    it here cancels that, leaving sum-over-all-tokens / all-tokens.
+    it here cancels that, leaving sum-over-all-units / all-units.
     """
-    return world_size / max(step_tokens, 1)
+    return world_size / max(step_count, 1)

@@ -78,14 +78,16 @@ def open_log(paths: RunPaths, report_to: list[str], *, resume_step: int | None,
 class StepResult:
     """What one optimizer step did, summed over all processes (the same on every one)."""
 
-    loss: float  # mean over the step's trainable tokens
+    loss: float  # mean over the step's units: the objective's count (sft: trainable tokens)
     grad_norm: float  # before clipping
     lr: float  # the update's lr; the lowest group's (LoRA+ B groups get a multiple)
     applied: bool  # False: the loss or gradient was non-finite and the update skipped
-    trainable_tokens: int  # prediction targets: what the loss is averaged over
+    trainable_tokens: int  # what the loss is averaged over: the objective's count
     real_tokens: int  # non-pad tokens: what throughput counts
     batch_tokens: int  # incl. padding: what the padding fraction compares with
     spike: str | None = None  # why this finite step counts as a spike (guard.SpikeGuard)
+    # the objective's metrics, means over the same units as the loss
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -97,23 +99,27 @@ class LogWindow:
     trainable_tokens: int = 0
     real_tokens: int = 0
     batch_tokens: int = 0
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # weighted like loss
 
     @classmethod
-    def resumed(cls, sums: dict[str, float]) -> LogWindow:
+    def resumed(cls, sums: dict[str, Any]) -> LogWindow:
         """The window a checkpoint was taken in, from ``sums()`` saved in its state."""
-        return cls(**sums)
+        return cls(**{**sums, "metrics": dict(sums.get("metrics", {}))})
 
-    def sums(self) -> dict[str, float]:
+    def sums(self) -> dict[str, Any]:
         """What a checkpoint keeps, so the first line after a resume covers the same steps
         and tokens as an uninterrupted run's (its wall time cannot be kept)."""
         return {"loss_sum": self.loss_sum, "trainable_tokens": self.trainable_tokens,
-                "real_tokens": self.real_tokens, "batch_tokens": self.batch_tokens}
+                "real_tokens": self.real_tokens, "batch_tokens": self.batch_tokens,
+                "metrics": dict(self.metrics)}
 
     def add(self, result: StepResult) -> None:
         self.loss_sum += result.loss * result.trainable_tokens
         self.trainable_tokens += result.trainable_tokens
         self.real_tokens += result.real_tokens
         self.batch_tokens += result.batch_tokens
+        for name, value in result.metrics.items():
+            self.metrics[name] = self.metrics.get(name, 0.0) + value * result.trainable_tokens
 
     def record(self, *, step: int, epoch: float, last: StepResult,
                memory: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +129,7 @@ class LogWindow:
             "step": step,
             "epoch": epoch,
             "loss": self.loss_sum / max(self.trainable_tokens, 1),
+            **{name: value / max(self.trainable_tokens, 1) for name, value in self.metrics.items()},
             "lr": last.lr,
             "grad_norm": last.grad_norm,
             "trainable_tokens": self.trainable_tokens,
