@@ -12,6 +12,7 @@ base + adapter does in peft (within 1e-4) in both. The GGUF side of these famili
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,29 @@ def test_family_is_evaluated_against_its_base(family_runs) -> None:
     assert base and set(base) == set(tuned)
     assert all(v is None or v > 0 for v in [*base.values(), *tuned.values()])
     assert base != tuned and perplexity["tokens"]["response"] > 0
+
+
+def test_an_nf4_moe_run_resumed_gives_the_identical_adapter(tmp_path: Path, capsys) -> None:
+    """Resuming a Qwen3-MoE QLoRA run from a checkpoint (expert LoRA, dropout on the linear
+    layers) ends with the adapter the uninterrupted run wrote, bit for bit."""
+    from safetensors.torch import load_file
+
+    model_dir = build_family("qwen3_moe", tmp_path / "model")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:32]))
+    ctx = _context(model_dir, data, tmp_path / "run", "nf4")
+    train = {**ctx.config.train.model_dump(), "max_steps": 4, "save_steps": 2, "eval_steps": 2}
+    config = ctx.config.model_copy(update={"train": type(ctx.config.train)(**train)})
+    ctx = RunContext(build_plan(config))
+    for stage in ("prepare", "train"):
+        run_one_stage(ctx, stage)
+    whole = load_file(ctx.paths.adapter / "adapter_model.safetensors")
+    assert any("experts" in key for key in whole)
+    shutil.rmtree(ctx.paths.checkpoints / "step-4")  # as if stopped after step 2
+    shutil.rmtree(ctx.paths.adapter)
+    capsys.readouterr()
+    run_one_stage(RunContext(build_plan(config), resume=True), "train")
+    assert "(step 2/4)" in capsys.readouterr().out  # continued, not started again
+    resumed = load_file(ctx.paths.adapter / "adapter_model.safetensors")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
