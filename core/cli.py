@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -23,6 +21,7 @@ from rich.table import Table
 from lorapipe import __version__
 from lorapipe.errors import UserError
 from lorapipe.library_messages import quiet_misleading_messages
+from lorapipe.machine_errors import machine_error
 
 if TYPE_CHECKING:
     from lorapipe.context import RunContext
@@ -289,7 +288,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from lorapipe.report.page import write_report
 
-    path = write_report(Path(args.run_dir))
+    args.output_dir = Path(args.run_dir)  # for the message if the disk fills up
+    path = write_report(args.output_dir)
     console.print(f"[green]✓[/] wrote {escape(str(path))}", soft_wrap=True)
     return 0
 
@@ -322,22 +322,6 @@ COMMANDS = {
 }
 
 
-def _disk_full(err: OSError) -> bool:
-    # pyarrow and others raise OSError with the C library's text but no errno
-    return err.errno == errno.ENOSPC or "No space left on device" in str(err)
-
-
-def _disk_full_message(err: OSError, output_dir: Path | None) -> str:
-    where = Path(err.filename) if isinstance(err.filename, str) else None
-    probe = where or output_dir or Path.cwd()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    return (f"the disk is full{f' writing {where}' if where else ''} ({free:,} bytes free on "
-            f"{probe}); free space there or point output_dir at a larger disk, then run the "
-            "command again (with --resume for run)")
-
-
 def _terminated(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler, ``kill``) outside a stage stops like Ctrl-C, exit code 130.
     During a stage the pipeline's own handler records it in run.json first."""
@@ -363,9 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if isinstance(err, OSError) and _disk_full(err) and not args.debug:
-            output_dir = getattr(args, "output_dir", None)
-            print(f"error: {_disk_full_message(err, output_dir)}", file=sys.stderr)
+        message = machine_error(err, getattr(args, "output_dir", None))
+        if message and not args.debug:
+            print(f"error: {message}", file=sys.stderr)
             return 1
         traceback.print_exc()
         print("lorapipe failed: the run stopped on the error above", file=sys.stderr)
