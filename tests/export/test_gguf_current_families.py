@@ -61,17 +61,20 @@ GGUF_SHAPES: dict[str, dict[str, Any]] = {
     "glm4": dict(intermediate_size=256),
     "lfm2": dict(intermediate_size=256, block_ff_dim=256),
     "gpt_oss": dict(intermediate_size=256),
+    "gemma4": dict(intermediate_size=256),
     # llama.cpp renormalises the top-k router weights
     "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
 }
-# tokens a family's real tokenizer has and the shape's stand-in lacks (Llama 3's vocabulary
-# has GLM-4's <|endoftext|> but not its <|user|>)
-ADDED_TOKENS = {"glm4": ["<|user|>"]}
+# special tokens a family's real tokenizer has and the shape's stand-in lacks: Llama 3's
+# vocabulary has GLM-4's <|endoftext|> but not its <|user|>; the Gemma 4 vocabulary file
+# has the turn markers, but not among the special tokens (so both converters would type
+# them as text, and llama.cpp would split every turn marker of a chat)
+ADDED_TOKENS = {"glm4": ["<|user|>"], "gemma4": ["<|turn>", "<turn|>"]}
 # current_families shapes the exporter refuses, and a phrase of the reason
 REFUSED: dict[str, str] = {
     **{name: "GGUF export supports model_type" for name in (
-        "llama4", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "granitemoehybrid", "gemma4",
-        "gemma4_moe")},
+        "llama4", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "granitemoehybrid")},
+    "gemma4_moe": "enable_moe_block",
     "smollm3": "no_rope_layers",
     "exaone4": "sliding window",
     "cohere2": "layer_types",
@@ -254,6 +257,23 @@ def test_fused_expert_checkpoint_gives_the_same_file(built, tmp_path: Path) -> N
         fused[f"{prefix}.down_proj"] = stack("down_proj")
     save_file(fused, fused_dir / "model.safetensors")
     ours = write_gguf(fused_dir, tmp_path / "fused-f16.gguf", "f16", progress=False).path
+    _, got = _fields(ours)
+    _, want = _fields(f16)
+    assert {n: t[:2] for n, t in got.items()} == {n: t[:2] for n, t in want.items()}
+    for tensor, (_, _, data) in got.items():
+        np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
+
+
+def test_sharded_checkpoint_gives_the_same_file(built, tmp_path: Path) -> None:
+    """Experts of one stack read across several safetensors shards (each shard kept open
+    only while its tensors are written) give the single file's bytes."""
+    model_dir, f16 = built("qwen3_moe")
+    sharded = tmp_path / "sharded"
+    shutil.copytree(model_dir, sharded, ignore=shutil.ignore_patterns("model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.save_pretrained(sharded, max_shard_size="200KB")
+    assert len(list(sharded.glob("*.safetensors"))) > 3
+    ours = write_gguf(sharded, tmp_path / "sharded-f16.gguf", "f16", progress=False).path
     _, got = _fields(ours)
     _, want = _fields(f16)
     assert {n: t[:2] for n, t in got.items()} == {n: t[:2] for n, t in want.items()}

@@ -77,8 +77,12 @@ def tensor_types(tensors: Sequence[tuple[str, tuple[int, ...]]], default: Q, fil
     return [chosen[name] for name in names]
 
 
+# llama.cpp's token embedding category: Gemma 4's per-layer table counts as one
+_TOKEN_EMBEDDINGS = ("token_embd.weight", "per_layer_token_embd.weight")
+
+
 def _is_output(name: str, tied: bool) -> bool:
-    return name == "output.weight" or (tied and name == "token_embd.weight")
+    return name == "output.weight" or (tied and name in _TOKEN_EMBEDDINGS)
 
 
 def _output(shape: tuple[int, ...], default: Q) -> tuple[Q, bool]:
@@ -117,7 +121,8 @@ def _always_f32(name: str) -> bool:
 
 def _quantizable(name: str) -> bool:
     """llama.cpp's ``tensor_allows_quantization`` for the tensors our architectures have."""
-    return name.endswith("weight") and "_norm.weight" not in name
+    return (name.endswith("weight") and "_norm.weight" not in name
+            and "per_layer_model_proj" not in name)
 
 
 def _is_attn_v(name: str) -> bool:
@@ -136,7 +141,7 @@ def _mix_type(name: str, n_cols: int, default: Q, file_type: F, tied: bool, n_at
         if n_cols % gguf.GGML_QUANT_SIZES[default][0]:
             return Q.Q8_0
         return Q.Q6_K
-    if name == "token_embd.weight":
+    if name in _TOKEN_EMBEDDINGS:
         return default
     if _is_attn_v(name):
         i_layer = counters["attn_v"]

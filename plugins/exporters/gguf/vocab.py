@@ -1,15 +1,17 @@
 """The tokenizer as llama.cpp needs it: tokens, types, scores or merges, special ids, template.
 
 llama.cpp does not run the Hugging Face tokenizer; it re-implements a fixed set of them.
-Two kinds cover the supported families:
+Three kinds cover the supported families:
 
-- SentencePiece (``tokenizer.ggml.model = llama``: Mistral, Gemma, Phi-3): pieces with
+- SentencePiece (``tokenizer.ggml.model = llama``: Mistral, Gemma 2/3, Phi-3): pieces with
   their scores and types, read from ``tokenizer.model`` with the sentencepiece library,
   or from a ``tokenizer.json`` of the same kind with gguf-py's ``LlamaHfVocab``;
 - byte-level BPE (``gpt2``: Llama 3, Qwen): tokens and merges, plus the pre-tokenizer,
   which llama.cpp picks by name (``tokenizer.ggml.pre``); the exporter recognises it from
   the split steps in ``tokenizer.json`` and refuses one llama.cpp would split differently
-  rather than write a file that silently tokenizes wrong.
+  rather than write a file that silently tokenizes wrong;
+- Gemma 4's own (``gemma4``): SentencePiece-style pieces from ``tokenizer.json`` merged by
+  BPE ranks, so both scores and merges.
 
 Token types follow llama.cpp's converter exactly (a parity test compares them). The
 special-token ids, merges and chat template are read by gguf-py's ``SpecialVocab``, the
@@ -46,8 +48,8 @@ _SPACE = "\u2581"  # SentencePiece's visible space
 
 @dataclass(frozen=True)
 class GgufVocab:
-    model: str  # llama.cpp tokenizer kind: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
-    pre: str
+    model: str  # llama.cpp tokenizer kind: "gpt2" (byte-level BPE), "llama" (SentencePiece)...
+    pre: str | None
     tokens: list[str | bytes]
     token_types: list[int]
     scores: list[float] | None
@@ -58,7 +60,8 @@ class GgufVocab:
         if self.add_space_prefix is not None:
             writer.add_add_space_prefix(self.add_space_prefix)
         writer.add_tokenizer_model(self.model)
-        writer.add_tokenizer_pre(self.pre)
+        if self.pre is not None:
+            writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
         if self.scores is not None:
             writer.add_token_scores(self.scores)
@@ -221,13 +224,33 @@ def _sentencepiece_json(model_dir: Path) -> tuple[list[str | bytes], list[int], 
     return tokens, types, scores
 
 
+def _gemma4(model_dir: Path, visible: frozenset[str]
+            ) -> tuple[list[str | bytes], list[int], list[float]]:
+    """Gemma 4's vocabulary (llama.cpp's ``gemma4`` tokenizer: SentencePiece-style pieces
+    merged by BPE ranks): as tokenizer.json has it, with the chat markers llama.cpp must
+    render as text (channels, tool calls) typed USER_DEFINED, as the converter types them."""
+    tokens, types, scores = _sentencepiece_json(model_dir)
+    user = int(gguf.TokenType.USER_DEFINED)
+    types = [user if _text(token) in visible else kind for token, kind in zip(tokens, types,
+                                                                              strict=True)]
+    return tokens, types, scores
+
+
+def _text(token: str | bytes) -> str:
+    return token.decode("utf-8", errors="replace") if isinstance(token, bytes) else token
+
+
 def read_vocab(model_dir: Path, family: Family) -> GgufVocab:
     """The tokenizer of ``model_dir`` sized to the model's ``vocab_size``."""
     vocab_size = family.vocab_size
     tokenizer_json = model_dir / "tokenizer.json"
     tokenizer = _read_json(tokenizer_json)
     scores: list[float] | None
-    if (model_dir / "tokenizer.model").is_file():
+    pre: str | None
+    if family.tokenizer_model == "gemma4":
+        tokens, types, scores = _gemma4(model_dir, family.visible_tokens)
+        model, pre, spm = "gemma4", None, False
+    elif (model_dir / "tokenizer.model").is_file():
         tokens, types, scores = _sentencepiece(model_dir, vocab_size,
                                                family.spm_added_from_tokenizer_json)
         model, pre, spm = "llama", "default", True
@@ -262,6 +285,8 @@ def read_vocab(model_dir: Path, family: Family) -> GgufVocab:
             f"{model_dir}: the tokenizer has no chat_template; llama.cpp would not know how to "
             "format conversations. Merge with a tokenizer that carries one"
         )
+    if family.tokenizer_model == "gemma4":
+        special.add_special_token["bos"] = True  # the converter sets it, whatever the files say
     space_prefix = family.add_space_prefix
     if family.reads_add_prefix_space:
         space_prefix = _read_json(model_dir / "tokenizer_config.json").get("add_prefix_space")

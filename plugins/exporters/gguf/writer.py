@@ -143,19 +143,24 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
 
 
 def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, np.ndarray]]:
-    """Yield each planned tensor converted, reading only its own sources from disk."""
+    """Yield each planned tensor converted, reading only its own sources from disk.
+
+    A file stays open (mapped) from its first tensor to its last one only, so the pages
+    of a shard already written are let go.
+    """
     import torch
     from safetensors import safe_open
 
-    with contextlib.ExitStack() as stack:
-        handles: dict[Path, Any] = {}
+    last_use = {file: i for i, item in enumerate(plan) for file in item.files}
+    handles: dict[Path, Any] = {}
 
-        def read(file: Path, key: str) -> torch.Tensor:
-            if file not in handles:  # safe_open maps the file; nothing is read until asked
-                handles[file] = stack.enter_context(safe_open(file, framework="pt"))
-            return handles[file].get_tensor(key).float()
+    def read(file: Path, key: str) -> torch.Tensor:
+        if file not in handles:
+            handles[file] = safe_open(file, framework="pt").__enter__()
+        return handles[file].get_tensor(key).float()
 
-        for item in plan:
+    try:
+        for i, item in enumerate(plan):
             source = item.source
             if source is None:
                 yield item, item.data
@@ -168,7 +173,13 @@ def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, n
             tensor = family.transform(source.name, tensor)
             if tuple(tensor.shape) != item.shape:
                 tensor = tensor[: item.shape[0]]  # embedding rows beyond the vocabulary
+            for file in set(item.files):
+                if last_use[file] == i:
+                    handles.pop(file).__exit__(None, None, None)
             yield item, _convert(tensor, item.qtype)
+    finally:
+        for handle in handles.values():
+            handle.__exit__(None, None, None)
 
 
 def _convert(tensor: torch.Tensor, qtype: Q) -> np.ndarray:

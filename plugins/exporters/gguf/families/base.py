@@ -55,6 +55,10 @@ class Family:
     reads_add_prefix_space: ClassVar[bool] = False
     # Phi-3's converter types the added tokens of tokenizer.json by their special flag.
     spm_added_from_tokenizer_json: ClassVar[bool] = False
+    # a tokenizer kind of llama.cpp's that a family has to itself ("gemma4"), and the
+    # tokens it renders as text
+    tokenizer_model: ClassVar[str | None] = None
+    visible_tokens: ClassVar[frozenset[str]] = frozenset()
     # whether config.json's head_dim goes into the key/value length keys
     writes_head_dim: ClassVar[bool] = True
     # checkpoint tensors llama.cpp never reads for this family

@@ -1,14 +1,20 @@
-"""Gemma 2 and Gemma 3 (text): soft-capping, sliding windows, and RMSNorm weights stored
-as the offset from 1 that transformers adds back at run time.
+"""Gemma 2, 3 and 4 (text): soft-capping, sliding windows, and (2 and 3) RMSNorm weights
+stored as the offset from 1 that transformers adds back at run time. Gemma 4 adds
+per-layer input embeddings, wider heads on its global layers with "proportional" partial
+RoPE, and a tokenizer kind of its own.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gguf
+import numpy as np
 
-from .base import Family
+from lorapipe.plugin import UserError
+
+from .base import CONVERT, Family, Source
 
 if TYPE_CHECKING:
     import torch
@@ -59,3 +65,90 @@ class Gemma3(Gemma2):
             writer.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
         if hp.get("sliding_window_pattern") != 1:
             writer.add_sliding_window(int(hp["sliding_window"]))
+
+
+class Gemma4(Family):
+    model_types = ("gemma4_text",)
+    arch = gguf.MODEL_ARCH.GEMMA4
+    rope_types = ("proportional",)  # the global layers'; the sliding ones rotate plainly
+    add_space_prefix = False
+    tokenizer_model = "gemma4"
+    visible_tokens = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
+                                "<|tool_response>", "<tool_response|>", '<|"|>'})
+
+    def __init__(self, hp: dict[str, Any], where: Path) -> None:
+        super().__init__(hp, where)
+        if hp.get("enable_moe_block"):
+            raise UserError(f"{where}: Gemma 4 with experts (enable_moe_block) is not written "
+                            f"by the GGUF exporter. Convert with llama.cpp: {CONVERT}")
+
+    def _global(self, own_key: str, layer_key: str) -> Any:
+        """A global-attention layer's value: under its own key, or in per_layer_config for
+        the first full_attention layer (how transformers 5 saves it), as the converter
+        looks it up."""
+        if self.hp.get(own_key) is not None:
+            return self.hp[own_key]
+        for index, config in (self.hp.get("per_layer_config") or {}).items():
+            if self.hp["layer_types"][int(index)] == "full_attention" and layer_key in config:
+                return config[layer_key]
+        return None
+
+    @property
+    def head_dim_full(self) -> int:
+        return int(self._global("global_head_dim", "head_dim"))
+
+    def metadata(self, writer: gguf.GGUFWriter) -> None:
+        hp = self.hp
+        head_dim_full = self.head_dim_full
+        swa = self.sliding_pattern()
+        writer.add_block_count(self.n_layers)
+        writer.add_context_length(int(hp["max_position_embeddings"]))
+        writer.add_embedding_length(int(hp["hidden_size"]))
+        n_ff = int(hp["intermediate_size"])
+        shared = int(hp.get("num_kv_shared_layers") or 0)
+        if hp.get("use_double_wide_mlp"):
+            first_shared = self.n_layers - shared
+            writer.add_feed_forward_length([n_ff if i < first_shared else 2 * n_ff
+                                            for i in range(self.n_layers)])
+        else:
+            writer.add_feed_forward_length(n_ff)
+        writer.add_head_count(self.n_head)
+        kv_full = self._global("num_global_key_value_heads", "num_key_value_heads")
+        if kv_full is not None:
+            writer.add_head_count_kv([self.n_head_kv if s else int(kv_full) for s in swa])
+        else:
+            writer.add_head_count_kv(self.n_head_kv)
+        writer.add_rope_freq_base(float(self.rope.get("rope_theta", 1_000_000.0)))
+        if self.rope_swa.get("rope_theta") is not None:
+            writer.add_rope_freq_base_swa(float(self.rope_swa["rope_theta"]))
+        writer.add_layer_norm_rms_eps(float(hp.get("rms_norm_eps", 1e-6)))
+        writer.add_key_length(head_dim_full)
+        writer.add_value_length(head_dim_full)
+        if hp.get("final_logit_softcapping"):
+            writer.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
+        if hp.get("sliding_window_pattern") != 1:
+            writer.add_sliding_window(int(hp["sliding_window"]))
+        writer.add_shared_kv_layers(shared)
+        writer.add_embedding_length_per_layer_input(int(hp.get("hidden_size_per_layer_input")
+                                                        or 0))
+        writer.add_sliding_window_pattern(swa)
+        writer.add_key_length_swa(self.head_dim)
+        writer.add_value_length_swa(self.head_dim)
+        writer.add_rope_dimension_count(head_dim_full)
+        fraction = float(hp["rope_parameters"].get("partial_rotary_factor", 1.0))
+        writer.add_rope_dimension_count_swa(int(self.head_dim * fraction))
+
+    def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
+        # two scalars per layer are saved without a ".weight"
+        return [Source(s.name + ".weight", s.keys, s.shape)
+                if s.name.endswith(("per_dim_scale", "layer_scalar")) else s
+                for s in super().sources(shapes)]
+
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """The global layers rotate a fraction of each head's pairs; llama.cpp's NeoX RoPE
+        rotates the first ones, so the others get a frequency factor of 1e30 (no turn)."""
+        head_dim_full = self.head_dim_full
+        rotated = int(head_dim_full * float(self.rope["partial_rotary_factor"]) / 2)
+        factors = [1.0] * rotated + [1e30] * (head_dim_full // 2 - rotated)
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        return {name: np.asarray(factors, np.float32)}
