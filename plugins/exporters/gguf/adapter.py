@@ -40,7 +40,7 @@ def _refuse_unsupported(adapter: LoraAdapter, adapter_dir: Path) -> None:
     if why is not None:
         raise UserError(f"{adapter_dir}: llama.cpp's --lora cannot apply {why}; export the "
                         "merged model's GGUF instead (remove adapter from the gguf exporter)")
-    experts = list(getattr(adapter.config, "target_parameters", None) or [])
+    experts = sorted(getattr(adapter.config, "target_parameters", None) or [])
     if experts:
         # llama.cpp can apply 3-D expert LoRA pairs, but one peft update of a fused
         # gate_up_proj would have to be split into gate and up pairs: not written here
