@@ -6,6 +6,7 @@ bytes of a q4_k_m file. Families the exporter does not write must be refused by 
 Each model is the family's shape with the sizes a GGUF test needs (``GGUF_SHAPES``):
 intermediate sizes of 256 so ffn_down rows fill K-quant blocks, and, where llama.cpp
 fixes a layer pattern the checkpoint cannot tell it, that pattern. Built once per module.
+The default suite exports four of them (``DEFAULT_RUN``), ``pytest -m families`` the rest.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ GGUF_SHAPES: dict[str, dict[str, Any]] = {
     # llama.cpp renormalises the top-k router weights
     "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
 }
+# the families the default suite exports (a Llama-style, a Command R tokenizer, both expert
+# layouts); the others are marked `families` (`pytest -m families` runs them)
+DEFAULT_RUN = ("granite", "cohere2", "qwen3_moe", "gpt_oss")
 # special tokens a family's real tokenizer has and the shape's stand-in lacks: Llama 3's
 # vocabulary has GLM-4's <|endoftext|> but not its <|user|>; the Gemma 4 vocabulary file
 # has the turn markers, but not among the special tokens (so both converters would type
@@ -94,9 +98,12 @@ CHAT = [{"role": "user", "content": "What is 7 plus 2?"},
 
 def _settings(name: str, vocab: Any, extra: dict[str, Any]) -> dict[str, Any]:
     shape = SHAPES[name]
-    return {**SHAPE, **shape.config, **extra, "vocab_size": len(vocab),
-            "bos_token_id": vocab.bos_token_id, "eos_token_id": vocab.eos_token_id,
-            "pad_token_id": vocab.pad_token_id}
+    settings = {**SHAPE, **shape.config, **extra, "vocab_size": len(vocab),
+                "bos_token_id": vocab.bos_token_id, "eos_token_id": vocab.eos_token_id,
+                "pad_token_id": vocab.pad_token_id}
+    if shape.model_type == "gemma4_text":
+        settings["vocab_size_per_layer_input"] = len(vocab)
+    return settings
 
 
 def build_gguf_shape(name: str, out: Path) -> Path:
@@ -131,7 +138,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Pat
     return build
 
 
-@pytest.fixture(scope="module", params=list(GGUF_SHAPES))
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=() if name in DEFAULT_RUN else pytest.mark.families)
+    for name in GGUF_SHAPES])
 def exported(request: pytest.FixtureRequest, built) -> tuple[str, Path, Path]:
     return request.param, *built(request.param)
 
