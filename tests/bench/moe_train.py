@@ -7,8 +7,9 @@ Needs TRL for the comparison (a bench requirement, not a lorapipe dependency):
 
 The model is a seeded random Qwen3-MoE (transformers' ``qwen3_moe``: hidden 512, 4
 layers, 8 experts of intermediate 512, top-2 routing, q/k norms, 32,000-token vocabulary;
-61 M parameters: 25 M in the fused expert stacks, 33 M in the untied embeddings and head). The data is ``--samples``
-sequences of ``--length`` random token ids, every token trained, so neither tool pads or
+61 M parameters: 25 M in the fused expert stacks, 33 M in the untied embeddings and
+head). The data is ``--samples`` sequences of ``--length`` random token ids, every token
+trained, so neither tool pads or
 masks anything. Both train the same LoRA (r=16, alpha 32, no dropout: peft cannot drop
 out a parameter's input) on q/k/v/o and the fused experts (``experts.gate_up_proj``,
 ``experts.down_proj`` through peft's ``target_parameters``), in fp32, 4 sequences per

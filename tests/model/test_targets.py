@@ -73,6 +73,7 @@ def test_detector_with_required_options_is_only_used_when_named(llama, tmp_path)
     from lorapipe.plugin_manager import build_plugin_manager
     from lorapipe.plugins.evaluators import perplexity
     from lorapipe.plugins.loaders import jsonl
+    from lorapipe.plugins.objectives import sft
     from lorapipe.plugins.quantizers import none
     from lorapipe.plugins.targets import all_linear
     from lorapipe.plugins.templates import tokenizer
@@ -98,7 +99,8 @@ def test_detector_with_required_options_is_only_used_when_named(llama, tmp_path)
 
     pm = build_plugin_manager(load_entry_points=False)
     for name, plugin in (("suffix", SuffixPlugin()), ("linear", all_linear), ("jsonl", jsonl),
-                         ("none", none), ("tokenizer", tokenizer), ("ppl", perplexity)):
+                         ("none", none), ("tokenizer", tokenizer), ("ppl", perplexity),
+                         ("sft", sft)):
         pm.register(plugin, name=name)
     registry = Registry(pm)
     data_file = tmp_path / "train.jsonl"
