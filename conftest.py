@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# A failed GGML_ASSERT in llama.cpp forks gdb for a backtrace, which hangs the test run
+# instead of failing it; set before any test loads llama.cpp (subprocesses inherit it).
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def lorapipe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

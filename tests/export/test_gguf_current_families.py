@@ -12,7 +12,6 @@ The default suite exports four of them (``DEFAULT_RUN``), ``pytest -m families``
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,9 +40,6 @@ from lorapipe.errors import UserError
 from lorapipe.plugins.exporters.gguf.adapter import write_adapter_gguf
 from lorapipe.plugins.exporters.gguf.families import model_family
 from lorapipe.plugins.exporters.gguf.writer import check_model, write_gguf
-
-# a failed GGML_ASSERT would otherwise fork gdb for a backtrace, which hangs under pytest
-os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 SLIDING_3_OF_4 = ["sliding_attention"] * 3 + ["full_attention"]
 # family → config beyond its current_families shape, for a GGUF llama.cpp computes alike
