@@ -44,7 +44,9 @@ class Shape:
 
 
 FAMILIES: dict[str, Shape] = {
-    "qwen3_moe": Shape("qwen3_moe", dict(head_dim=16, **MOE), "qwen3", ATTENTION, EXPERTS),
+    # Qwen3-MoE ships norm_topk_prob: true (llama.cpp always renormalises the top k)
+    "qwen3_moe": Shape("qwen3_moe", dict(head_dim=16, **MOE, norm_topk_prob=True), "qwen3",
+                       ATTENTION, EXPERTS),
     "qwen3_5": Shape("qwen3_5_text", dict(head_dim=16, **LINEAR_ATTENTION), "qwen35",
                      [*ATTENTION, "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a",
                       "out_proj", *MLP]),
@@ -89,14 +91,23 @@ FAMILIES: dict[str, Shape] = {
         EXPERTS),
     "olmo2": Shape("olmo2", {}, "llama3", [*ATTENTION, *MLP]),
     "glm4": Shape("glm4", dict(head_dim=16), "llama3", [*ATTENTION, "gate_up_proj", "down_proj"]),
-    "cohere2": Shape("cohere2", dict(head_dim=16, **SLIDING), "command-r", [*ATTENTION, *MLP]),
-    "exaone4": Shape("exaone4", dict(head_dim=16, **SLIDING), "llama3", [*ATTENTION, *MLP]),
+    # Command R7B: three sliding-window layers in four (the pattern llama.cpp fixes)
+    "cohere2": Shape("cohere2", dict(head_dim=16, sliding_window=128, num_hidden_layers=4,
+                                     layer_types=["sliding_attention"] * 3 + ["full_attention"]),
+                     "command-r", [*ATTENTION, *MLP]),
+    # EXAONE 4.0 1.2B: global attention only (the 32B's 3:1 sliding pattern llama.cpp
+    # reads for 64 layers only)
+    "exaone4": Shape("exaone4", dict(head_dim=16, sliding_window=None,
+                                     layer_types=["full_attention"] * 2),
+                     "llama3", [*ATTENTION, *MLP]),
     "lfm2": Shape("lfm2", dict(layer_types=["conv", "full_attention"], block_ff_dim=128,
                                block_auto_adjust_ff_dim=False, conv_L_cache=3),
                   "llama3", ["q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w3",
                              "w2"]),
     "seed_oss": Shape("seed_oss", dict(head_dim=16), "llama3", [*ATTENTION, *MLP]),
-    "smollm3": Shape("smollm3", dict(no_rope_layers=[1, 0]), "llama3", [*ATTENTION, *MLP]),
+    # SmolLM3: NoPE on every fourth layer
+    "smollm3": Shape("smollm3", dict(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0]),
+                     "llama3", [*ATTENTION, *MLP]),
 }
 
 

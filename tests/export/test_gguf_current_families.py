@@ -75,10 +75,16 @@ REFUSED: dict[str, str] = {
     **{name: "GGUF export supports model_type" for name in (
         "llama4", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "granitemoehybrid")},
     "gemma4_moe": "enable_moe_block",
-    "smollm3": "no_rope_layers",
-    "exaone4": "sliding window",
-    "cohere2": "layer_types",
-    "qwen3_moe": "norm_topk_prob",
+}
+# layer patterns other than the one llama.cpp fixes for the family (config beyond the
+# shape), refused with a phrase of the reason
+OFF_PATTERN: dict[str, tuple[dict[str, Any], str]] = {
+    "smollm3": (dict(num_hidden_layers=2, no_rope_layers=[1, 0]), "no_rope_layers"),
+    "exaone4": (dict(sliding_window=128, layer_types=["sliding_attention", "full_attention"]),
+                "sliding window"),
+    "cohere2": (dict(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"]),
+                "layer_types"),
+    "qwen3_moe": (dict(norm_topk_prob=False), "norm_topk_prob"),
 }
 PROBES = [
     "Hello world",
@@ -231,12 +237,23 @@ def test_q4_k_m_is_llama_quantizes(exported, tmp_path: Path) -> None:
 def test_unsupported_shapes_are_refused_by_name(name: str, tmp_path: Path) -> None:
     """current_families' shapes the exporter cannot write faithfully are refused from the
     config alone, before any weight is read (none is written here)."""
+    _refused(name, {}, REFUSED[name], tmp_path)
+
+
+@pytest.mark.parametrize("name", list(OFF_PATTERN))
+def test_layer_patterns_llama_cpp_would_not_reproduce_are_refused(name: str,
+                                                                  tmp_path: Path) -> None:
+    extra, reason = OFF_PATTERN[name]
+    _refused(name, extra, reason, tmp_path)
+
+
+def _refused(name: str, extra: dict[str, Any], reason: str, tmp_path: Path) -> None:
     shape = SHAPES[name]
-    settings = {**SHAPE, **shape.config, "vocab_size": 1024}
+    settings = {**SHAPE, **shape.config, **extra, "vocab_size": 1024}
     if shape.model_type == "gemma4_text":
         settings["vocab_size_per_layer_input"] = 1024
     AutoConfig.for_model(shape.model_type, **settings).save_pretrained(tmp_path)
-    with pytest.raises(UserError, match=REFUSED[name]) as refused:
+    with pytest.raises(UserError, match=reason) as refused:
         model_family(tmp_path)
     assert "convert_hf_to_gguf.py" in str(refused.value)
 

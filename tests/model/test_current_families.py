@@ -29,7 +29,21 @@ from lorapipe.plan import build_plan
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 
 
+def _exportable(model_dir: Path) -> bool:
+    """Whether the GGUF exporter writes this model (the others it refuses by name:
+    tests/export/test_gguf_current_families.py)."""
+    from lorapipe.errors import UserError
+    from lorapipe.plugins.exporters.gguf.families import model_family
+
+    try:
+        model_family(model_dir)
+    except UserError:
+        return False
+    return True
+
+
 def _context(model_dir: Path, data: Path, out: Path, quantizer: str) -> RunContext:
+    exporters = [{"name": "gguf", "types": ["f16"]}] if _exportable(model_dir) else []
     return RunContext(build_plan(validate_config({
         "model": {"name_or_path": str(model_dir), "quantizer": quantizer},
         "data": {"loader": {"name": "jsonl", "path": str(data)}, "max_length": 96,
@@ -38,7 +52,7 @@ def _context(model_dir: Path, data: Path, out: Path, quantizer: str) -> RunConte
                   "logging_steps": 1, "gradient_checkpointing": False,
                   "learning_rate": 1e-2},  # two steps that move the adapter measurably
         "evaluate": {"evaluators": ["perplexity"]},
-        "export": {"exporters": []},
+        "export": {"exporters": exporters},
         "output_dir": str(out),
     })))
 
@@ -61,7 +75,7 @@ def family_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     data = tmp / "chats.jsonl"
     data.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:32]))
     runs = {"nf4": _context(model_dir, data, tmp / "nf4", "nf4")}
-    for stage in ("prepare", "train", "evaluate", "merge"):
+    for stage in ("prepare", "train", "evaluate", "merge", "export"):
         run_one_stage(runs["nf4"], stage)
     runs["none"] = _context(model_dir, data, tmp / "none", "none")
     for stage in ("prepare", "train", "merge"):
@@ -90,6 +104,27 @@ def test_family_trains_and_merges_exactly(family_runs, quantizer: str) -> None:
     assert change > 1e-4  # the adapter changed the model
     merge_report = json.loads((ctx.paths.merged / "lorapipe_merge.json").read_text())
     assert merge_report["max_abs_logit_diff_vs_adapter"] < 1e-4
+
+
+def test_the_trained_family_exports_a_gguf_llama_cpp_runs_like_transformers(
+        family_runs) -> None:
+    """From the trained run's merged/ (for a MoE: the merge's per-expert checkpoint), the
+    f16 GGUF computes what transformers computes on merged/."""
+    import numpy as np
+    from llama_cpp_material import cpp_logits
+    from transformers import AutoModelForCausalLM
+
+    family, _, runs = family_runs
+    ctx = runs["nf4"]
+    gguf = ctx.paths.export_dir("gguf") / "model-f16.gguf"
+    if not _exportable(ctx.paths.merged):
+        pytest.skip(f"{family}: refused by the GGUF exporter (see the README's table)")
+    ids = list(load_from_disk(str(ctx.paths.validation_data))[0]["input_ids"])
+    merged = AutoModelForCausalLM.from_pretrained(ctx.paths.merged, dtype=torch.float32)
+    with torch.no_grad():
+        hf = merged.eval()(torch.tensor([ids])).logits[0].numpy()
+    ours = cpp_logits(gguf, ids)
+    assert np.abs(ours - hf).max() < 0.02 * hf.std() + 1e-3, np.abs(ours - hf).max()
 
 
 def test_family_is_evaluated_against_its_base(family_runs) -> None:
