@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -27,11 +26,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from lorapipe.atomic import atomic_write_json
 from lorapipe.errors import UserError
+from lorapipe.merge.shards import ShardWriter
+from lorapipe.merge.stacked import Stacked, StackedDeltas, stacked_parameters
 
 _PREFIX = "base_model.model."
 # Files of the base's model directory that merged/ keeps (the tokenizer is written apart).
@@ -219,18 +220,6 @@ def _shard_numel(path: Path) -> int:
                    for key in handle.keys())  # noqa: SIM118
 
 
-@dataclass(frozen=True)
-class Stacked:
-    """A fused expert parameter peft adapted: the module its LoRA is saved under (peft
-    nests one ParamWrapper per parameter), whether it holds (experts, out, in), and the
-    checkpoint tensors it is loaded from (transformers fuses per-expert checkpoint
-    weights, ``experts.0.gate_proj.weight`` …, into one stack at load)."""
-
-    module: str
-    out_in: bool
-    parts: tuple[str, ...]
-
-
 @dataclass
 class Architecture:
     """What the checkpoint's tensors do not say: which modules store their weight (in, out)
@@ -257,7 +246,7 @@ class Architecture:
             transposed={name for name, module in model.named_modules()
                         if isinstance(module, Conv1D)},
             tied=(names[id(inputs)], names[id(outputs)]) if tied else None,
-            stacked=_stacked(model, lora) if targets_parameters else {},
+            stacked=stacked_parameters(model, lora) if targets_parameters else {},
             model=model,
         )
 
@@ -268,61 +257,6 @@ class Architecture:
         from transformers.core_model_loading import revert_weight_conversion
 
         return revert_weight_conversion(self.model, tensors)
-
-
-def _stacked(model: torch.nn.Module, lora: Any) -> dict[str, Stacked]:
-    """peft's own injection, run on the weightless model, says which nested wrapper holds
-    the LoRA of which parameter (the nesting follows peft's matching order)."""
-    from peft import inject_adapter_in_model
-    from peft.tuners.lora import ParamWrapper
-    from transformers.core_model_loading import revert_weight_conversion
-
-    shapes = {name: param.shape for name, param in model.named_parameters()}
-    inject_adapter_in_model(lora, model, low_cpu_mem_usage=True)
-    stacked = {}
-    for name, module in model.named_modules():
-        if isinstance(module, ParamWrapper):
-            key = f"{name.replace('.base_layer', '')}.{module.parameter_name}"
-            parts = revert_weight_conversion(
-                model, {key: torch.empty(shapes[key], device="meta")})
-            stacked[key] = Stacked(name, module._did_swap_in_out_features, tuple(parts))
-    return stacked
-
-
-class _StackedDeltas:
-    """Each adapted expert stack's update, converted to the checkpoint tensors it is
-    stored in when the first of them is read and kept until the last is."""
-
-    def __init__(self, architecture: Architecture, adapter: LoraAdapter) -> None:
-        self.architecture, self.adapter = architecture, adapter
-        self.of_part = {part: key for key, stacked in architecture.stacked.items()
-                        if stacked.module in adapter.updates for part in stacked.parts}
-        self.pending: dict[str, dict[str, torch.Tensor]] = {}
-
-    def pop(self, part: str) -> tuple[str, torch.Tensor] | None:
-        """The LoRA module and the delta of checkpoint tensor ``part``, if it has one."""
-        key = self.of_part.get(part)
-        if key is None:
-            return None
-        stacked = self.architecture.stacked[key]
-        if key not in self.pending:
-            delta = _stacked_delta(self.adapter.updates[stacked.module], stacked.out_in)
-            self.pending[key] = self.architecture.checkpoint_parts({key: delta})
-        deltas = self.pending[key]
-        delta = deltas.pop(part)
-        if not deltas:
-            del self.pending[key]
-        return stacked.module, delta
-
-
-def _stacked_delta(update: _Update, out_in: bool) -> torch.Tensor:
-    """``s·B_e·A_e`` for every expert, in the parameter's layout (float32). peft's
-    ParamWrapper stores A's rows expert by expert and B's columns interleaved."""
-    experts, rank_in = update.experts, update.a.shape[1]
-    a = update.a.float().reshape(experts, -1, rank_in)  # (E, r, in)
-    b = update.b.float().reshape(update.b.shape[0], -1, experts).permute(2, 0, 1)  # (E, out, r)
-    delta = torch.bmm(b, a) * update.scale  # (E, out, in)
-    return delta if out_in else delta.transpose(1, 2)
 
 
 def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype: torch.dtype,
@@ -339,8 +273,8 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     untie = None
     if architecture.tied and any(name in adapter.updates for name in architecture.tied):
         untie = architecture.tied
-    writer = _ShardWriter(out_dir, shard_bytes)
-    stacked_deltas = _StackedDeltas(architecture, adapter)
+    writer = ShardWriter(out_dir, shard_bytes)
+    stacked_deltas = StackedDeltas(architecture, adapter)
     applied: set[str] = set()
     worst = 0.0
 
@@ -441,44 +375,3 @@ def _probe(rows: torch.Tensor, merged: torch.Tensor, update: _Update) -> float:
         expected = expected * (update.magnitude.float() / norm)[:, None]
     got = (merged.T if update.embedding else merged) @ x
     return float((got - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
-class _ShardWriter:
-    """Tensors to safetensors files of at most ``limit`` bytes each (one tensor larger
-    than the limit gets a file of its own), named and indexed as transformers writes them."""
-
-    def __init__(self, out_dir: Path, limit: int) -> None:
-        self.out_dir, self.limit = out_dir, limit
-        self.current: dict[str, torch.Tensor] = {}
-        self.size = 0
-        self.written: list[tuple[str, list[str], int]] = []  # (temp name, keys, bytes)
-
-    def add(self, key: str, tensor: torch.Tensor) -> None:
-        nbytes = tensor.numel() * tensor.element_size()
-        if self.current and self.size + nbytes > self.limit:
-            self._flush()
-        self.current[key] = tensor.contiguous()
-        self.size += nbytes
-
-    def _flush(self) -> None:
-        name = f".shard-{len(self.written):05d}.safetensors"
-        save_file(self.current, str(self.out_dir / name), metadata={"format": "pt"})
-        self.written.append((name, list(self.current), self.size))
-        self.current, self.size = {}, 0
-
-    def close(self) -> int:
-        if self.current or not self.written:
-            self._flush()
-        if len(self.written) == 1:
-            os.replace(self.out_dir / self.written[0][0], self.out_dir / "model.safetensors")
-            return 1
-        total = len(self.written)
-        weight_map: dict[str, str] = {}
-        for number, (temp, keys, _) in enumerate(self.written, start=1):
-            final = f"model-{number:05d}-of-{total:05d}.safetensors"
-            os.replace(self.out_dir / temp, self.out_dir / final)
-            weight_map.update(dict.fromkeys(keys, final))
-        index = {"metadata": {"total_size": sum(size for *_, size in self.written)},
-                 "weight_map": weight_map}
-        (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        return total
