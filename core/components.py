@@ -1,4 +1,5 @@
-"""Base classes of the seven component kinds, and the typed objects components receive.
+"""Base classes of the component kinds (on ``component.Component``), and the typed
+objects components receive.
 
 A component class carries its YAML ``name`` and an ``Options`` pydantic model. The run
 plan (``plan.py``) looks each configured name up once, validates the user's options
@@ -12,17 +13,14 @@ Plugin authors import these through ``lorapipe.plugin``; this module is the engi
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lorapipe.artifacts import RunPaths
-from lorapipe.config.schema import ComponentRef
-from lorapipe.errors import ConfigError
+from lorapipe.component import Component
 from lorapipe.eval_context import EvalContext
 
 if TYPE_CHECKING:  # the heavy libraries are imported by the stages that use them
@@ -36,55 +34,6 @@ an assistant message may add ``tool_calls`` (``[{"id", "type": "function", "func
 and ``name``, and any message ``train: false`` (never trained; see ``trained_turns``)."""
 Tools = list[dict[str, Any]]
 """A record's tool definitions, as ``apply_chat_template(tools=...)`` takes them."""
-
-
-class Options(BaseModel):
-    """Base of every component's options: unknown keys are errors, not silently ignored,
-    and so are infinite and NaN numbers."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Part:
-    """An option that names another component: ``loader: Part[Loader] | None = None``.
-
-    The user writes it like any component (``{name: hf, dataset: wikitext}``); the plan
-    resolves it with the component that holds it, validating its options then (so a typo
-    fails at ``lorapipe validate``), and hands the built component over in ``parts``
-    under the option's dotted path (``self.parts["general.wiki.loader"]``).
-    """
-
-    def __init__(self, base: type[Component]) -> None:
-        self.base = base
-
-    def __class_getitem__(cls, base: type[Component]) -> Any:
-        return Annotated[ComponentRef, cls(base)]
-
-
-class Component(ABC):
-    """Something a user picks by name in YAML.
-
-    Each kind's base class below declares the kind once: ``kind`` (singular, in messages)
-    and ``plural`` (its register hook is ``lorapipe_register_<plural>``; ``KINDS`` lists
-    them, and the registry derives its hooks from it).
-    """
-
-    kind: ClassVar[str]
-    plural: ClassVar[str]
-    name: ClassVar[str]
-    Options: ClassVar[type[Options]] = Options
-
-    def __init__(self, options: Options | None = None, *, field: str | None = None,
-                 parts: dict[str, Component] | None = None) -> None:
-        self.options = options if options is not None else self.Options()
-        # The dotted YAML path this instance was configured at (``data.validation.loader``).
-        self.field = field or self.kind
-        # The components its ``Part`` options name, built by the plan (see ``Part``).
-        self.parts = parts or {}
-
-    def config_error(self, message: str, option: str | None = None) -> ConfigError:
-        """An error naming this component's YAML field (or one of its options): exit 2."""
-        return ConfigError(f"{self.field}.{option}" if option else self.field, message)
 
 
 # --- loaders --------------------------------------------------------------------------

@@ -19,14 +19,13 @@ from typing import Any, TypeVar, cast, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from lorapipe.component import Component, Part
 from lorapipe.components import (
     ChatTemplate,
-    Component,
     Evaluator,
     Exporter,
     Loader,
     Objective,
-    Part,
     Quantizer,
     TargetDetector,
 )

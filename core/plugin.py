@@ -52,6 +52,7 @@ from lorapipe.atomic import atomic_directory, atomic_write_text
 from lorapipe.authoring.file_loader import FileLoader, FileOptions
 from lorapipe.authoring.masking import token_range, trained_text, trained_turns
 from lorapipe.authoring.piece_template import Piece, PieceTemplate, alternating_turns
+from lorapipe.component import Options, Part
 from lorapipe.components import (
     ChatTemplate,
     Conversation,
@@ -62,8 +63,6 @@ from lorapipe.components import (
     Loader,
     Objective,
     ObjectiveLoss,
-    Options,
-    Part,
     Quantizer,
     RawRecord,
     RecordError,

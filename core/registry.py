@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from lorapipe.components import KINDS, Component
+from lorapipe.component import Component
+from lorapipe.components import KINDS
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.plugin_manager import PluginManager, get_plugin_manager
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import field_validator
 
-from lorapipe.components import Loader, Options, RawRecord
+from lorapipe.component import Options
+from lorapipe.components import Loader, RawRecord
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
