@@ -77,9 +77,11 @@ FAMILIES: dict[str, Shape] = {
                                              kv_lora_rank=32, q_lora_rank=48,
                                              qk_rope_head_dim=8, qk_nope_head_dim=16,
                                              v_head_dim=16, n_group=2, topk_group=1),
-                         # MLP names withheld: peft reads them as the experts (targets.py)
+                         # MLP names qualified: peft reads bare ones as the experts
                          "deepseek", ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
-                                    "o_proj"], EXPERTS),
+                                    "o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                                    "shared_experts.gate_proj", "shared_experts.up_proj",
+                                    "shared_experts.down_proj"], EXPERTS),
     "granite": Shape("granite", dict(embedding_multiplier=12.0, logits_scaling=8.0,
                                      residual_multiplier=0.22, attention_multiplier=0.0078125),
                      "llama3", [*ATTENTION, *MLP]),

@@ -137,11 +137,11 @@ def select_targets(model: nn.Module, setup: ModelSetup) -> ChosenTargets:
         check_parameter_names(model, parameters)
         check_modules_to_save(model, adapter.modules_to_save)
         chosen = ChosenTargets(list(modules), None, "adapter.target_modules", list(parameters))
-        renamed = peft_renamed(model, chosen)
-        if renamed:
+        chosen = as_peft_reads(model, chosen)
+        if chosen.withheld:
             raise ConfigError(
                 "adapter.target_modules",
-                f"peft would read {', '.join(renamed)} as this {_kind(model)} model's "
+                f"peft would read {', '.join(chosen.withheld)} as this {_kind(model)} model's "
                 "experts (its transformers-4 names) and adapt the fused stacks instead; name "
                 "the experts in adapter.target_parameters (candidates: "
                 f"{', '.join(short_parameter_names(model, expert_parameters(model)))})",
@@ -173,33 +173,62 @@ def _chosen(model: nn.Module, detector: str, selection: TargetSelection) -> Chos
     check_parameter_names(model, selection.parameters, field="adapter.target_detector")
     chosen = ChosenTargets(list(selection.modules), detector, selection.reason,
                            list(selection.parameters))
-    renamed = peft_renamed(model, chosen)
-    if not renamed:
-        return chosen
-    why = (f"peft reads this name as the experts of {_kind(model)} models (transformers 4 "
-           "named them so) and would adapt those instead, also when loading the adapter")
-    return replace(chosen, modules=[m for m in chosen.modules if m not in renamed],
-                   withheld=dict.fromkeys(renamed, why))
+    return as_peft_reads(model, chosen)
 
 
-def peft_renamed(model: nn.Module, targets: ChosenTargets) -> list[str]:
-    """Target module names peft would turn into expert parameters.
+def as_peft_reads(model: nn.Module, chosen: ChosenTargets) -> ChosenTargets:
+    """``chosen`` in names peft adapts as they are, at injection and at every load.
 
-    For transformers-4 adapters, peft rewrites ``gate_proj``/``up_proj``/``down_proj``
-    (``w1``/``w2``/``w3``, ``gate``) of Qwen2-MoE- and Mixtral-style model types into the
-    fused experts, at injection and at every load, even where the model also has linear
-    layers of that name (DeepSeek-V3's dense layers and shared experts). Such a layer can
-    get no adapter that peft would load back.
+    For adapters of transformers 4, peft rewrites ``gate_proj``/``up_proj``/``down_proj``
+    (``w1``/``w2``/``w3``, ``gate``) of Qwen2-MoE- and Mixtral-style model types into
+    the fused experts. Depending on its version it drops the linear layers of that name
+    (DeepSeek-V3's dense layers and shared experts), or keeps them but also adapts the
+    routed experts (even with ``experts: false``) at twice the rank. A name it would
+    rewrite is qualified by its parent (``mlp.gate_proj``, ``shared_experts.gate_proj``),
+    which matches the same layers and nothing peft rewrites; a name that stays rewritten
+    even so is withheld, with the reason.
     """
+    if not _peft_rewrites(model, chosen.modules):
+        return chosen
+    modules: list[str] = []
+    withheld: dict[str, str] = {}
+    for name in chosen.modules:
+        qualified = [name] if not _peft_rewrites(model, [name]) else _parent_qualified(model, name)
+        if qualified and not _peft_rewrites(model, qualified):
+            modules.extend(q for q in qualified if q not in modules)
+        else:
+            withheld[name] = ("peft reads this name as the experts of "
+                              f"{_kind(model)} models (transformers 4 named them so) and would "
+                              "adapt those instead, also when loading the adapter")
+    return replace(chosen, modules=modules, withheld=withheld)
+
+
+def _peft_rewrites(model: nn.Module, modules: list[str]) -> bool:
+    """Whether peft's transformers-4 conversion changes these target modules: asked of
+    peft itself, whose rule differs between its versions."""
     from peft import LoraConfig
     from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
 
-    if not targets.modules or not hasattr(getattr(model, "config", None), "model_type"):
-        return []
-    config = LoraConfig(target_modules=list(targets.modules),
-                        target_parameters=list(targets.parameters) or None)
-    convert_peft_config_for_transformers(config, model=model, conversions=None)
-    return [name for name in targets.modules if name not in (config.target_modules or ())]
+    if not modules or not hasattr(getattr(model, "config", None), "model_type"):
+        return False
+    config = LoraConfig(target_modules=list(modules))
+    try:
+        convert_peft_config_for_transformers(config, model=model, conversions=None)
+    except ValueError:  # half of a fused pair (gate_proj without up_proj)
+        return True
+    return (set(config.target_modules or ()) != set(modules)
+            or bool(config.target_parameters) or bool(config.rank_pattern))
+
+
+def _parent_qualified(model: nn.Module, name: str) -> list[str]:
+    """``parent.leaf`` for each layer ``name`` matches, in model order."""
+    qualified: list[str] = []
+    for full, _ in model.named_modules():
+        if matches_target(full, name):
+            key = ".".join(full.split(".")[-2:])
+            if key not in qualified:
+                qualified.append(key)
+    return qualified
 
 
 # What peft's ParamWrapper (the LoRA of a bare parameter) refuses, as config fields.

@@ -88,20 +88,60 @@ def test_experts_false_leaves_the_experts_out_and_says_so(make_ctx) -> None:
     assert left["experts.gate_up_proj"]["parameters"] == 2 * 4 * 64 * 64  # layers × stack
 
 
-def test_names_peft_would_read_as_experts_are_withheld_and_said(make_ctx) -> None:
-    """peft maps gate_proj/up_proj/down_proj of Qwen2-MoE-style types onto the fused
-    experts (transformers 4 names) at injection and at load: DeepSeek-V3's dense layers
-    and shared experts cannot keep such an adapter, so they are reported, not targeted;
-    given explicitly, those names are refused with what to write instead."""
+def _adapted_by_peft(model: torch.nn.Module, chosen, r: int = 4) -> tuple[set, set, dict]:
+    """What peft itself adapts for these targets: linear layer names, expert parameter
+    names, and every LoRA rank (per expert for a stack) it built."""
+    from peft.tuners.lora import LoraLayer, ParamWrapper
+
+    peft_model = get_peft_model(model, lora_config_for(chosen, r))
+    linear, experts, ranks = set(), set(), {}
+    for name, module in peft_model.base_model.model.named_modules():
+        if isinstance(module, ParamWrapper):
+            # peft nests one wrapper per parameter of a module: experts.base_layer.…
+            experts.add(f"{name}.{module.parameter_name}".replace(".base_layer", ""))
+            ranks[name] = module.r["default"]
+        elif isinstance(module, LoraLayer):
+            linear.add(name)
+            ranks[name] = module.r["default"]
+    return linear, experts, ranks
+
+
+def lora_config_for(chosen, r: int) -> LoraConfig:
+    return LoraConfig(r=r, lora_alpha=2 * r, target_modules=chosen.modules or None,
+                      target_parameters=chosen.parameters or None)
+
+
+@pytest.mark.parametrize("experts", [True, False])
+def test_deepseek_dense_mlps_and_experts_get_exactly_what_was_chosen(make_ctx,
+                                                                     experts: bool) -> None:
+    """DeepSeek-V3 names its dense and shared-expert MLPs gate_proj/up_proj/down_proj,
+    which peft also reads as the routed experts' transformers-4 names: peft 0.21 then
+    dropped the linear layers, 0.22 adapts the experts too (with experts: false as well)
+    at twice the rank. The targets are named so that peft, the judge here, adapts every
+    linear layer and exactly the chosen experts, all at rank r."""
+    from lorapipe.model.targets import adaptable_modules, expert_parameters
+
     model = _weightless("deepseek_v3")
-    chosen = select_targets(model, make_ctx().model_setup)
-    assert not {"gate_proj", "up_proj", "down_proj"} & set(chosen.modules)
-    left = {e["name"]: e["reason"] for e in not_adapted(model, chosen)}
-    assert "experts" in left["gate_proj"] and "peft" in left["gate_proj"]
-    explicit = make_ctx(adapter={"target_modules": ["q_a_proj", "gate_proj", "up_proj"]})
-    with pytest.raises(ConfigError, match="adapter.target_parameters") as err:
-        select_targets(model, explicit.model_setup)
-    assert err.value.field == "adapter.target_modules"
+    ctx = make_ctx(adapter={"target_detector": {"name": "all_linear", "experts": experts}})
+    chosen = select_targets(model, ctx.model_setup)
+    assert not chosen.withheld
+    linear, adapted_experts, ranks = _adapted_by_peft(_weightless("deepseek_v3"), chosen)
+    assert linear == set(adaptable_modules(model))
+    assert any(".mlp.gate_proj" in n for n in linear)
+    assert any(".shared_experts.down_proj" in n for n in linear)
+    assert adapted_experts == (set(expert_parameters(model)) if experts else set())
+    assert set(ranks.values()) == {4}
+
+
+def test_explicit_mlp_names_on_deepseek_adapt_those_layers_only(make_ctx) -> None:
+    from lorapipe.model.targets import expert_parameters
+
+    ctx = make_ctx(adapter={"target_modules": ["q_a_proj", "gate_proj", "up_proj"]})
+    model = _weightless("deepseek_v3")
+    chosen = select_targets(model, ctx.model_setup)
+    linear, adapted_experts, _ = _adapted_by_peft(_weightless("deepseek_v3"), chosen)
+    assert {n.rsplit(".", 1)[-1] for n in linear} == {"q_a_proj", "gate_proj", "up_proj"}
+    assert not adapted_experts and expert_parameters(model)
 
 
 def test_explicit_expert_names_are_checked(make_ctx) -> None:
