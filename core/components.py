@@ -329,6 +329,13 @@ class ObjectiveLoss:
     metrics: dict[str, float] = field(default_factory=dict)  # one per ``Objective.metrics``
 
 
+# What a preference objective reads (the rejected side next to the chosen one, which the
+# prepared data keeps in input_ids/labels) and reports, as the built-ins do.
+PAIR_COLUMNS = ("input_ids", "labels", "rejected_input_ids", "rejected_labels")
+PAIR_METRICS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
+                "logp_chosen", "logp_rejected")
+
+
 class Objective(Component):
     """What training minimises: the loss of a batch of prepared data.
 

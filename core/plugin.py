@@ -29,6 +29,11 @@ lorapipe discovers it.
 An objective computes its loss from the loop's micro batches; ``loss_sum`` (the summed
 next-token cross-entropy of the trained tokens, the output head run on those positions
 only) and ``trainable_tokens`` (their count) are ``sft``'s, for objectives built on it.
+A preference objective declares ``columns = PAIR_COLUMNS`` (its micro batches are then
+pairs: the chosen rows, then the rejected rows) and scores them with ``sequence_logps``
+(each side's summed log-probability of its trained tokens) and ``reference_logps`` (the
+same with the adapters off); ``pairs_in`` counts a batch's pairs and ``pair_metrics``
+reports the implicit rewards as ``PAIR_METRICS``.
 
 A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer, path,
 trust_remote_code=run.trust_remote_code)`` (``RunInfo``; ``False`` without one): the
@@ -54,6 +59,8 @@ from lorapipe.authoring.masking import token_range, trained_text, trained_turns
 from lorapipe.authoring.piece_template import Piece, PieceTemplate, alternating_turns
 from lorapipe.component import Options, Part
 from lorapipe.components import (
+    PAIR_COLUMNS,
+    PAIR_METRICS,
     ChatTemplate,
     Conversation,
     EncodedConversation,
@@ -92,6 +99,12 @@ if TYPE_CHECKING:
     from lorapipe.model.tiny_llama import train_byte_level_bpe
     from lorapipe.train.distributed import fsdp_launched
     from lorapipe.train.loss import loss_sum, trainable_tokens
+    from lorapipe.train.preference import (
+        pair_metrics,
+        pairs_in,
+        reference_logps,
+        sequence_logps,
+    )
 
 _HEAVY = {
     "generate": "lorapipe.evaluate.generate",
@@ -106,6 +119,10 @@ _HEAVY = {
     "fsdp_launched": "lorapipe.train.distributed",
     "loss_sum": "lorapipe.train.loss",
     "trainable_tokens": "lorapipe.train.loss",
+    "sequence_logps": "lorapipe.train.preference",
+    "reference_logps": "lorapipe.train.preference",
+    "pair_metrics": "lorapipe.train.preference",
+    "pairs_in": "lorapipe.train.preference",
     "from_pretrained": "lorapipe.model.pretrained",
     "pad_token_id": "lorapipe.model.pretrained",
     "LoraAdapter": "lorapipe.merge.streaming",
@@ -125,6 +142,8 @@ __all__ = [
     "Loader",
     "Objective",
     "ObjectiveLoss",
+    "PAIR_COLUMNS",
+    "PAIR_METRICS",
     "Options",
     "Part",
     "Quantizer",
@@ -145,7 +164,11 @@ __all__ = [
     "freeze",
     "fsdp_launched",
     "loss_sum",
+    "pair_metrics",
+    "pairs_in",
+    "reference_logps",
     "resolve_dtype",
+    "sequence_logps",
     "short_names",
     "short_parameter_names",
     "expert_parameters",

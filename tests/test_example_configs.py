@@ -20,7 +20,12 @@ KINDS = {
     "reasoning": ("chat", lambda report, rows: report["added_samples"]["reasoning_turn"] > 0),
     "text": ("text", lambda report, rows: report["added_samples"]["block"] > 0),
     "completion": ("completion", lambda report, rows: report["kept"] > 140),
+    # every shape of pair read; both sides kept
+    "dpo": ("preference", lambda report, rows: report["kept"] > 300
+            and all(r["rejected_input_ids"] for r in rows)),
 }
+# dpo.yaml starts from the quickstart's merged model; here from tiny-llama itself
+SETS = {"dpo": ["model.name_or_path=tiny-llama"]}
 
 
 @pytest.mark.parametrize("name", list(KINDS))
@@ -32,7 +37,8 @@ def test_example_config_runs_to_a_gguf(name: str, tmp_path: Path) -> None:
     out = tmp_path / name
     done = subprocess.run(
         [sys.executable, "-m", "lorapipe.cli", "run", f"configs/{name}.yaml",
-         *[item for kv in [*SHORT, f"output_dir={out}"] for item in ("--set", kv)]],
+         *[item for kv in [*SHORT, *SETS.get(name, []), f"output_dir={out}"]
+           for item in ("--set", kv)]],
         cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     kind, shows = KINDS[name]

@@ -1,5 +1,5 @@
 """Writes the small generated data of the example configs (tools, reasoning, text,
-completion): ``python configs/data/generate_examples.py``. Deterministic, so the
+completion, preference): ``python configs/data/generate_examples.py``. Deterministic, so the
 committed files are exactly what it writes."""
 
 from __future__ import annotations
@@ -116,6 +116,43 @@ def completion_records(rng: random.Random) -> list[dict]:
     return rows
 
 
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Norway": "Oslo",
+            "Egypt": "Cairo", "Ecuador": "Quito", "Italy": "Rome", "Kenya": "Nairobi"}
+UNHELPFUL = ["I don't know.", "Figure it out yourself.", "Why would I tell you?",
+             "That is not my problem.", "Ask someone else."]
+
+
+def preference_records(rng: random.Random) -> list[dict]:
+    """Preference pairs in the three shapes lorapipe reads: the chosen reply answers
+    correctly and politely; the rejected one refuses rudely or gets the answer wrong."""
+    rows = []
+    for n in range(400):
+        if n % 2:
+            a, b = rng.randint(1, 40), rng.randint(1, 40)
+            question, answer = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+            wrong = f"{a} plus {b} is {a + b + rng.choice([-3, -2, -1, 1, 2, 3])}."
+        else:
+            country = rng.choice(sorted(CAPITALS))
+            other = rng.choice(sorted(set(CAPITALS.values()) - {CAPITALS[country]}))
+            question = f"What is the capital of {country}?"
+            answer = f"The capital of {country} is {CAPITALS[country]}."
+            wrong = f"The capital of {country} is {other}."
+        rejected = rng.choice(UNHELPFUL) if rng.random() < 0.5 else wrong
+        shape = n % 3
+        if shape == 0:  # prompt text, replies text
+            rows.append({"prompt": question, "chosen": answer, "rejected": rejected})
+        elif shape == 1:  # prompt messages, replies as assistant messages
+            rows.append({"prompt": [{"role": "system", "content": "You are a helpful assistant."},
+                                    {"role": "user", "content": question}],
+                         "chosen": [{"role": "assistant", "content": answer}],
+                         "rejected": [{"role": "assistant", "content": rejected}]})
+        else:  # UltraFeedback/HH: two whole conversations sharing the prompt
+            user = {"role": "user", "content": question}
+            rows.append({"chosen": [user, {"role": "assistant", "content": answer}],
+                         "rejected": [user, {"role": "assistant", "content": rejected}]})
+    return rows
+
+
 def _jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
@@ -125,6 +162,7 @@ def main() -> None:
     _jsonl(HERE / "tools.jsonl", tool_records(rng))
     _jsonl(HERE / "reasoning.jsonl", reasoning_records(rng))
     _jsonl(HERE / "completion.jsonl", completion_records(rng))
+    _jsonl(HERE / "preference.jsonl", preference_records(random.Random(1)))
     notes = HERE / "notes"
     notes.mkdir(exist_ok=True)
     for name, text in text_documents(rng).items():

@@ -58,7 +58,17 @@ def validate(record: Record, max_length: int, *, truncating: bool = False,
                                            f"than data.min_response_chars {min_response_chars}")
         _check_size([len(record.prompt) + len(record.completion)], max_length, truncating)
         return
-    messages = record.messages
+    if record.kind == "preference":
+        if record.chosen == record.rejected:
+            raise RecordError("identical_pair", "the chosen and the rejected reply are the same")
+        for side in record.sides():
+            _check_chat(side, max_length, truncating, min_response_chars)
+        return
+    _check_chat(record.messages, max_length, truncating, min_response_chars)
+
+
+def _check_chat(messages: tuple[Message, ...], max_length: int, truncating: bool,
+                min_response_chars: int) -> None:
     sizes = [sum(map(len, _texts(m))) for m in messages]
     _check_size(sizes if truncating else [sum(sizes)], max_length, truncating)
     for n, message in enumerate(messages, start=1):
@@ -97,8 +107,11 @@ def dedupe_key(record: Record) -> bytes:
     """Hash of the whole record with whitespace runs collapsed and case folded.
 
     NUL and SOH cannot occur in validated text, so they separate fields unambiguously."""
-    if record.kind == "chat":
-        fields = [text for m in record.messages for text in (m["role"], *_texts(m))]
+    if record.kind in ("chat", "preference"):
+        sides = ((*record.messages,) if record.kind == "chat" else
+                 (*record.messages, *record.chosen, {"role": "\1", "content": ""},
+                  *record.rejected))
+        fields = [text for m in sides for text in (m["role"], *_texts(m))]
         if record.tools:
             fields.append(json.dumps(record.tools, sort_keys=True))
     else:

@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 
 OUTPUT_FEATURES = Features({
     "input_ids": Sequence(Value("int32")), "attention_mask": Sequence(Value("int8")),
-    "labels": Sequence(Value("int32")), "messages": Value("string"), "tools": Value("string"),
+    "labels": Sequence(Value("int32")),
+    # a preference pair's rejected side (input_ids/labels hold the chosen one); empty else
+    "rejected_input_ids": Sequence(Value("int32")), "rejected_labels": Sequence(Value("int32")),
+    "messages": Value("string"), "tools": Value("string"),
     "kind": Value("string"), "source": Value("string"), "conversation_id": Value("string"),
 })
 # Records a worker templates and tokenizes at once (one task, one Arrow file): big enough
@@ -132,12 +135,14 @@ def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer
     trained = np.fromiter(chain.from_iterable(s.encoded.trainable for s in samples),
                           dtype=bool, count=total)
     trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int32)])
+    rejected = _rejected_columns(samples)
     conversations = [batch["conversation"][i] for i in kept]
     per_record = Counter(kept)
     table = pa.Table.from_pydict({
         "input_ids": _list_array(ids, offsets),
         "attention_mask": _list_array(np.ones(total, dtype=np.int8), offsets),
         "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
+        **rejected,
         "messages": pa.array([s.record.json() for s in samples], pa.string()),
         "tools": pa.array([json.dumps(s.record.tools, ensure_ascii=False)
                            if s.record.tools else None for s in samples], pa.string()),
@@ -145,9 +150,13 @@ def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer
         "source": pa.array([batch["source"][i] for i in kept], pa.string()),
         "conversation_id": pa.array(conversations, pa.string()),
     }, schema=OUTPUT_FEATURES.arrow_schema)
+    rejected_lengths = np.diff(rejected["rejected_input_ids"].offsets.to_numpy())
+    rejected_trained = np.fromiter((sum(s.rejected.trainable) if s.rejected else 0
+                                    for s in samples), dtype=np.int64, count=len(samples))
     columns = {
-        "n_tokens": lengths,
-        "n_trainable": trained_before[offsets[1:]] - trained_before[offsets[:-1]],
+        "n_tokens": lengths + rejected_lengths,
+        "n_trainable": (trained_before[offsets[1:]] - trained_before[offsets[:-1]]
+                        + rejected_trained),
         "truncated": np.array([s.truncated for s in samples], dtype=bool),
         "origin": np.array([ORIGINS.index(s.origin) for s in samples], dtype=np.int8),
         # the samples of one record stay together on one side of every split
@@ -159,6 +168,20 @@ def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer
     if data.validation.stratify_by:
         columns["stratum"] = np.array([batch["stratum"][i] for i in kept], dtype=object)
     return table, columns, drops
+
+
+def _rejected_columns(samples: list[Sample]) -> dict[str, pa.ListArray]:
+    """The rejected side of each preference pair (empty lists for every other sample)."""
+    sides = [s.rejected for s in samples]
+    lengths = np.array([len(r.input_ids) if r else 0 for r in sides], dtype=np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter(chain.from_iterable(r.input_ids for r in sides if r), dtype=np.int32,
+                      count=int(offsets[-1]))
+    trained = np.fromiter(chain.from_iterable(r.trainable for r in sides if r), dtype=bool,
+                          count=int(offsets[-1]))
+    return {"rejected_input_ids": _list_array(ids, offsets),
+            "rejected_labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets)}
 
 
 class _Encoded(NamedTuple):

@@ -63,6 +63,13 @@ def show_samples(paths: RunPaths, console: Console, *, split: Split = "train", c
                      "trained", style=_BOUNDARY)
         rendered = tokenizer.decode(input_ids, clean_up_tokenization_spaces=False)
         console.print(_record(row, masking, rendered), soft_wrap=True)
+        if row.get("rejected_input_ids"):  # a preference pair: both sides' tokens
+            console.print("chosen:", style="bold")
+            console.print(_render(tokenizer, input_ids, labels, ids), soft_wrap=True)
+            console.print("rejected:", style="bold")
+            console.print(_render(tokenizer, row["rejected_input_ids"],
+                                  row["rejected_labels"], ids), soft_wrap=True)
+            continue
         console.print(_render(tokenizer, input_ids, labels, ids), soft_wrap=True)
     console.print(f"[{_TRAINED}]✓ trained[/] [{_CONTEXT}]context (not trained)[/] "
                   f"[{_BOUNDARY}]│ token boundary[/]   {escape(split)}: {len(data)} samples")
@@ -98,6 +105,15 @@ def _record(row: dict[str, Any], masking: _Masking, rendered: str) -> Text:
         _line(text, "completion", body["completion"], True)
         return text
     tools = json.loads(row["tools"]) if row.get("tools") else None
+    if kind == "preference":
+        text.append("preference pair: the prompt, then the chosen and the rejected reply\n",
+                    style=_BOUNDARY)
+        for message in body["prompt"]:
+            _message(text, message, False, masking, rendered)
+        for side in ("chosen", "rejected"):
+            for message in body[side]:
+                _message(text, {**message, "role": side}, True, masking, rendered)
+        return text
     text.append("chat", style=_BOUNDARY)
     if tools:
         text.append(f", {len(tools)} tool definition{'s' if len(tools) != 1 else ''}: ",

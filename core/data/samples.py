@@ -23,6 +23,7 @@ from lorapipe.config import DataConfig
 from lorapipe.data.documents import encode_completion, encode_documents, fit_completion
 from lorapipe.data.length import fit
 from lorapipe.data.messages import Message
+from lorapipe.data.pairs import encode_pairs
 from lorapipe.data.schemas import Record
 
 # The record itself; a further block of a long document; a turn whose reasoning the
@@ -35,6 +36,7 @@ class Sample(NamedTuple):
     encoded: EncodedConversation
     truncated: bool
     origin: str
+    rejected: EncodedConversation | None = None  # a preference pair's other side
 
 
 Outcome = list[Sample] | RecordError
@@ -45,9 +47,10 @@ _FEATURE_NAMES = {"tools": "tool calls or tool results", "reasoning": "reasoning
 def needs(record: Record) -> set[str]:
     """What beyond plain messages a chat record asks its template to render."""
     out = set()
-    if record.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in record.messages):
+    messages = (*record.messages, *record.chosen, *record.rejected)
+    if record.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
         out.add("tools")
-    if any(m.get("reasoning_content") for m in record.messages):
+    if any(m.get("reasoning_content") for m in messages):
         out.add("reasoning")
     return out
 
@@ -147,13 +150,19 @@ def encode_records(records: list[Record], template: ChatTemplate, tokenizer: Any
                    data: DataConfig) -> list[Outcome]:
     """Each record's samples, or why it is dropped, in order."""
     outcomes: list[Outcome | None] = [None] * len(records)
-    by_kind: dict[str, list[int]] = {"chat": [], "text": [], "completion": []}
+    by_kind: dict[str, list[int]] = {"chat": [], "text": [], "completion": [],
+                                     "preference": []}
     for i, record in enumerate(records):
         by_kind[record.kind].append(i)
     if by_kind["chat"]:
         chats = _Chats(template, tokenizer, data).batch([records[i] for i in by_kind["chat"]])
         for i, outcome in zip(by_kind["chat"], chats, strict=True):
             outcomes[i] = outcome
+    if by_kind["preference"]:
+        pairs = encode_pairs(_Chats(template, tokenizer, data),
+                             [records[i] for i in by_kind["preference"]])
+        for i, outcome in zip(by_kind["preference"], pairs, strict=True):
+            outcomes[i] = outcome if isinstance(outcome, RecordError) else [outcome]
     if by_kind["text"]:
         documents = encode_documents([records[i].text for i in by_kind["text"]], tokenizer,
                                      data.max_length, data.block_overlap)

@@ -9,7 +9,11 @@ people actually have. A record is one of three kinds (``Record.kind``):
   prompt/response and the design's instruction/response records are one-exchange chats;
 - ``text``: a raw document for continued pretraining (``text``), trained whole;
 - ``completion``: a ``prompt``/``completion`` pair (TRL's names) for a base model: no
-  template, the completion trained.
+  template, the completion trained;
+- ``preference``: a prompt (text or messages) with a ``chosen`` and a ``rejected`` reply
+  (text or assistant messages), or, UltraFeedback/HH style, ``chosen`` and ``rejected``
+  as whole conversations sharing their prompt; a preference objective (``dpo``) trains
+  on both sides, ``sft`` on the chosen one.
 
 ``data.format: auto`` detects the schema per record, so files in different formats can be
 combined; ``data.columns`` renames fields for files that use other names.
@@ -37,6 +41,8 @@ COLUMNS: dict[str, dict[str, str]] = {
                              "response": "response", "system": "system"},
     "prompt_response": {"prompt": "prompt", "response": "response", "system": "system"},
     "prompt_completion": {"prompt": "prompt", "completion": "completion"},
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected",
+                   "tools": "tools", "role": "role", "content": "content"},
     "text": {"text": "text"},
 }
 # Not part of the conversation: records sharing one are kept on the same side of every
@@ -46,19 +52,21 @@ CONVERSATION_ID = "conversation_id"
 # Fields a record must have to be in that format; detection tries them in this order (a
 # lone ``text`` last: chat records may carry a text field of their own).
 REQUIRED: dict[str, tuple[str, ...]] = {
-    "messages": ("messages",), "sharegpt": ("conversations",),
+    "preference": ("chosen", "rejected"), "messages": ("messages",), "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"), "instruction_response": ("instruction", "response"),
     "prompt_response": ("prompt", "response"), "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-Kind = Literal["chat", "text", "completion"]
-KIND = {"text": "text", "prompt_completion": "completion"}  # every other format: chat
+Kind = Literal["chat", "text", "completion", "preference"]
+# formats rendered without a chat template (every other one is rendered by it)
+KIND = {"text": "text", "prompt_completion": "completion"}
 
 
 @dataclass(frozen=True)
 class Record:
     """One record in the canonical model: ``messages`` (and ``tools``) of a chat,
-    ``text`` of a document, or ``prompt`` and ``completion`` of a pair."""
+    ``text`` of a document, ``prompt`` and ``completion`` of a pair, or the prompt
+    ``messages`` of a preference pair with its ``chosen`` and ``rejected`` replies."""
 
     kind: Kind
     messages: tuple[Message, ...] = ()
@@ -66,14 +74,20 @@ class Record:
     text: str = ""
     prompt: str = ""
     completion: str = ""
+    chosen: tuple[Message, ...] = ()
+    rejected: tuple[Message, ...] = ()
 
     def body(self) -> Any:
         """What the prepared data keeps of it (its ``messages`` column, as JSON): the
-        message list of a chat, ``{text}`` or ``{prompt, completion}`` otherwise."""
+        message list of a chat, ``{text}``, ``{prompt, completion}`` or
+        ``{prompt, chosen, rejected}`` (message lists) otherwise."""
         if self.kind == "chat":
             return list(self.messages)
         if self.kind == "text":
             return {"text": self.text}
+        if self.kind == "preference":
+            return {"prompt": list(self.messages), "chosen": list(self.chosen),
+                    "rejected": list(self.rejected)}
         return {"prompt": self.prompt, "completion": self.completion}
 
     @classmethod
@@ -82,7 +96,14 @@ class Record:
             return cls("chat", tuple(body), tools)
         if "text" in body:
             return cls("text", text=body["text"])
+        if "chosen" in body:
+            return cls("preference", tuple(body["prompt"]), tools,
+                       chosen=tuple(body["chosen"]), rejected=tuple(body["rejected"]))
         return cls("completion", prompt=body["prompt"], completion=body["completion"])
+
+    def sides(self) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        """A preference pair's two whole conversations: prompt + chosen, prompt + rejected."""
+        return (*self.messages, *self.chosen), (*self.messages, *self.rejected)
 
     def json(self) -> str:
         return json.dumps(self.body(), ensure_ascii=False)
@@ -111,11 +132,17 @@ def detect_format(data: dict[str, Any], columns: dict[str, str]) -> str:
         names = _names(fmt, columns)
         if all(names[field] in data for field in required):
             return fmt
+    pair = _names("preference", columns)
+    sides = [pair[side] for side in ("chosen", "rejected") if pair[side] in data]
+    if len(sides) == 1:
+        raise RecordError("missing_side", f"a preference pair with '{sides[0]}' only; "
+                          f"it needs both '{pair['chosen']}' and '{pair['rejected']}'")
     keys = ", ".join(sorted(data)) or "none"
     raise RecordError(
         "unknown_schema",
         "no known schema (expected 'messages', 'conversations', 'instruction'+'output', "
-        "'instruction'+'response', 'prompt'+'response', 'prompt'+'completion' or 'text' "
+        "'instruction'+'response', 'prompt'+'response', 'prompt'+'completion', "
+        "'chosen'+'rejected' or 'text' "
         f"fields; map other names with data.columns); keys: {keys}",
     )
 
@@ -139,6 +166,8 @@ def to_record(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> Record
         raise RecordError("wrong_type", f"{fmt} record without '{missing[0]}'")
     if fmt == "text":
         return Record("text", text=_text(data, names["text"]) or "")
+    if fmt == "preference":
+        return _preference(data, names)
     if fmt == "prompt_completion":
         return Record("completion", prompt=_text(data, names["prompt"]) or "",
                       completion=_text(data, names["completion"]) or "")
@@ -168,6 +197,42 @@ def to_record(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> Record
     messages = [{"role": "system", "content": system}] if system else []
     return Record("chat", (*messages, {"role": "user", "content": prompt},
                            {"role": "assistant", "content": reply}))
+
+
+def _preference(data: dict[str, Any], names: dict[str, str]) -> Record:
+    """A pair: ``prompt`` (text or messages) + ``chosen``/``rejected`` (text or assistant
+    messages), or, without a prompt, two whole conversations split after the messages
+    they share."""
+    tools = tools_list(data.get(names["tools"]), names["tools"])
+
+    def side(key: str) -> list[Message]:
+        value = data[names[key]]
+        if isinstance(value, str):
+            return [{"role": "assistant", "content": value}]
+        return conversation(value, names[key], names["role"], names["content"], ROLES)
+
+    chosen, rejected = side("chosen"), side("rejected")
+    prompt_value = data.get(names["prompt"])
+    if prompt_value is None:
+        shared = 0
+        while (shared < min(len(chosen), len(rejected)) - 1
+               and chosen[shared] == rejected[shared]):
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if not prompt:
+            raise RecordError("missing_prompt", f"no '{names['prompt']}', and '{names['chosen']}'"
+                              f" and '{names['rejected']}' share no opening messages")
+    elif isinstance(prompt_value, str):
+        prompt = [{"role": "user", "content": prompt_value}]
+    else:
+        prompt = conversation(prompt_value, names["prompt"], names["role"], names["content"],
+                              ROLES)
+    for key, reply in (("chosen", chosen), ("rejected", rejected)):
+        if not reply or any(m["role"] != "assistant" for m in reply):
+            raise RecordError("wrong_type", f"'{names[key]}' must be the assistant's reply "
+                              "(a string or assistant messages) after the prompt")
+    return Record("preference", tuple(prompt), tools, chosen=tuple(chosen),
+                  rejected=tuple(rejected))
 
 
 def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list[Message]:

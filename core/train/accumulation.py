@@ -13,8 +13,18 @@ from __future__ import annotations
 import torch
 
 from lorapipe.config import TrainConfig
-from lorapipe.errors import UserError
-from lorapipe.train.batching import Example, Item, collate, epoch_steps, load_examples, pack
+from lorapipe.errors import ConfigError, UserError
+from lorapipe.train.batching import (
+    Example,
+    Item,
+    Pair,
+    collate,
+    collate_pairs,
+    epoch_steps,
+    example_length,
+    load_examples,
+    pack,
+)
 from lorapipe.train.checkpoint import TrainState
 
 
@@ -24,17 +34,23 @@ class Accumulation:
     second; the effective batch stays)."""
 
     def __init__(self, train_data, config: TrainConfig, *, max_length: int,  # noqa: ANN001
-                 pad_token_id: int, world: int, rank: int) -> None:
+                 pad_token_id: int, world: int, rank: int, pairs: bool = False) -> None:
         self.config, self.pad, self.world, self.rank = config, pad_token_id, world, rank
         self.micro_batch_size = config.micro_batch_size
         self.steps = config.gradient_accumulation_steps  # micro batches per optimizer step
-        self.examples: list[Example] = load_examples(train_data)
-        lengths = [len(ids) for ids, _ in self.examples]
+        self.pairs = pairs  # a preference objective: each example is a (chosen, rejected) pair
+        self.collate = collate_pairs if pairs else collate
+        self.examples: list[Example] | list[Pair] = load_examples(train_data, pairs=pairs)
+        lengths = [example_length(example) for example in self.examples]
         singles = [[i] for i in range(len(lengths))]
         packing = config.packing
         if packing == "auto":
             kinds = set(train_data["kind"]) if "kind" in train_data.column_names else set()
             packing = kinds == {"text"}
+        if pairs and (packing or config.padding_free):
+            field = "train.packing" if packing else "train.padding_free"
+            raise ConfigError(field, "a preference objective compares the two sides of each "
+                                     "pair row by row; set it to false")
         self.items: list[Item] = pack(lengths, max_length) if packing else singles
         self.item_lengths = [sum(lengths[i] for i in item) for item in self.items]
         self.steps_per_epoch = len(self._plan(0))
@@ -69,7 +85,7 @@ class Accumulation:
                 for micro in mine]
         if self.config.padding_free:  # one row per micro batch: examples end to end
             rows = [[[example for row in micro for example in row]] for micro in rows]
-        batches = [collate(micro, self.pad) for micro in rows]
+        batches = [self.collate(micro, self.pad) for micro in rows]
         real = sum(self.item_lengths[item] for micro in mine for item in micro)
         return batches, real
 

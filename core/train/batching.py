@@ -15,16 +15,30 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lorapipe.errors import UserError
+
 Example = tuple[list[int], list[int]]  # input_ids, labels (-100 = not trained)
+Pair = tuple[Example, Example]  # a preference pair: chosen, rejected
 Item = list[int]  # indices of the examples sharing one row (one unless packing)
 
 IGNORE = -100
 _BUCKET_STEPS = 50  # effective batches per length-sorted bucket
 
 
-def load_examples(dataset) -> list[Example]:  # noqa: ANN001 - a datasets.Dataset
-    """The two columns the loop trains on; every other column (messages, source) is ignored."""
-    return list(zip(dataset["input_ids"], dataset["labels"], strict=True))
+def load_examples(dataset, *, pairs: bool = False) -> list[Example] | list[Pair]:  # noqa: ANN001 - a datasets.Dataset
+    """The columns the loop trains on (both sides of each pair for a preference objective);
+    every other column (messages, source) is ignored."""
+    chosen = list(zip(dataset["input_ids"], dataset["labels"], strict=True))
+    if not pairs:
+        return chosen
+    rejected = list(zip(dataset["rejected_input_ids"], dataset["rejected_labels"], strict=True))
+    unpaired = sum(not ids for ids, _ in rejected)
+    if unpaired:
+        raise UserError(f"{unpaired} of {len(rejected)} prepared samples are not preference "
+                        "pairs (chosen + rejected), which a preference objective needs; "
+                        "leave the other records out of data.loader, or train them with "
+                        "train.objective: sft first")
+    return list(zip(chosen, rejected, strict=True))
 
 
 def pack(lengths: Sequence[int], max_length: int) -> list[Item]:
@@ -70,6 +84,19 @@ def epoch_steps(lengths: Sequence[int], *, seed: int, epoch: int, micro_batch_si
     parts = accumulation * world_size
     return [[chunk.tolist() for chunk in np.array_split(np.array(step), parts)]
             for step in steps if len(step) == per_step]
+
+
+def example_length(example: Example | Pair) -> int:
+    """Tokens of an example, or of both sides of a pair."""
+    first, second = example
+    return len(first[0]) + len(second[0]) if isinstance(first, tuple) else len(first)
+
+
+def collate_pairs(rows: list[list[Pair]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A micro batch of pairs as one batch: the chosen sides, then the rejected sides in
+    the same order, padded to one width (one forward serves both)."""
+    return collate([[chosen for chosen, _ in row] for row in rows]
+                   + [[rejected for _, rejected in row] for row in rows], pad_token_id)
 
 
 def collate(rows: list[list[Example]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lorapipe.config import EarlyStoppingConfig, TrainConfig
-from lorapipe.train.batching import Example, collate, load_examples
+from lorapipe.train.batching import Example, Pair, collate, example_length, load_examples
 from lorapipe.train.checkpoint import TrainState
 from lorapipe.train.distributed import sum_over
 
@@ -37,7 +37,8 @@ class Evaluation:
     def __init__(self, validation_data, config: TrainConfig, total_steps: int, *,  # noqa: ANN001
                  accelerator: Accelerator, batches: Accumulation, objective: Objective,
                  log: Callable[[dict[str, Any]], None]) -> None:
-        self.examples = load_examples(validation_data) if validation_data else []
+        self.examples = (load_examples(validation_data, pairs=batches.pairs)
+                         if validation_data else [])
         # "auto": about every 10% of the steps; None: the last step only
         self.every = (max(1, round(total_steps / 10)) if config.eval_steps == "auto"
                       else config.eval_steps)
@@ -58,7 +59,8 @@ class Evaluation:
         eval_loss, metrics = validation_loss(self.accelerator, model, self.examples,
                                              self.objective, sharded=self.sharded,
                                              micro_batch_size=self.batches.micro_batch_size,
-                                             pad_token_id=self.batches.pad)
+                                             pad_token_id=self.batches.pad,
+                                             collate=self.batches.collate)
         improved, stop = judge(state, eval_loss, self.rule)
         self.log({"step": state.step, "epoch": epoch, "eval_loss": eval_loss,
                   **{f"eval_{name}": value for name, value in metrics.items()},
@@ -70,9 +72,11 @@ class Evaluation:
 
 
 @torch.no_grad()
-def validation_loss(accelerator: Accelerator, model: torch.nn.Module, examples: list[Example],
-                    objective: Objective, *, sharded: bool, micro_batch_size: int,
-                    pad_token_id: int) -> tuple[float, dict[str, float]]:
+def validation_loss(accelerator: Accelerator, model: torch.nn.Module,
+                    examples: list[Example] | list[Pair], objective: Objective, *,
+                    sharded: bool, micro_batch_size: int, pad_token_id: int,
+                    collate: Callable[[list, int], dict[str, torch.Tensor]] = collate,
+                    ) -> tuple[float, dict[str, float]]:
     """The objective's loss and metrics on the validation set, as means over its units
     (tokens for ``sft``), sharded over processes.
 
@@ -82,7 +86,7 @@ def validation_loss(accelerator: Accelerator, model: torch.nn.Module, examples: 
     model = accelerator.unwrap_model(model)
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    order = sorted(range(len(examples)), key=lambda i: example_length(examples[i]))
     mine = order[rank::world]
     size = micro_batch_size
     shards: list[list[int] | None] = [mine[s:s + size] for s in range(0, len(mine), size)]

@@ -92,7 +92,8 @@ class Trainer:
         self.world, self.rank = acc.num_processes, acc.process_index
         self.batches = Accumulation(train_data, config, max_length=setup.max_length,
                                     pad_token_id=setup.pad_token_id, world=self.world,
-                                    rank=self.rank)
+                                    rank=self.rank,
+                                    pairs="rejected_input_ids" in self.objective.columns)
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.evaluation = Evaluation(validation_data, config, self.total_steps,

@@ -1,0 +1,92 @@
+"""Preference pairs → training samples: both sides rendered by the run's chat template.
+
+Each side is the prompt followed by its reply; the prompt's own assistant turns are
+context (not trained), the reply is trained by the template's assistant mask, so the
+shared prompt is masked the same way on both. The two renderings must agree token for
+token up to the first trained token, or the objective would compare replies to different
+prompts: such a pair is dropped, as is one whose longer side does not fit
+``data.max_length`` (``truncate_history`` first drops the prompt's earliest exchanges,
+on both sides alike; a reply is never cut, which would change what was preferred).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from lorapipe.components import EncodedConversation, RecordError, UnrenderableConversation
+from lorapipe.data.messages import Message
+from lorapipe.data.schemas import Record
+
+if TYPE_CHECKING:
+    from lorapipe.data.samples import Sample, _Chats
+
+
+def encode_pairs(chats: _Chats, records: list[Record]) -> list[Sample | RecordError]:
+    """Each pair's sample (chosen in ``encoded``, rejected in ``rejected``), or why not."""
+    outcomes: list[Sample | RecordError] = []
+    for record in records:
+        try:
+            outcomes.append(_fitted(chats, record))
+        except RecordError as err:
+            outcomes.append(err)
+    return outcomes
+
+
+def _as_context(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    return tuple({**m, "train": False} if m["role"] == "assistant" else m for m in messages)
+
+
+def _encode(chats: _Chats, record: Record) -> tuple[EncodedConversation, EncodedConversation]:
+    prompt = _as_context(record.messages)
+    try:
+        chosen, rejected = (chats.encode([*prompt, *reply], record.tools)
+                            for reply in (record.chosen, record.rejected))
+    except UnrenderableConversation as err:
+        raise RecordError("unrenderable", str(err)) from None
+    for side, encoded in (("chosen", chosen), ("rejected", rejected)):
+        if not any(encoded.trainable):
+            raise RecordError("no_trainable_tokens", f"no token of the {side} reply is trained")
+    if _prompt(chosen) != _prompt(rejected):
+        raise RecordError("prompt_differs", "the chat template renders the prompt differently "
+                          "before the chosen and the rejected reply")
+    return chosen, rejected
+
+
+def _prompt(encoded: EncodedConversation) -> list[int]:
+    return encoded.input_ids[:encoded.trainable.index(True)]
+
+
+def _fitted(chats: _Chats, record: Record) -> Sample:
+    from lorapipe.data.samples import Sample
+
+    missing = chats.missing(record)
+    if missing is not None:
+        raise missing
+    max_length, strategy = chats.data.max_length, chats.data.length_strategy
+    chosen, rejected = _encode(chats, record)
+    length = max(len(chosen.input_ids), len(rejected.input_ids))
+    truncated = False
+    while length > max_length:
+        shorter = _without_first_exchange(record.messages) if strategy == "truncate_history" \
+            else None
+        if shorter is None:
+            how = (" even with only the last prompt turn" if strategy == "truncate_history"
+                   else "; a reply is never cut (data.length_strategy: truncate_history "
+                        "drops the prompt's earliest exchanges)")
+            raise RecordError("too_long", f"the longer side has {length} tokens > "
+                                          f"data.max_length {max_length}{how}")
+        record, truncated = replace(record, messages=shorter), True
+        chosen, rejected = _encode(chats, record)
+        length = max(len(chosen.input_ids), len(rejected.input_ids))
+    return Sample(record, chosen, truncated, "record", rejected)
+
+
+def _without_first_exchange(messages: tuple[Message, ...]) -> tuple[Message, ...] | None:
+    """The prompt without its earliest exchange (a user turn up to the next one), the
+    system prompt kept; ``None`` when only the last user turn is left."""
+    system = messages[:1] if messages and messages[0]["role"] == "system" else ()
+    rest = messages[len(system):]
+    cut = next((i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"), None)
+    return None if cut is None else (*system, *rest[cut:])
+

@@ -1,0 +1,84 @@
+"""The ``dpo`` objective: Direct Preference Optimization against the reference model,
+which is the model itself with its adapters off (no second copy in memory).
+
+``loss_type``: ``sigmoid`` (DPO; with ``label_smoothing`` ε the conservative cDPO,
+``-(1-ε)·logσ(βΔ) - ε·logσ(-βΔ)``), ``ipo`` (IPO, on the log-ratio per trained token, as
+TRL and the IPO authors normalise it) or ``hinge`` (SLiC). Δ is the chosen side's
+log-ratio against the reference minus the rejected side's; each pair's loss is summed,
+and the loop averages over every pair of a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from lorapipe.plugin import (
+    PAIR_COLUMNS,
+    PAIR_METRICS,
+    Objective,
+    ObjectiveLoss,
+    Options,
+    hookimpl,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+
+class DpoOptions(Options):
+    beta: float = Field(0.1, gt=0)  # how far from the reference the policy may move
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    # cDPO: the probability that a pair's preference label is wrong (sigmoid only)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _smoothing_needs_sigmoid(self) -> DpoOptions:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"label_smoothing applies to loss_type sigmoid, not "
+                             f"{self.loss_type}; set it to 0")
+        return self
+
+
+class DpoObjective(Objective):
+    """DPO on preference pairs (``chosen``/``rejected``); the reference is the base."""
+
+    name = "dpo"
+    Options = DpoOptions
+    columns = PAIR_COLUMNS
+    metrics = PAIR_METRICS
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        from lorapipe.plugin import pairs_in
+
+        return pairs_in(batch)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
+             fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             ) -> ObjectiveLoss:
+        import torch.nn.functional as F
+
+        from lorapipe.plugin import pair_metrics, reference_logps, sequence_logps
+
+        beta, smoothing = self.options.beta, self.options.label_smoothing
+        policy = sequence_logps(model, batch)
+        reference = reference_logps(model, batch)
+        chosen = policy.chosen - reference.chosen
+        rejected = policy.rejected - reference.rejected
+        if self.options.loss_type == "ipo":
+            delta = chosen / policy.chosen_tokens - rejected / policy.rejected_tokens
+            losses = (delta - 1 / (2 * beta)) ** 2
+        elif self.options.loss_type == "hinge":
+            losses = F.relu(1 - beta * (chosen - rejected))
+        else:
+            delta = chosen - rejected
+            losses = (-(1 - smoothing) * F.logsigmoid(beta * delta)
+                      - smoothing * F.logsigmoid(-beta * delta))
+        return ObjectiveLoss(losses.sum(), pair_metrics(beta * chosen, beta * rejected, policy))
+
+
+@hookimpl
+def lorapipe_register_objectives(register):  # noqa: ANN001, ANN201 - pluggy hook
+    register(DpoObjective)
