@@ -68,6 +68,7 @@ class Unlogged(TypedDict, total=False):
     # The one float allowed to be non-finite: a window holding a skipped NaN step sums to
     # NaN, and it only decides what the next metrics line reports.
     loss_sum: float
+    units: Tokens  # the objective's count (absent in checkpoints from before objectives)
     trainable_tokens: Tokens
     real_tokens: Tokens
     batch_tokens: Tokens

@@ -35,7 +35,7 @@ from lorapipe.train.distributed import make_accelerator, placement, sum_over
 from lorapipe.train.evaluation import Evaluation
 from lorapipe.train.guard import NonFiniteGuard, SpikeGuard
 from lorapipe.train.interrupt import TrainingInterrupted, stop_on_signals
-from lorapipe.train.loss import backward_scale
+from lorapipe.train.loss import backward_scale, trainable_tokens
 from lorapipe.train.memory_watch import MemoryPressure, MemoryWatch
 from lorapipe.train.metrics import LogWindow, StepResult, open_log
 from lorapipe.train.optim import build_optimizer
@@ -191,7 +191,9 @@ class Trainer:
                 sums[name] += float(micro.metrics[name])
             self.memory_watch.check_pressure()  # auto_batch: may abandon the step
         padded = sum(b["input_ids"].numel() for b in batches)
-        total, real, padded, *metrics = sum_over(acc, total, real, padded, *sums.values())
+        tokens = sum(trainable_tokens(b) for b in batches)
+        total, real, padded, tokens, *metrics = sum_over(acc, total, real, padded, tokens,
+                                                         *sums.values())
         loss = total / max(step_count, 1)
         grad_norm = float(acc.clip_grad_norm_(self.params, self.config.max_grad_norm or math.inf))
         applied = self.guard.record(loss, grad_norm)
@@ -203,7 +205,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss=loss, grad_norm=grad_norm, lr=lr, applied=applied,
-                          trainable_tokens=step_count, real_tokens=int(real),
+                          units=step_count, trainable_tokens=int(tokens), real_tokens=int(real),
                           batch_tokens=int(padded), spike=spike,
                           metrics={name: value / max(step_count, 1)
                                    for name, value in zip(sums, metrics, strict=True)})

@@ -82,7 +82,8 @@ class StepResult:
     grad_norm: float  # before clipping
     lr: float  # the update's lr; the lowest group's (LoRA+ B groups get a multiple)
     applied: bool  # False: the loss or gradient was non-finite and the update skipped
-    trainable_tokens: int  # what the loss is averaged over: the objective's count
+    units: int  # what the loss is averaged over: the objective's count (sft: trainable tokens)
+    trainable_tokens: int  # tokens the loss covers (both sides of a preference pair)
     real_tokens: int  # non-pad tokens: what throughput counts
     batch_tokens: int  # incl. padding: what the padding fraction compares with
     spike: str | None = None  # why this finite step counts as a spike (guard.SpikeGuard)
@@ -95,7 +96,8 @@ class LogWindow:
     """The steps since the last log line, summed; closed into one metrics.jsonl record."""
 
     started: float = dataclasses.field(default_factory=time.perf_counter)
-    loss_sum: float = 0.0  # token-weighted, so the record's loss is the window's token mean
+    loss_sum: float = 0.0  # unit-weighted, so the record's loss is the window's unit mean
+    units: int = 0  # the objective's count (sft: trainable tokens; dpo: pairs)
     trainable_tokens: int = 0
     real_tokens: int = 0
     batch_tokens: int = 0
@@ -104,22 +106,26 @@ class LogWindow:
     @classmethod
     def resumed(cls, sums: dict[str, Any]) -> LogWindow:
         """The window a checkpoint was taken in, from ``sums()`` saved in its state."""
-        return cls(**{**sums, "metrics": dict(sums.get("metrics", {}))})
+        # a checkpoint from before objectives had units counted tokens (sft's unit)
+        units = sums.get("units", sums.get("trainable_tokens", 0))
+        return cls(**{**sums, "units": units, "metrics": dict(sums.get("metrics", {}))})
 
     def sums(self) -> dict[str, Any]:
         """What a checkpoint keeps, so the first line after a resume covers the same steps
         and tokens as an uninterrupted run's (its wall time cannot be kept)."""
-        return {"loss_sum": self.loss_sum, "trainable_tokens": self.trainable_tokens,
+        return {"loss_sum": self.loss_sum, "units": self.units,
+                "trainable_tokens": self.trainable_tokens,
                 "real_tokens": self.real_tokens, "batch_tokens": self.batch_tokens,
                 "metrics": dict(self.metrics)}
 
     def add(self, result: StepResult) -> None:
-        self.loss_sum += result.loss * result.trainable_tokens
+        self.loss_sum += result.loss * result.units
+        self.units += result.units
         self.trainable_tokens += result.trainable_tokens
         self.real_tokens += result.real_tokens
         self.batch_tokens += result.batch_tokens
         for name, value in result.metrics.items():
-            self.metrics[name] = self.metrics.get(name, 0.0) + value * result.trainable_tokens
+            self.metrics[name] = self.metrics.get(name, 0.0) + value * result.units
 
     def record(self, *, step: int, epoch: float, last: StepResult,
                memory: dict[str, Any]) -> dict[str, Any]:
@@ -128,8 +134,8 @@ class LogWindow:
         return {
             "step": step,
             "epoch": epoch,
-            "loss": self.loss_sum / max(self.trainable_tokens, 1),
-            **{name: value / max(self.trainable_tokens, 1) for name, value in self.metrics.items()},
+            "loss": self.loss_sum / max(self.units, 1),
+            **{name: value / max(self.units, 1) for name, value in self.metrics.items()},
             "lr": last.lr,
             "grad_norm": last.grad_norm,
             "trainable_tokens": self.trainable_tokens,

@@ -116,9 +116,10 @@ def test_a_wrong_objective_name_or_option_names_its_field(
                  "--set", "train.objective.x=1"]) == 2
     assert capsys.readouterr().err.startswith(
         "error: train.objective.x: unknown option for objective 'sft'")
-    assert main(["validate", "configs/quickstart.yaml", "--set", "train.objective=dpo"]) == 2
+    assert main(["validate", "configs/quickstart.yaml", "--set", "train.objective=ppo"]) == 2
     assert capsys.readouterr().err.startswith(
-        "error: train.objective.name: unknown objective 'dpo'. Available: sft.")
+        "error: train.objective.name: unknown objective 'ppo'. Available: dpo, orpo, sft, "
+        "simpo.")
     assert main(["validate", "configs/quickstart.yaml"]) == 0
     assert "train.objective: objective 'sft'" in capsys.readouterr().out
     assert main(["components", "objectives"]) == 0
@@ -163,7 +164,7 @@ def test_an_objectives_metrics_survive_a_checkpoint_of_the_open_log_window(
     """A resumed run's first metrics line averages its objective's metrics over the same
     steps as the uninterrupted run's: the open window's sums are part of state.json."""
     def step(tokens: int, factor: float) -> StepResult:
-        return StepResult(loss=1.0, grad_norm=1.0, lr=1e-3, applied=True,
+        return StepResult(loss=1.0, grad_norm=1.0, lr=1e-3, applied=True, units=tokens,
                           trainable_tokens=tokens, real_tokens=tokens, batch_tokens=tokens,
                           metrics={"factor": factor})
 
