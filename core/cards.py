@@ -138,8 +138,14 @@ def _evaluation_table(report_path: Path) -> str:
             continue
         base, tuned = scores.get("base") or {}, scores.get("finetuned") or {}
         interval = (scores.get("ci95") or {}).get("change") or {}
+        own = (scores.get("ci95") or {}).get("finetuned") or {}
         for metric, value in base.items():
-            if isinstance(value, int | float) and isinstance(tuned.get(metric), int | float):
+            if value is None and isinstance(tuned.get(metric), int | float):
+                ci = own.get(metric)  # a score of the fine-tuned model alone (a reward)
+                ci_text = f" ({_number(ci[0])} … {_number(ci[1])})" if ci else ""
+                lines.append(f"| {evaluator} | {scores.get('split', 'validation')} | {metric} | "
+                             f"— | {_number(tuned[metric])}{ci_text} | — |")
+            elif isinstance(value, int | float) and isinstance(tuned.get(metric), int | float):
                 change = tuned[metric] - value
                 ci = interval.get(metric)
                 ci_text = f" ({_number(ci[0])} … {_number(ci[1])})" if ci else ""

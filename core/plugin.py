@@ -33,7 +33,10 @@ A preference objective declares ``columns = PAIR_COLUMNS`` (its micro batches ar
 pairs: the chosen rows, then the rejected rows) and scores them with ``sequence_logps``
 (each side's summed log-probability of its trained tokens) and ``reference_logps`` (the
 same with the adapters off); ``pairs_in`` counts a batch's pairs and ``pair_metrics``
-reports the implicit rewards as ``PAIR_METRICS``.
+reports the implicit rewards as ``PAIR_METRICS``. An objective reading a ``desirable``
+column gets rated replies (KTO): the examples, then as many mismatched rows (each prompt
+with another example's reply), and ``desirable`` per example; ``row_logps`` scores rows,
+``batch_rows`` selects some, ``adapters_off`` is the reference model.
 
 A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer, path,
 trust_remote_code=run.trust_remote_code)`` (``RunInfo``; ``False`` without one): the
@@ -97,12 +100,16 @@ if TYPE_CHECKING:
         short_parameter_names,
     )
     from lorapipe.model.tiny_llama import train_byte_level_bpe
+    from lorapipe.train.batching import collate_pairs
     from lorapipe.train.distributed import fsdp_launched
     from lorapipe.train.loss import loss_sum, trainable_tokens
     from lorapipe.train.preference import (
+        adapters_off,
+        batch_rows,
         pair_metrics,
         pairs_in,
         reference_logps,
+        row_logps,
         sequence_logps,
     )
 
@@ -120,9 +127,13 @@ _HEAVY = {
     "loss_sum": "lorapipe.train.loss",
     "trainable_tokens": "lorapipe.train.loss",
     "sequence_logps": "lorapipe.train.preference",
+    "collate_pairs": "lorapipe.train.batching",
     "reference_logps": "lorapipe.train.preference",
     "pair_metrics": "lorapipe.train.preference",
     "pairs_in": "lorapipe.train.preference",
+    "row_logps": "lorapipe.train.preference",
+    "batch_rows": "lorapipe.train.preference",
+    "adapters_off": "lorapipe.train.preference",
     "from_pretrained": "lorapipe.model.pretrained",
     "pad_token_id": "lorapipe.model.pretrained",
     "LoraAdapter": "lorapipe.merge.streaming",
@@ -160,12 +171,16 @@ __all__ = [
     # helpers
     "CHECKPOINTING_KWARGS",
     "bootstrap_ci",
+    "collate_pairs",
     "enable_checkpointing",
     "freeze",
     "fsdp_launched",
     "loss_sum",
+    "adapters_off",
+    "batch_rows",
     "pair_metrics",
     "pairs_in",
+    "row_logps",
     "reference_logps",
     "resolve_dtype",
     "sequence_logps",

@@ -80,7 +80,11 @@ def _evaluate_line(summary: dict[str, Any], _paths: RunPaths) -> str:
         interval_shown = False
         for metric, before in base.items():
             after = tuned.get(metric)
-            if isinstance(before, int | float) and isinstance(after, int | float):
+            if before is None and isinstance(after, int | float):  # the fine-tuned's own
+                interval = ((scores.get("ci95") or {}).get("finetuned") or {}).get(metric)
+                shown = f" (95% CI: {interval[0]:.4g} to {interval[1]:.4g})" if interval else ""
+                parts.append(f"{evaluator}.{metric} {after:.4g}{shown}")
+            elif isinstance(before, int | float) and isinstance(after, int | float):
                 part = f"{evaluator}.{metric} {before:.4g} → {after:.4g}"
                 interval = ((scores.get("ci95") or {}).get("change") or {}).get(metric)
                 if interval and not interval_shown:  # the headline metric's only: one line

@@ -135,7 +135,8 @@ class NearDedupeConfig(Section):
 class DataConfig(Section):
     loader: ComponentRef
     format: Literal["auto", "messages", "alpaca", "sharegpt", "instruction_response",
-                    "prompt_response", "prompt_completion", "preference", "text"] = "auto"
+                    "prompt_response", "prompt_completion", "preference", "unpaired",
+                    "text"] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)
     template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tokenizer"))
     train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"

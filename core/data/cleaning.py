@@ -107,10 +107,10 @@ def dedupe_key(record: Record) -> bytes:
     """Hash of the whole record with whitespace runs collapsed and case folded.
 
     NUL and SOH cannot occur in validated text, so they separate fields unambiguously."""
-    if record.kind in ("chat", "preference"):
+    if record.kind in ("chat", "preference", "unpaired"):
         sides = ((*record.messages,) if record.kind == "chat" else
                  (*record.messages, *record.chosen, {"role": "\1", "content": ""},
-                  *record.rejected))
+                  *record.rejected, {"role": str(record.desirable), "content": ""}))
         fields = [text for m in sides for text in (m["role"], *_texts(m))]
         if record.tools:
             fields.append(json.dumps(record.tools, sort_keys=True))

@@ -46,6 +46,8 @@ OUTPUT_FEATURES = Features({
     "labels": Sequence(Value("int32")),
     # a preference pair's rejected side (input_ids/labels hold the chosen one); empty else
     "rejected_input_ids": Sequence(Value("int32")), "rejected_labels": Sequence(Value("int32")),
+    # an unpaired reply's label: 1 desirable, 0 undesirable; -1 for every other sample
+    "desirable": Value("int8"),
     "messages": Value("string"), "tools": Value("string"),
     "kind": Value("string"), "source": Value("string"), "conversation_id": Value("string"),
 })
@@ -143,6 +145,8 @@ def _encode_batch(batch: dict[str, list[Any]], template: ChatTemplate, tokenizer
         "attention_mask": _list_array(np.ones(total, dtype=np.int8), offsets),
         "labels": _list_array(np.where(trained, ids, np.int32(-100)), offsets),
         **rejected,
+        "desirable": pa.array([-1 if s.record.desirable is None else int(s.record.desirable)
+                               for s in samples], pa.int8()),
         "messages": pa.array([s.record.json() for s in samples], pa.string()),
         "tools": pa.array([json.dumps(s.record.tools, ensure_ascii=False)
                            if s.record.tools else None for s in samples], pa.string()),

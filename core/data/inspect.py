@@ -114,6 +114,14 @@ def _record(row: dict[str, Any], masking: _Masking, rendered: str) -> Text:
             for message in body[side]:
                 _message(text, {**message, "role": side}, True, masking, rendered)
         return text
+    if kind == "unpaired":
+        verdict = "desirable" if body["label"] else "undesirable"
+        text.append(f"unpaired reply, rated {verdict}: the prompt, then the reply\n",
+                    style=_BOUNDARY)
+        body = body["messages"]
+        for index, message in enumerate(body):
+            _message(text, message, index in masking.turns(body), masking, rendered)
+        return text
     text.append("chat", style=_BOUNDARY)
     if tools:
         text.append(f", {len(tools)} tool definition{'s' if len(tools) != 1 else ''}: ",

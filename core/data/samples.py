@@ -153,7 +153,8 @@ def encode_records(records: list[Record], template: ChatTemplate, tokenizer: Any
     by_kind: dict[str, list[int]] = {"chat": [], "text": [], "completion": [],
                                      "preference": []}
     for i, record in enumerate(records):
-        by_kind[record.kind].append(i)
+        # a rated reply is a chat whose prompt turns are context; its label rides along
+        by_kind["chat" if record.kind == "unpaired" else record.kind].append(i)
     if by_kind["chat"]:
         chats = _Chats(template, tokenizer, data).batch([records[i] for i in by_kind["chat"]])
         for i, outcome in zip(by_kind["chat"], chats, strict=True):

@@ -13,7 +13,10 @@ people actually have. A record is one of three kinds (``Record.kind``):
 - ``preference``: a prompt (text or messages) with a ``chosen`` and a ``rejected`` reply
   (text or assistant messages), or, UltraFeedback/HH style, ``chosen`` and ``rejected``
   as whole conversations sharing their prompt; a preference objective (``dpo``) trains
-  on both sides, ``sft`` on the chosen one.
+  on both sides, ``sft`` on the chosen one;
+- ``unpaired``: a prompt (text or messages) and a ``completion`` (text or assistant
+  messages) with a boolean ``label``, desirable or not (TRL's unpaired preference, for
+  ``kto``), rendered by the template like a chat.
 
 ``data.format: auto`` detects the schema per record, so files in different formats can be
 combined; ``data.columns`` renames fields for files that use other names.
@@ -43,6 +46,8 @@ COLUMNS: dict[str, dict[str, str]] = {
     "prompt_completion": {"prompt": "prompt", "completion": "completion"},
     "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected",
                    "tools": "tools", "role": "role", "content": "content"},
+    "unpaired": {"prompt": "prompt", "completion": "completion", "label": "label",
+                 "tools": "tools", "role": "role", "content": "content"},
     "text": {"text": "text"},
 }
 # Not part of the conversation: records sharing one are kept on the same side of every
@@ -52,12 +57,13 @@ CONVERSATION_ID = "conversation_id"
 # Fields a record must have to be in that format; detection tries them in this order (a
 # lone ``text`` last: chat records may carry a text field of their own).
 REQUIRED: dict[str, tuple[str, ...]] = {
-    "preference": ("chosen", "rejected"), "messages": ("messages",), "sharegpt": ("conversations",),
+    "preference": ("chosen", "rejected"), "unpaired": ("prompt", "completion", "label"),
+    "messages": ("messages",), "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"), "instruction_response": ("instruction", "response"),
     "prompt_response": ("prompt", "response"), "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-Kind = Literal["chat", "text", "completion", "preference"]
+Kind = Literal["chat", "text", "completion", "preference", "unpaired"]
 # formats rendered without a chat template (every other one is rendered by it)
 KIND = {"text": "text", "prompt_completion": "completion"}
 
@@ -76,6 +82,8 @@ class Record:
     completion: str = ""
     chosen: tuple[Message, ...] = ()
     rejected: tuple[Message, ...] = ()
+    desirable: bool | None = None  # an unpaired reply's label
+
 
     def body(self) -> Any:
         """What the prepared data keeps of it (its ``messages`` column, as JSON): the
@@ -88,6 +96,8 @@ class Record:
         if self.kind == "preference":
             return {"prompt": list(self.messages), "chosen": list(self.chosen),
                     "rejected": list(self.rejected)}
+        if self.kind == "unpaired":
+            return {"messages": list(self.messages), "label": self.desirable}
         return {"prompt": self.prompt, "completion": self.completion}
 
     @classmethod
@@ -96,6 +106,8 @@ class Record:
             return cls("chat", tuple(body), tools)
         if "text" in body:
             return cls("text", text=body["text"])
+        if "label" in body:
+            return cls("unpaired", tuple(body["messages"]), tools, desirable=body["label"])
         if "chosen" in body:
             return cls("preference", tuple(body["prompt"]), tools,
                        chosen=tuple(body["chosen"]), rejected=tuple(body["rejected"]))
@@ -168,6 +180,8 @@ def to_record(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> Record
         return Record("text", text=_text(data, names["text"]) or "")
     if fmt == "preference":
         return _preference(data, names)
+    if fmt == "unpaired":
+        return _unpaired(data, names)
     if fmt == "prompt_completion":
         return Record("completion", prompt=_text(data, names["prompt"]) or "",
                       completion=_text(data, names["completion"]) or "")
@@ -204,35 +218,61 @@ def _preference(data: dict[str, Any], names: dict[str, str]) -> Record:
     messages), or, without a prompt, two whole conversations split after the messages
     they share."""
     tools = tools_list(data.get(names["tools"]), names["tools"])
-
-    def side(key: str) -> list[Message]:
-        value = data[names[key]]
-        if isinstance(value, str):
-            return [{"role": "assistant", "content": value}]
-        return conversation(value, names[key], names["role"], names["content"], ROLES)
-
-    chosen, rejected = side("chosen"), side("rejected")
-    prompt_value = data.get(names["prompt"])
-    if prompt_value is None:
-        shared = 0
-        while (shared < min(len(chosen), len(rejected)) - 1
-               and chosen[shared] == rejected[shared]):
-            shared += 1
-        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-        if not prompt:
-            raise RecordError("missing_prompt", f"no '{names['prompt']}', and '{names['chosen']}'"
-                              f" and '{names['rejected']}' share no opening messages")
-    elif isinstance(prompt_value, str):
-        prompt = [{"role": "user", "content": prompt_value}]
-    else:
-        prompt = conversation(prompt_value, names["prompt"], names["role"], names["content"],
-                              ROLES)
+    if names["prompt"] in data:
+        return Record("preference", tuple(_prompt(data, names)), tools,
+                      chosen=tuple(_reply(data, names, "chosen")),
+                      rejected=tuple(_reply(data, names, "rejected")))
+    chosen, rejected = (conversation(data[names[key]], names[key], names["role"],
+                                     names["content"], ROLES) if isinstance(data[names[key]], list)
+                        else None for key in ("chosen", "rejected"))
+    if chosen is None or rejected is None:
+        raise RecordError("missing_prompt", f"no '{names['prompt']}': '{names['chosen']}' and "
+                          f"'{names['rejected']}' must then be whole conversations")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    if not prompt:
+        raise RecordError("missing_prompt", f"no '{names['prompt']}', and '{names['chosen']}'"
+                          f" and '{names['rejected']}' share no opening messages")
     for key, reply in (("chosen", chosen), ("rejected", rejected)):
-        if not reply or any(m["role"] != "assistant" for m in reply):
+        if any(m["role"] != "assistant" for m in reply):
             raise RecordError("wrong_type", f"'{names[key]}' must be the assistant's reply "
                               "(a string or assistant messages) after the prompt")
     return Record("preference", tuple(prompt), tools, chosen=tuple(chosen),
                   rejected=tuple(rejected))
+
+
+def _reply(data: dict[str, Any], names: dict[str, str], key: str) -> list[Message]:
+    """A reply written as text or as assistant messages."""
+    value = data[names[key]]
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    reply = conversation(value, names[key], names["role"], names["content"], ROLES)
+    if not reply or any(m["role"] != "assistant" for m in reply):
+        raise RecordError("wrong_type", f"'{names[key]}' must be the assistant's reply "
+                          "(a string or assistant messages) after the prompt")
+    return reply
+
+
+def _prompt(data: dict[str, Any], names: dict[str, str]) -> list[Message]:
+    value = data[names["prompt"]]
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return conversation(value, names["prompt"], names["role"], names["content"], ROLES)
+
+
+def _unpaired(data: dict[str, Any], names: dict[str, str]) -> Record:
+    """A reply rated desirable (``label: true``) or not, after its prompt; the prompt's
+    own assistant turns are context."""
+    label = data[names["label"]]
+    if not isinstance(label, bool):
+        raise RecordError("wrong_type", f"'{names['label']}' must be true or false, got "
+                          f"{json.dumps(label)}")
+    prompt = [{**m, "train": False} if m["role"] == "assistant" else m
+              for m in _prompt(data, names)]
+    return Record("unpaired", (*prompt, *_reply(data, names, "completion")),
+                  tools_list(data.get(names["tools"]), names["tools"]), desirable=label)
 
 
 def to_messages(data: dict[str, Any], fmt: str, columns: dict[str, str]) -> list[Message]:

@@ -116,12 +116,34 @@ def _training(paths: RunPaths) -> str:
         line_chart("trained tokens/s",
                    [Series("tokens/s", points("tokens_per_s", steps), COLORS[2])], zero=True),
         _memory_chart(steps),
+        *_objective_charts(steps, evals, points),
     ]
     best = [r for r in evals if isinstance(r.get("best_eval_loss"), int | float)]
     lead = (f"<p>{len(steps)} logged steps, last step {steps[-1]['step']}, last loss "
             f"{_fmt(steps[-1]['loss'])}" if steps else "<p>no training step logged yet")
     lead += (f"; best eval loss {_fmt(best[-1]['best_eval_loss'])}.</p>" if best else ".</p>")
     return lead + '<div class="charts">' + "".join(charts) + "</div>" + _events(records)
+
+
+# What every logged step holds; anything else numeric is the objective's own metric.
+_STEP_KEYS = {"step", "epoch", "loss", "lr", "grad_norm", "trainable_tokens", "tokens_per_s",
+              "seconds", "padding_fraction", "memory"}
+
+
+def _objective_charts(steps: list[dict[str, Any]], evals: list[dict[str, Any]],
+                      points: Callable[[str, list[dict[str, Any]]], list[tuple[float, float]]]
+                      ) -> list[str]:
+    """A chart per metric the objective reports (a preference objective's rewards,
+    margins and accuracy), train and validation."""
+    names: list[str] = []
+    for record in steps:
+        names += [k for k, v in record.items() if k not in _STEP_KEYS and k not in names
+                  and isinstance(v, int | float) and not isinstance(v, bool)]
+    return [line_chart(name.replace("_", " "),
+                       [Series(f"train {name}", points(name, steps), LOSS_COLOR),
+                        Series(f"eval {name}", points(f"eval_{name}", evals), EVAL_COLOR,
+                               markers=True)])
+            for name in names]
 
 
 def _memory_chart(steps: list[dict[str, Any]]) -> str:

@@ -18,8 +18,10 @@ from lorapipe.train.batching import (
     Example,
     Item,
     Pair,
+    Rated,
     collate,
     collate_pairs,
+    collate_rated,
     epoch_steps,
     example_length,
     load_examples,
@@ -34,23 +36,25 @@ class Accumulation:
     second; the effective batch stays)."""
 
     def __init__(self, train_data, config: TrainConfig, *, max_length: int,  # noqa: ANN001
-                 pad_token_id: int, world: int, rank: int, pairs: bool = False) -> None:
+                 pad_token_id: int, world: int, rank: int, layout: str = "single") -> None:
         self.config, self.pad, self.world, self.rank = config, pad_token_id, world, rank
         self.micro_batch_size = config.micro_batch_size
         self.steps = config.gradient_accumulation_steps  # micro batches per optimizer step
-        self.pairs = pairs  # a preference objective: each example is a (chosen, rejected) pair
-        self.collate = collate_pairs if pairs else collate
-        self.examples: list[Example] | list[Pair] = load_examples(train_data, pairs=pairs)
+        self.layout = layout  # batching.layout_for the objective's columns
+        self.collate = {"single": collate, "pairs": collate_pairs,
+                        "rated": collate_rated}[layout]
+        self.examples: list[Example] | list[Pair] | list[Rated] = load_examples(
+            train_data, layout=layout)
         lengths = [example_length(example) for example in self.examples]
         singles = [[i] for i in range(len(lengths))]
         packing = config.packing
         if packing == "auto":
             kinds = set(train_data["kind"]) if "kind" in train_data.column_names else set()
             packing = kinds == {"text"}
-        if pairs and (packing or config.padding_free):
+        if layout != "single" and (packing or config.padding_free):
             field = "train.packing" if packing else "train.padding_free"
-            raise ConfigError(field, "a preference objective compares the two sides of each "
-                                     "pair row by row; set it to false")
+            raise ConfigError(field, "a preference objective scores each example row by "
+                                     "row; set it to false")
         self.items: list[Item] = pack(lengths, max_length) if packing else singles
         self.item_lengths = [sum(lengths[i] for i in item) for item in self.items]
         self.steps_per_epoch = len(self._plan(0))

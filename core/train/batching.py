@@ -19,26 +19,45 @@ from lorapipe.errors import UserError
 
 Example = tuple[list[int], list[int]]  # input_ids, labels (-100 = not trained)
 Pair = tuple[Example, Example]  # a preference pair: chosen, rejected
+Rated = tuple[list[int], list[int], bool]  # an unpaired example (KTO): ..., desirable
 Item = list[int]  # indices of the examples sharing one row (one unless packing)
 
 IGNORE = -100
 _BUCKET_STEPS = 50  # effective batches per length-sorted bucket
 
 
-def load_examples(dataset, *, pairs: bool = False) -> list[Example] | list[Pair]:  # noqa: ANN001 - a datasets.Dataset
-    """The columns the loop trains on (both sides of each pair for a preference objective);
-    every other column (messages, source) is ignored."""
+def layout_for(columns: Sequence[str]) -> str:
+    """How an objective's examples are batched, from the columns it reads: ``pairs``
+    (chosen and rejected sides), ``rated`` (one reply judged desirable or not) or
+    ``single`` (input_ids and labels, as ``sft``)."""
+    if "rejected_input_ids" in columns:
+        return "pairs"
+    return "rated" if "desirable" in columns else "single"
+
+
+def load_examples(dataset, *, layout: str = "single") -> list[Example] | list[Pair] | list[Rated]:  # noqa: ANN001 - a datasets.Dataset
+    """The columns the loop trains on (``layout_for``); every other column (messages,
+    source) is ignored."""
     chosen = list(zip(dataset["input_ids"], dataset["labels"], strict=True))
-    if not pairs:
+    if layout == "single":
         return chosen
+    if layout == "rated":
+        desirable = dataset["desirable"]
+        _refuse_others(sum(d < 0 for d in desirable), len(desirable),
+                       "replies rated desirable or not (prompt + completion + label)")
+        return [(ids, labels, bool(d)) for (ids, labels), d in zip(chosen, desirable,
+                                                                   strict=True)]
     rejected = list(zip(dataset["rejected_input_ids"], dataset["rejected_labels"], strict=True))
-    unpaired = sum(not ids for ids, _ in rejected)
-    if unpaired:
-        raise UserError(f"{unpaired} of {len(rejected)} prepared samples are not preference "
-                        "pairs (chosen + rejected), which a preference objective needs; "
-                        "leave the other records out of data.loader, or train them with "
-                        "train.objective: sft first")
+    _refuse_others(sum(not ids for ids, _ in rejected), len(rejected),
+                   "preference pairs (chosen + rejected)")
     return list(zip(chosen, rejected, strict=True))
+
+
+def _refuse_others(others: int, total: int, needed: str) -> None:
+    if others:
+        raise UserError(f"{others} of {total} prepared samples are not {needed}, which this "
+                        "objective needs; leave the other records out of data.loader, or "
+                        "train them with train.objective: sft first")
 
 
 def pack(lengths: Sequence[int], max_length: int) -> list[Item]:
@@ -86,10 +105,31 @@ def epoch_steps(lengths: Sequence[int], *, seed: int, epoch: int, micro_batch_si
             for step in steps if len(step) == per_step]
 
 
-def example_length(example: Example | Pair) -> int:
+def example_length(example: Example | Pair | Rated) -> int:
     """Tokens of an example, or of both sides of a pair."""
-    first, second = example
-    return len(first[0]) + len(second[0]) if isinstance(first, tuple) else len(first)
+    first = example[0]
+    return len(first[0]) + len(example[1][0]) if isinstance(first, tuple) else len(first)
+
+
+def collate_rated(rows: list[list[Rated]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A micro batch of rated replies (KTO): the examples, then as many mismatched rows
+    (each prompt with the previous example's reply, the first with the last's: TRL's
+    cycle) that estimate the KL term, and ``desirable`` per example."""
+    examples = [example for row in rows for example in row]
+    mismatched = []
+    for (ids, labels, _), (other_ids, other_labels, _) in zip(
+            examples, examples[-1:] + examples[:-1], strict=True):
+        prompt, start = _prompt_length(labels), _prompt_length(other_labels)
+        mismatched.append((ids[:prompt] + other_ids[start:],
+                           [IGNORE] * prompt + other_labels[start:]))
+    batch = collate([[(ids, labels)] for ids, labels, _ in examples]
+                    + [[row] for row in mismatched], pad_token_id)
+    batch["desirable"] = torch.tensor([d for _, _, d in examples])
+    return batch
+
+
+def _prompt_length(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
 
 
 def collate_pairs(rows: list[list[Pair]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ class Evaluation:
     def __init__(self, validation_data, config: TrainConfig, total_steps: int, *,  # noqa: ANN001
                  accelerator: Accelerator, batches: Accumulation, objective: Objective,
                  log: Callable[[dict[str, Any]], None]) -> None:
-        self.examples = (load_examples(validation_data, pairs=batches.pairs)
+        self.examples = (load_examples(validation_data, layout=batches.layout)
                          if validation_data else [])
         # "auto": about every 10% of the steps; None: the last step only
         self.every = (max(1, round(total_steps / 10)) if config.eval_steps == "auto"

@@ -30,6 +30,7 @@ from lorapipe.config import TrainConfig
 from lorapipe.model.memory import memory_snapshot
 from lorapipe.plan import build_objective
 from lorapipe.train.accumulation import Accumulation
+from lorapipe.train.batching import layout_for
 from lorapipe.train.checkpoint import TrainState
 from lorapipe.train.distributed import make_accelerator, placement, sum_over
 from lorapipe.train.evaluation import Evaluation
@@ -93,7 +94,7 @@ class Trainer:
         self.batches = Accumulation(train_data, config, max_length=setup.max_length,
                                     pad_token_id=setup.pad_token_id, world=self.world,
                                     rank=self.rank,
-                                    pairs="rejected_input_ids" in self.objective.columns)
+                                    layout=layout_for(self.objective.columns))
         self.steps_per_epoch = self.batches.steps_per_epoch
         self.total_steps = config.max_steps or math.ceil(config.epochs * self.steps_per_epoch)
         self.evaluation = Evaluation(validation_data, config, self.total_steps,

@@ -33,7 +33,16 @@ def pairs_in(batch: dict[str, torch.Tensor]) -> int:
 
 
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SideLogps:
-    """Each side's log-probability of its trained tokens (fp32), from one forward.
+    """Each side's log-probability of its trained tokens (fp32), from one forward."""
+    sums, counts = row_logps(model, batch)
+    pairs = pairs_in(batch)
+    return SideLogps(sums[:pairs], sums[pairs:], counts[:pairs], counts[pairs:])
+
+
+def row_logps(model: torch.nn.Module,
+              batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``batch``: the summed log-probability of its trained tokens (fp32) and
+    their number.
 
     As ``loss_sum`` does, the output head sees only the positions whose next token is
     trained (a pre-hook selects them), so no (rows, length, vocab) logits are held.
@@ -56,9 +65,7 @@ def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Si
     rows = keep.nonzero()[:, 0]  # the row of each trained token
     sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=logits.device)
     sums = sums.index_add(0, rows, token_logps)
-    counts = keep.sum(dim=1).float()
-    pairs = pairs_in(batch)
-    return SideLogps(sums[:pairs], sums[pairs:], counts[:pairs], counts[pairs:])
+    return sums, keep.sum(dim=1).float()
 
 
 @contextlib.contextmanager
@@ -73,6 +80,11 @@ def adapters_off(model: torch.nn.Module) -> Iterator[None]:
 def reference_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SideLogps:
     with adapters_off(model):
         return sequence_logps(model, batch)
+
+
+def batch_rows(batch: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+    """The rows ``start:stop`` of a micro batch's model inputs and labels."""
+    return {key: batch[key][start:stop] for key in (*MODEL_INPUTS, "labels") if key in batch}
 
 
 def pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,

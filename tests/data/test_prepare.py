@@ -92,8 +92,10 @@ def test_outputs_follow_the_contract(tmp_path: Path, prepare: Any) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", [chat(i, turns=2, system=True) for i in range(20)])
     _, out = prepare(data, validation={"count": 3})
     train = load_from_disk(str(out / "data" / "train"))
-    assert train.column_names == ["input_ids", "attention_mask", "labels", "messages", "tools",
-                                  "kind", "source", "conversation_id"]
+    assert train.column_names == ["input_ids", "attention_mask", "labels",
+                                  "rejected_input_ids", "rejected_labels", "desirable",
+                                  "messages", "tools", "kind", "source", "conversation_id"]
+    assert set(train["desirable"]) == {-1} and not any(train["rejected_input_ids"])
     assert set(train["kind"]) == {"chat"} and set(train["tools"]) == {None}
     assert len(train) == 17 and len(load_from_disk(str(out / "data" / "validation"))) == 3
     tokenizer = AutoTokenizer.from_pretrained(out / "data" / "tokenizer")

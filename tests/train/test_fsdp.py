@@ -1,5 +1,7 @@
 """FSDP2 on the CPU: two processes (gloo) run `lorapipe train` from the shipped accelerate
-config on the QLoRA quickstart, checkpoint, resume, and end where one process ends."""
+config on the QLoRA quickstart and on DPO (configs/dpo.yaml from tiny-llama: the reference
+forward with the adapters off runs sharded too), checkpoint, resume, and end where one
+process ends."""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ def _lorapipe(*args: str, launch: list[str] | None = None, env: dict | None = No
     return result
 
 
-def _settings(out: Path, accumulation: int) -> list[str]:
-    sets = [*STEPS, f"train.gradient_accumulation_steps={accumulation}", f"output_dir={out}"]
+def _settings(out: Path, accumulation: int, extra: tuple[str, ...] = ()) -> list[str]:
+    sets = [*STEPS, *extra, f"train.gradient_accumulation_steps={accumulation}",
+            f"output_dir={out}"]
     return [item for kv in sets for item in ("--set", kv)]
 
 
@@ -46,16 +49,20 @@ FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
         "--main_process_port", "29533"]
 
 
-def test_fsdp_qlora_trains_checkpoints_resumes_and_matches_one_process(tmp_path: Path) -> None:
-    config = "configs/quickstart.yaml"
+@pytest.mark.parametrize(("config", "extra"), [
+    ("configs/quickstart.yaml", ()),
+    ("configs/dpo.yaml", ("model.name_or_path=tiny-llama", "train.eval_steps=2")),
+], ids=["sft", "dpo"])
+def test_fsdp_qlora_trains_checkpoints_resumes_and_matches_one_process(
+        config: str, extra: tuple[str, ...], tmp_path: Path) -> None:
     single, sharded = tmp_path / "single", tmp_path / "fsdp"
-    _lorapipe("prepare", config, *_settings(single, 2))
+    _lorapipe("prepare", config, *_settings(single, 2, extra))
     shutil.copytree(single / "data", sharded / "data")
     shutil.copy(single / ".lorapipe-run", sharded)  # a run directory, so train adopts it
 
     # 2 processes × micro 4 × accumulation 1 = 1 process × micro 4 × accumulation 2
-    _lorapipe("train", config, *_settings(single, 2))
-    _lorapipe("train", config, *_settings(sharded, 1), launch=FSDP)
+    _lorapipe("train", config, *_settings(single, 2, extra))
+    _lorapipe("train", config, *_settings(sharded, 1, extra), launch=FSDP)
     first = _adapter(sharded)
     expected = _adapter(single)
     assert first.keys() == expected.keys() and len(first) == 2 * 7 * 4  # A, B × 7 × 4 layers
@@ -71,8 +78,11 @@ def test_fsdp_qlora_trains_checkpoints_resumes_and_matches_one_process(tmp_path:
     # kill the last checkpoint and the published adapter; resume under FSDP from step 2
     shutil.rmtree(sharded / "checkpoints" / "step-4")
     shutil.rmtree(sharded / "adapter")
-    _lorapipe("train", config, *_settings(sharded, 1), "--resume", launch=FSDP)
+    _lorapipe("train", config, *_settings(sharded, 1, extra), "--resume", launch=FSDP)
     resumed = _adapter(sharded)
     for key, value in first.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
     assert [m["step"] for m in _metrics(sharded) if "eval_loss" in m] == [2, 4]
+    if "dpo" in config:  # the rewards are the sharded run's, gathered over both processes
+        steps = [m for m in _metrics(sharded) if "reward_accuracy" in m]
+        assert steps and all(0 <= m["reward_accuracy"] <= 1 for m in steps)

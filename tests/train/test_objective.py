@@ -118,8 +118,8 @@ def test_a_wrong_objective_name_or_option_names_its_field(
         "error: train.objective.x: unknown option for objective 'sft'")
     assert main(["validate", "configs/quickstart.yaml", "--set", "train.objective=ppo"]) == 2
     assert capsys.readouterr().err.startswith(
-        "error: train.objective.name: unknown objective 'ppo'. Available: dpo, orpo, sft, "
-        "simpo.")
+        "error: train.objective.name: unknown objective 'ppo'. Available: dpo, kto, orpo, "
+        "sft, simpo.")
     assert main(["validate", "configs/quickstart.yaml"]) == 0
     assert "train.objective: objective 'sft'" in capsys.readouterr().out
     assert main(["components", "objectives"]) == 0

@@ -211,3 +211,49 @@ def test_orpo_matches_trl_per_pair() -> None:
     assert loss == pytest.approx(sum(losses) / len(pairs), abs=TOLERANCE)
     assert metrics["reward_chosen"] == pytest.approx(sum(chosen) / len(pairs), abs=TOLERANCE)
     _same_grads(grads, {name: g / len(pairs) for name, g in summed.items()})
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.33)], ids=["even", "weighted"])
+def test_kto_matches_trl(weights: tuple[float, float]) -> None:
+    """KTO's KL term pairs each prompt with the previous example's reply (the first with
+    the last's), as TRL's unpaired collator cycles them."""
+    from lorapipe.train.batching import collate_rated
+
+    model = _policy()
+    rated = [(p, c, n % 2 == 0) for n, (p, c, _) in enumerate(_pairs(model.config.vocab_size))]
+    rated.append((rated[0][0], rated[1][1], False))  # four examples, two of each label
+    desirable, undesirable = weights
+    args = trl.KTOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True,
+                         bf16=False, beta=0.1, desirable_weight=desirable,
+                         undesirable_weight=undesirable, max_length=None,
+                         per_device_train_batch_size=len(rated))
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from lorapipe.model.source import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
+    text = Dataset.from_list([{"prompt": "a", "completion": "b", "label": n % 2 == 0}
+                              for n in range(4)])
+    trainer = trl.KTOTrainer(model=model, processing_class=tokenizer, train_dataset=text,
+                             args=args)
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    completions = [c for _, c, _ in rated]
+    inputs = trainer.data_collator([
+        {"prompt_ids": p, "completion_ids": c, "KL_completion_ids": kl, "label": label}
+        for (p, c, label), kl in zip(rated, completions[-1:] + completions[:-1], strict=True)])
+    model.zero_grad()
+    trl_loss = trainer.compute_loss(model, inputs)
+    trl_loss.backward()
+    trl_grads, trl_kl = _grads(model), trainer._metrics["train"]["kl"][-1]
+
+    built = build_objective(TrainConfig.model_validate({"objective": {
+        "name": "kto", "desirable_weight": desirable, "undesirable_weight": undesirable}}))
+    batch = collate_rated([[(p + c, [-100] * len(p) + c, label)] for p, c, label in rated], PAD)
+    model.zero_grad()
+    result = built.loss(model, batch)
+    (result.total / built.count(batch)).backward()
+    assert result.total.item() / len(rated) == pytest.approx(trl_loss.item(), abs=TOLERANCE)
+    assert result.metrics["kl"] / len(rated) == pytest.approx(trl_kl, abs=TOLERANCE)
+    _same_grads(_grads(model), trl_grads)
