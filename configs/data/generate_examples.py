@@ -117,7 +117,11 @@ def completion_records(rng: random.Random) -> list[dict]:
 
 
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Peru": "Lima", "Norway": "Oslo",
-            "Egypt": "Cairo", "Ecuador": "Quito", "Italy": "Rome", "Kenya": "Nairobi"}
+            "Egypt": "Cairo", "Ecuador": "Quito", "Italy": "Rome", "Kenya": "Nairobi",
+            "Spain": "Madrid", "Chile": "Santiago", "Greece": "Athens", "Ghana": "Accra",
+            "Canada": "Ottawa", "Poland": "Warsaw", "Vietnam": "Hanoi", "Cuba": "Havana"}
+ASK_CAPITAL = ["What is the capital of {}?", "Which city is the capital of {}?",
+               "Name the capital of {}.", "Tell me the capital of {}."]
 UNHELPFUL = ["I don't know.", "Figure it out yourself.", "Why would I tell you?",
              "That is not my problem.", "Ask someone else."]
 
@@ -134,7 +138,7 @@ def preference_records(rng: random.Random) -> list[dict]:
         else:
             country = rng.choice(sorted(CAPITALS))
             other = rng.choice(sorted(set(CAPITALS.values()) - {CAPITALS[country]}))
-            question = f"What is the capital of {country}?"
+            question = rng.choice(ASK_CAPITAL).format(country)
             answer = f"The capital of {country} is {CAPITALS[country]}."
             wrong = f"The capital of {country} is {other}."
         rejected = rng.choice(UNHELPFUL) if rng.random() < 0.5 else wrong
