@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinyrun import config, make_data, make_model, run
+from tinyrun import config, make_data, make_model, make_pairs, run
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
@@ -20,20 +20,26 @@ def _evals(out: Path) -> list[tuple[int, float]]:
     return [(m["step"], m["eval_loss"]) for m in lines if "eval_loss" in m]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_two_processes_match_one_with_the_same_global_batch(objective: str,
+                                                            tmp_path: Path) -> None:
+    """sft on fp32; DPO on NF4 (its reference forward, adapters off, runs under DDP)."""
     ddp = tmp_path / "ddp"
     settings = dict(micro_batch_size=2, gradient_accumulation_steps=1, max_steps=4,
-                    eval_steps=2, save_steps=2)
+                    eval_steps=2, save_steps=2, objective={"name": objective})
+    dpo = objective == "dpo"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(SCRIPT), str(ddp), json.dumps(settings), "--save-weights"],
+         str(SCRIPT), str(ddp), json.dumps(settings), "--save-weights",
+         *(["--nf4", "--pairs"] if dpo else [])],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = (load_file(str(ddp / f"rank{r}.safetensors")) for r in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # in sync, bitwise
 
     single = tmp_path / "single"
-    run(single, make_model(), make_data(24), make_data(6, seed=1),
+    data = make_pairs if dpo else make_data
+    run(single, make_model(nf4=dpo), data(24), data(6, seed=1),
         config(**{**settings, "gradient_accumulation_steps": 2}))  # 1 process × 2 micro × 2
     final = load_file(str(single / "checkpoints" / "step-4" / "adapter" /
                           "adapter_model.safetensors"))

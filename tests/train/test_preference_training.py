@@ -9,29 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from tinyrun import adapter_weights, config, make_data, make_model, run
+from tinyrun import adapter_weights, config, make_data, make_model, make_pairs, run
 
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.plan import build_objective
-
-
-def make_pairs(n: int, seed: int = 0) -> Dataset:
-    """Pairs with one prompt per pair and replies of different lengths on each side."""
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "rejected_input_ids",
-                                                  "rejected_labels", "kind")}
-    for _ in range(n):
-        prompt = rng.integers(10, 2000, size=int(rng.integers(3, 20))).tolist()
-        for side in ("", "rejected_"):
-            reply = rng.integers(10, 2000, size=int(rng.integers(2, 24))).tolist()
-            rows[f"{side}input_ids"].append(prompt + reply)
-            rows[f"{side}labels"].append([-100] * len(prompt) + reply)
-        rows["kind"].append("preference")
-    return Dataset.from_dict(rows)
 
 
 def _steps(out: Path) -> list[dict[str, Any]]:

@@ -55,6 +55,21 @@ def make_data(n: int, seed: int = 0, lengths: tuple[int, int] = (6, 40)) -> Data
     return Dataset.from_dict(rows)
 
 
+def make_pairs(n: int, seed: int = 0) -> Dataset:
+    """Preference pairs: one prompt per pair, replies of different lengths on each side."""
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "rejected_input_ids",
+                                                  "rejected_labels", "kind")}
+    for _ in range(n):
+        prompt = rng.integers(10, 2000, size=int(rng.integers(3, 20))).tolist()
+        for side in ("", "rejected_"):
+            reply = rng.integers(10, 2000, size=int(rng.integers(2, 24))).tolist()
+            rows[f"{side}input_ids"].append(prompt + reply)
+            rows[f"{side}labels"].append([-100] * len(prompt) + reply)
+        rows["kind"].append("preference")
+    return Dataset.from_dict(rows)
+
+
 def config(**changes: Any) -> TrainConfig:
     base = dict(epochs=1, micro_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-3,
                 warmup_steps=1, logging_steps=1, save_steps=4, seed=0)

@@ -1,6 +1,7 @@
 """Runs one tiny training in a subprocess (kill -9, SIGTERM and torchrun tests).
 
 usage: train_script.py OUT_DIR CONFIG_JSON [--slow SECONDS] [--save-weights] [--nf4] [--resume]
+                       [--pairs]
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ def main() -> int:
     parser.add_argument("--save-weights", action="store_true")
     parser.add_argument("--nf4", action="store_true")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--pairs", action="store_true")  # preference pairs (objective dpo…)
     args = parser.parse_args()
     model = tinyrun.make_model(dropout=args.dropout, nf4=args.nf4)
     if args.slow:  # gives the test time to interrupt mid-run; does not touch any value
         model.register_forward_hook(lambda *_: time.sleep(args.slow))
     cfg = tinyrun.config(**json.loads(args.config))
     try:
-        tinyrun.run(args.out, model, tinyrun.make_data(24), tinyrun.make_data(6, seed=1), cfg,
-                    resume=args.resume)
+        data = tinyrun.make_pairs if args.pairs else tinyrun.make_data
+        tinyrun.run(args.out, model, data(24), data(6, seed=1), cfg, resume=args.resume)
     except KeyboardInterrupt:
         return 130
     if args.save_weights:  # every rank writes its own copy, to compare them
