@@ -115,8 +115,14 @@ class RunPaths:
     def export_dir(self, exporter: str) -> Path:
         return self.exports / exporter
 
+    @property
+    def reference(self) -> Path:
+        """dpo's precompute_reference: the base's values per training example."""
+        return self.root / "reference"
+
     def artifacts(self) -> list[Path]:
         """Everything a run writes at the top of ``root``: what ``--overwrite`` removes."""
         return [self.resolved_config, self.run_json, self.data, self.model_report,
-                self.checkpoints, self.adapter, self.metrics, self.tensorboard, self.eval_dir,
+                self.checkpoints, self.reference, self.adapter, self.metrics, self.tensorboard,
+                self.eval_dir,
                 self.merged, self.exports, self.report]

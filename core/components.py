@@ -373,6 +373,18 @@ class Objective(Component):
         head and the summed cross-entropy in one chunked kernel (no logits); else ``None``.
         """
 
+    @property
+    def precomputes(self) -> bool:
+        """Whether the loop should compute ``reference`` once for every training example
+        at the start and hand it to ``loss`` as ``batch["reference"]``."""
+        return False
+
+    def reference(self, model: torch.nn.Module,
+                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per row of ``batch``, what depends on the base model alone (a preference
+        objective's reference log-probabilities), for ``precomputes``."""
+        raise NotImplementedError(f"objective '{self.name}' precomputes nothing")
+
 
 # The component kinds, declared once: the registry's hooks and ``lorapipe components``
 # come from this.

@@ -65,6 +65,9 @@ class Accumulation:
                 "lower train.micro_batch_size or train.gradient_accumulation_steps, or add data"
             )
         self._planned: tuple[int, list] = (-1, [])
+        # precompute_reference: per example, the objective's reference values (one per row
+        # it contributes: chosen, rejected), handed to each micro batch as "reference"
+        self.reference: torch.Tensor | None = None
 
     def _plan(self, epoch: int) -> list[list[list[int]]]:
         c = self.config
@@ -90,6 +93,10 @@ class Accumulation:
         if self.config.padding_free:  # one row per micro batch: examples end to end
             rows = [[[example for row in micro for example in row]] for micro in rows]
         batches = [self.collate(micro, self.pad) for micro in rows]
+        if self.reference is not None:
+            for batch, micro in zip(batches, mine, strict=True):
+                index = torch.tensor([i for item in micro for i in self.items[item]])
+                batch["reference"] = self.reference[index].T.reshape(-1)
         real = sum(self.item_lengths[item] for micro in mine for item in micro)
         return batches, real
 

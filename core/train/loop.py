@@ -41,6 +41,7 @@ from lorapipe.train.memory_watch import MemoryPressure, MemoryWatch
 from lorapipe.train.metrics import LogWindow, StepResult, open_log
 from lorapipe.train.optim import build_optimizer
 from lorapipe.train.publish import closing_line, publish_adapter, run_summary
+from lorapipe.train.reference_cache import reference_values
 from lorapipe.train.resume import Checkpoints, resume_point
 from lorapipe.train.schedule import LearningRateSchedule
 
@@ -104,6 +105,10 @@ class Trainer:
         self.schedule = LearningRateSchedule(optimizer, config, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.objective.precomputes:  # once, instead of a reference forward every step
+            self.batches.reference = reference_values(
+                self.model, self.objective, self.batches, self.paths, setup.run_config,
+                acc.device, main=acc.is_main_process)
         self.fused = None  # Liger's linear cross-entropy for the objective, where the head allows
         if config.kernels == "liger":
             from lorapipe.model.gpu_options import fused_cross_entropy

@@ -33,6 +33,9 @@ class DpoOptions(Options):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     # cDPO: the probability that a pair's preference label is wrong (sigmoid only)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    # compute the reference log-probabilities once at the start (kept in the run's
+    # reference/ for this base and data) instead of a reference forward every step
+    precompute_reference: bool = False
 
     @model_validator(mode="after")
     def _smoothing_needs_sigmoid(self) -> DpoOptions:
@@ -55,6 +58,16 @@ class DpoObjective(Objective):
 
         return pairs_in(batch)
 
+    @property
+    def precomputes(self) -> bool:
+        return self.options.precompute_reference
+
+    def reference(self, model: torch.nn.Module,
+                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from lorapipe.plugin import row_logps
+
+        return row_logps(model, batch)[0]
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
              fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              ) -> ObjectiveLoss:
@@ -64,9 +77,14 @@ class DpoObjective(Objective):
 
         beta, smoothing = self.options.beta, self.options.label_smoothing
         policy = sequence_logps(model, batch)
-        reference = reference_logps(model, batch)
-        chosen = policy.chosen - reference.chosen
-        rejected = policy.rejected - reference.rejected
+        if "reference" in batch:  # precompute_reference: computed once at the start
+            pairs = len(policy.chosen)
+            reference_chosen, reference_rejected = batch["reference"].split(pairs)
+        else:
+            reference = reference_logps(model, batch)
+            reference_chosen, reference_rejected = reference.chosen, reference.rejected
+        chosen = policy.chosen - reference_chosen
+        rejected = policy.rejected - reference_rejected
         if self.options.loss_type == "ipo":
             delta = chosen / policy.chosen_tokens - rejected / policy.rejected_tokens
             losses = (delta - 1 / (2 * beta)) ** 2

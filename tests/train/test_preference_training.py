@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset
 from tinyrun import adapter_weights, config, make_data, make_model, make_pairs, run
 
+from lorapipe.config import TrainConfig
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.plan import build_objective
 
@@ -81,3 +82,61 @@ def test_label_smoothing_needs_the_sigmoid_loss() -> None:
     with pytest.raises(ConfigError, match="label_smoothing"):
         build_objective(TrainConfig.model_validate(
             {"objective": {"name": "dpo", "loss_type": "ipo", "label_smoothing": 0.1}}))
+
+
+def test_a_precomputed_reference_trains_the_same_adapter_without_reference_forwards(
+        tmp_path: Path) -> None:
+    """precompute_reference: the base's log-probabilities come from one pass at the start
+    (then from the run's reference/ cache), and each step runs one forward, not two."""
+    from lorapipe.artifacts import RunPaths
+
+    data, validation = make_pairs(16), make_pairs(4, seed=1)
+    results, forwards = {}, {}
+    for precompute in (False, True):
+        out = tmp_path / str(precompute)
+        paths = RunPaths(out)
+        paths.data.mkdir(parents=True)
+        paths.data_report.write_text(json.dumps({"fingerprint": "f" * 64}))
+        model = make_model(nf4=True)
+        calls: list[int] = []
+        model.base_model.model.model.register_forward_hook(
+            lambda *_, calls=calls: calls.append(1))
+        cfg = config(max_steps=8, save_steps=100, eval_steps=None, objective={
+            "name": "dpo", "precompute_reference": precompute})
+        run(out, model, data, validation, cfg,
+            run_config={"model": {"name_or_path": "tiny-llama"}})
+        results[precompute], forwards[precompute] = adapter_weights(out), len(calls)
+    for key, value in results[False].items():
+        torch.testing.assert_close(results[True][key], value, rtol=0, atol=1e-5)
+    # 8 steps (two epochs) × 2 micro batches: policy + reference forwards, or policy only
+    # after one pass over the 16 pairs in micro batches of 2 (evaluations alike in both)
+    assert forwards[False] - forwards[True] == 8 * 2 - 16 // 2
+    [cached] = (tmp_path / "True" / "reference").iterdir()
+    from safetensors.torch import load_file
+
+    assert load_file(str(cached))["reference"].shape == (16, 2)
+
+
+def test_the_reference_cache_key_changes_with_the_base_and_the_data(tmp_path: Path) -> None:
+    import os
+
+    from lorapipe.artifacts import RunPaths
+    from lorapipe.train.reference_cache import _path
+
+    objective = build_objective(TrainConfig.model_validate({"objective": {"name": "dpo"}}))
+    paths = RunPaths(tmp_path / "run")
+    paths.data.mkdir(parents=True)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights")
+    model = {"name_or_path": str(base), "dtype": "auto"}
+
+    def key(data: str = "a" * 64, **changes: Any) -> Path:
+        paths.data_report.write_text(json.dumps({"fingerprint": data}))
+        return _path(objective, paths, {"model": {**model, **changes}})
+
+    first = key()
+    assert key() == first
+    assert key(dtype="bf16") != first and key(data="b" * 64) != first
+    os.utime(base / "model.safetensors", ns=(1, 1))  # the base's weights rewritten
+    assert key() != first
