@@ -45,9 +45,12 @@ def test_example_config_runs_to_a_gguf(name: str, tmp_path: Path) -> None:
     report = json.loads((out / "data" / "report.json").read_text())
     rows = list(load_from_disk(str(out / "data" / "train")))
     assert {r["kind"] for r in rows} == {kind} and shows(report, rows)
-    if name == "dpo":  # scored on the held-out pairs
+    if name == "dpo":  # scored on the held-out pairs; curves and card show the rewards
         scores = json.loads((out / "eval" / "report.json").read_text())["preference"]
         assert 0 <= scores["finetuned"]["reward_accuracy"] <= 1
+        assert "reward accuracy" in (out / "report.html").read_text()
+        assert "| preference | test | reward_accuracy | — |" in (
+            out / "merged" / "README.md").read_text()
     AutoModelForCausalLM.from_pretrained(out / "merged")
     llm = llama_cpp.Llama(str(out / "export" / "gguf" / "model-q8_0.gguf"), verbose=False)
     assert llm.n_vocab() > 0 and llm.tokenize(b"hello")

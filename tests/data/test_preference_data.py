@@ -119,3 +119,35 @@ def test_truncate_history_drops_the_prompts_first_exchange_on_both_sides(
     body = json.loads(rows[0]["messages"])
     assert body["prompt"] == [SYSTEM, USER] and read_report(out)["truncated"] == 4
     assert all(len(r["input_ids"]) <= 64 and len(r["rejected_input_ids"]) <= 64 for r in rows)
+
+
+def test_a_pair_with_tool_calls_renders_its_tools_on_both_sides(tmp_path: Path) -> None:
+    """Agent data: the chosen reply calls a tool, the rejected one guesses; both sides are
+    the agent template's rendering with the record's tools, as apply_chat_template's."""
+    from transformers import AutoTokenizer
+
+    from lorapipe.model.source import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
+    agent = Path(__file__).resolve().parents[2] / "configs" / "templates" / \
+        "tiny-llama-agent.jinja"
+    tokenizer.chat_template = agent.read_text(encoding="utf-8")
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Temperature in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "call00001", "type": "function",
+         "function": {"name": "get_weather", "arguments": {"city": "Lima"}}}]}
+    prompt = [{"role": "user", "content": "How warm is it in Lima?"}]
+    record = to_record({"prompt": prompt, "chosen": [call], "rejected": "About 40C.",
+                        "tools": tools}, "auto", {})
+    data = validate_config({"model": {"name_or_path": "x"},
+                            "data": {"loader": {"name": "jsonl", "path": "x"}},
+                            "output_dir": str(tmp_path)}).data
+    [sample] = encode_pairs(_Chats(TokenizerTemplate(), tokenizer, data), [record])
+    for encoded, reply in ((sample.encoded, call), (sample.rejected, _assistant("About 40C."))):
+        expected = tokenizer.apply_chat_template([*prompt, reply], tools=tools, tokenize=True,
+                                                 return_dict=False)
+        assert encoded.input_ids == list(expected)
+    [trained] = trained_text(sample.encoded, tokenizer)
+    assert "get_weather" in trained and "Lima" in trained
