@@ -13,7 +13,7 @@ from rich.console import Console
 
 from lorapipe.atomic import atomic_write_json
 from lorapipe.config import AdapterConfig
-from lorapipe.model.dtypes import dtype_name
+from lorapipe.model.dtypes import auto_dtype_reason, dtype_name
 from lorapipe.model.estimate import count_parameters, estimate_memory, print_estimate
 from lorapipe.model.gpu_options import apply_liger
 from lorapipe.model.loading import load_base_model, weightless_model
@@ -102,6 +102,8 @@ def build_trainable_model(
             "model_type": getattr(model.config, "model_type", None),
             "architecture": type(model).__name__,
             "dtype": dtype_name(dtype),
+            "dtype_reason": (auto_dtype_reason(device) if config.model.dtype == "auto"
+                             else "model.dtype"),
             "device": device,
             "attn_implementation": model.config._attn_implementation,
             "kernels": kernels,

@@ -20,9 +20,10 @@ def resolve_dtype(name: str, *, device: str = "cpu") -> torch.dtype:
     hardware computes in it, else fp16 on a GPU and fp32 on the CPU.
 
     A CPU without bf16 units emulates bf16 matmuls (measured on this project's AVX2 CI
-    machine: training 25x slower than in fp32, tests/bench/train_throughput.py), and fp16 loses
-    precision there, so ``auto`` picks bf16 on a CPU only with AMX or AVX512-BF16; an
-    explicit ``bf16``/``fp16`` is honoured anywhere.
+    machine: training 25x slower than in fp32, tests/bench/train_throughput.py), and on a
+    Xeon with AVX512-BF16 but no AMX whole-process training was slower in bf16 than in fp32
+    (and accumulation lost its exactness), so ``auto`` picks bf16 on a CPU only with AMX
+    tiles; fp16 loses precision there. An explicit ``bf16``/``fp16`` is honoured anywhere.
     """
     if name != "auto":
         try:
@@ -34,17 +35,33 @@ def resolve_dtype(name: str, *, device: str = "cpu") -> torch.dtype:
     return torch.bfloat16 if cpu_computes_bf16() else torch.float32
 
 
-@functools.cache
 def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 matrix units (AMX) or instructions (AVX512-BF16), as
-    Linux reports them; elsewhere False, the safe answer."""
+    """Whether this CPU has bf16 matrix units (AMX tiles), as Linux reports them;
+    elsewhere False, the safe answer."""
+    return "amx_bf16" in _cpu_flags()
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
+
+
+def auto_dtype_reason(device: str) -> str:
+    """Why ``auto`` resolved as it did on ``device``: what model_report.json records."""
+    if device.startswith("cuda"):
+        return ("bf16: the GPU computes in it" if torch.cuda.is_bf16_supported()
+                else "fp16: the GPU has no bf16")
+    if cpu_computes_bf16():
+        return "bf16: the CPU has AMX bf16 tiles"
+    if "avx512_bf16" in _cpu_flags():
+        return ("fp32: the CPU has AVX512-BF16 but no AMX; bf16 trained slower than fp32 "
+                "on such CPUs and lost accumulation exactness")
+    return "fp32: the CPU has no bf16 units; bf16 would be emulated, many times slower"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
