@@ -386,6 +386,17 @@ class Objective(Component):
         raise NotImplementedError(f"objective '{self.name}' precomputes nothing")
 
 
+class PairObjective(Objective):
+    """An objective on preference pairs: its micro batches are the chosen rows, then the
+    rejected rows in the same order, and it counts pairs (``dpo``, ``simpo``, ``orpo``)."""
+
+    columns = PAIR_COLUMNS
+    metrics = PAIR_METRICS
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+
 # The component kinds, declared once: the registry's hooks and ``lorapipe components``
 # come from this.
 KINDS: dict[str, type[Component]] = {

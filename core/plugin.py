@@ -29,10 +29,10 @@ lorapipe discovers it.
 An objective computes its loss from the loop's micro batches; ``loss_sum`` (the summed
 next-token cross-entropy of the trained tokens, the output head run on those positions
 only) and ``trainable_tokens`` (their count) are ``sft``'s, for objectives built on it.
-A preference objective declares ``columns = PAIR_COLUMNS`` (its micro batches are then
-pairs: the chosen rows, then the rejected rows) and scores them with ``sequence_logps``
-(each side's summed log-probability of its trained tokens) and ``reference_logps`` (the
-same with the adapters off); ``pairs_in`` counts a batch's pairs and ``pair_metrics``
+A preference objective subclasses ``PairObjective`` (``columns = PAIR_COLUMNS``: its micro
+batches are then pairs, the chosen rows, then the rejected rows; it counts pairs) and
+scores them with ``sequence_logps`` (each side's summed log-probability of its trained
+tokens) and ``reference_logps`` (the same with the adapters off); ``pair_metrics``
 reports the implicit rewards as ``PAIR_METRICS``. An objective reading a ``desirable``
 column gets rated replies (KTO): the examples, then as many mismatched rows (each prompt
 with another example's reply), and ``desirable`` per example; ``row_logps`` scores rows,
@@ -73,6 +73,7 @@ from lorapipe.components import (
     Loader,
     Objective,
     ObjectiveLoss,
+    PairObjective,
     Quantizer,
     RawRecord,
     RecordError,
@@ -107,7 +108,6 @@ if TYPE_CHECKING:
         adapters_off,
         batch_rows,
         pair_metrics,
-        pairs_in,
         reference_logps,
         row_logps,
         sequence_logps,
@@ -130,7 +130,6 @@ _HEAVY = {
     "collate_pairs": "lorapipe.train.batching",
     "reference_logps": "lorapipe.train.preference",
     "pair_metrics": "lorapipe.train.preference",
-    "pairs_in": "lorapipe.train.preference",
     "row_logps": "lorapipe.train.preference",
     "batch_rows": "lorapipe.train.preference",
     "adapters_off": "lorapipe.train.preference",
@@ -155,6 +154,7 @@ __all__ = [
     "ObjectiveLoss",
     "PAIR_COLUMNS",
     "PAIR_METRICS",
+    "PairObjective",
     "Options",
     "Part",
     "Quantizer",
@@ -179,7 +179,6 @@ __all__ = [
     "adapters_off",
     "batch_rows",
     "pair_metrics",
-    "pairs_in",
     "row_logps",
     "reference_logps",
     "resolve_dtype",

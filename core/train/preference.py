@@ -27,6 +27,10 @@ class SideLogps(NamedTuple):
     chosen_tokens: torch.Tensor  # (pairs,) fp32 counts
     rejected_tokens: torch.Tensor
 
+    def per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each side's mean log-probability per trained token (SimPO's, ORPO's score)."""
+        return self.chosen / self.chosen_tokens, self.rejected / self.rejected_tokens
+
 
 def pairs_in(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].shape[0] // 2

@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from lorapipe.plugin import (
-    PAIR_COLUMNS,
-    PAIR_METRICS,
-    Objective,
-    ObjectiveLoss,
-    Options,
-    hookimpl,
-)
+from lorapipe.plugin import ObjectiveLoss, Options, PairObjective, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -45,18 +38,11 @@ class DpoOptions(Options):
         return self
 
 
-class DpoObjective(Objective):
+class DpoObjective(PairObjective):
     """DPO on preference pairs (``chosen``/``rejected``); the reference is the base."""
 
     name = "dpo"
     Options = DpoOptions
-    columns = PAIR_COLUMNS
-    metrics = PAIR_METRICS
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        from lorapipe.plugin import pairs_in
-
-        return pairs_in(batch)
 
     @property
     def precomputes(self) -> bool:

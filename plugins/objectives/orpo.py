@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from lorapipe.plugin import (
-    PAIR_COLUMNS,
-    PAIR_METRICS,
-    Objective,
-    ObjectiveLoss,
-    Options,
-    hookimpl,
-)
+from lorapipe.plugin import ObjectiveLoss, Options, PairObjective, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -32,18 +25,12 @@ class OrpoOptions(Options):
     beta: float = Field(0.1, gt=0)  # the weight of the odds-ratio term (the paper's λ)
 
 
-class OrpoObjective(Objective):
+class OrpoObjective(PairObjective):
     """ORPO on preference pairs: NLL of the chosen side plus an odds-ratio penalty."""
 
     name = "orpo"
     Options = OrpoOptions
-    columns = PAIR_COLUMNS
-    metrics = (*PAIR_METRICS, "nll", "log_odds_ratio")
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        from lorapipe.plugin import pairs_in
-
-        return pairs_in(batch)
+    metrics = (*PairObjective.metrics, "nll", "log_odds_ratio")
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
              fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -55,8 +42,7 @@ class OrpoObjective(Objective):
 
         beta = self.options.beta
         policy = sequence_logps(model, batch)
-        chosen = policy.chosen / policy.chosen_tokens
-        rejected = policy.rejected / policy.rejected_tokens
+        chosen, rejected = policy.per_token()
         # log(p / (1 - p)) of each side's mean per-token probability p
         log_odds = ((chosen - rejected)
                     - (torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected))))

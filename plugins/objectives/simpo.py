@@ -13,14 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from lorapipe.plugin import (
-    PAIR_COLUMNS,
-    PAIR_METRICS,
-    Objective,
-    ObjectiveLoss,
-    Options,
-    hookimpl,
-)
+from lorapipe.plugin import ObjectiveLoss, Options, PairObjective, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -31,18 +24,11 @@ class SimpoOptions(Options):
     gamma: float = Field(1.0, ge=0)  # the target reward margin
 
 
-class SimpoObjective(Objective):
+class SimpoObjective(PairObjective):
     """SimPO on preference pairs: no reference forward, length-normalised rewards."""
 
     name = "simpo"
     Options = SimpoOptions
-    columns = PAIR_COLUMNS
-    metrics = PAIR_METRICS
-
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        from lorapipe.plugin import pairs_in
-
-        return pairs_in(batch)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
              fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -53,8 +39,7 @@ class SimpoObjective(Objective):
 
         beta = self.options.beta
         policy = sequence_logps(model, batch)
-        chosen = policy.chosen / policy.chosen_tokens
-        rejected = policy.rejected / policy.rejected_tokens
+        chosen, rejected = policy.per_token()
         losses = -F.logsigmoid(beta * (chosen - rejected) - self.options.gamma)
         return ObjectiveLoss(losses.sum(), pair_metrics(beta * chosen, beta * rejected, policy))
 
