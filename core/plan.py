@@ -25,12 +25,12 @@ from lorapipe.components import (
     Evaluator,
     Exporter,
     Loader,
-    Objective,
     Quantizer,
     TargetDetector,
 )
 from lorapipe.config import ComponentRef, PipelineConfig, TrainConfig, config_error, load_config
 from lorapipe.errors import ConfigError
+from lorapipe.objective import Objective
 from lorapipe.registry import Registry, get_registry
 
 C = TypeVar("C", bound=Component)

@@ -62,8 +62,6 @@ from lorapipe.authoring.masking import token_range, trained_text, trained_turns
 from lorapipe.authoring.piece_template import Piece, PieceTemplate, alternating_turns
 from lorapipe.component import Options, Part
 from lorapipe.components import (
-    PAIR_COLUMNS,
-    PAIR_METRICS,
     ChatTemplate,
     Conversation,
     EncodedConversation,
@@ -71,9 +69,6 @@ from lorapipe.components import (
     Evaluator,
     Exporter,
     Loader,
-    Objective,
-    ObjectiveLoss,
-    PairObjective,
     Quantizer,
     RawRecord,
     RecordError,
@@ -86,6 +81,13 @@ from lorapipe.components import (
 from lorapipe.errors import ConfigError, UserError
 from lorapipe.hookspecs import hookimpl
 from lorapipe.model.prepare import CHECKPOINTING_KWARGS, enable_checkpointing, freeze
+from lorapipe.objective import (
+    PAIR_COLUMNS,
+    PAIR_METRICS,
+    Objective,
+    ObjectiveLoss,
+    PairObjective,
+)
 
 if TYPE_CHECKING:
     from lorapipe.evaluate.bootstrap import paired_bootstrap

@@ -22,7 +22,7 @@ from lorapipe.train.distributed import sum_over
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from lorapipe.components import Objective
+    from lorapipe.objective import Objective
     from lorapipe.train.accumulation import Accumulation
 
 

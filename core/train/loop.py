@@ -48,7 +48,7 @@ from lorapipe.train.schedule import LearningRateSchedule
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from lorapipe.components import Objective
+    from lorapipe.objective import Objective
 
 
 @dataclasses.dataclass(frozen=True)

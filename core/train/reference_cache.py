@@ -23,7 +23,7 @@ from lorapipe.train.preference import adapters_off
 
 if TYPE_CHECKING:
     from lorapipe.artifacts import RunPaths
-    from lorapipe.components import Objective
+    from lorapipe.objective import Objective
     from lorapipe.train.accumulation import Accumulation
 
 
