@@ -218,3 +218,9 @@ def _answer(message: Message, turn: dict[str, Any], before: list[Message], where
     name = turn.get("name")
     message["tool_call_id"] = call["id"]
     message["name"] = name if isinstance(name, str) and name else call["function"]["name"]
+
+
+def as_context(messages: tuple[Message, ...] | list[Message]) -> tuple[Message, ...]:
+    """``messages`` with every assistant turn marked ``train: false``: a prompt before the
+    reply a preference record is about."""
+    return tuple({**m, "train": False} if m["role"] == "assistant" else m for m in messages)

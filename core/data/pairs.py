@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lorapipe.components import EncodedConversation, RecordError, UnrenderableConversation
-from lorapipe.data.messages import Message
+from lorapipe.data.messages import Message, as_context
 from lorapipe.data.schemas import Record
 
 if TYPE_CHECKING:
@@ -33,12 +33,8 @@ def encode_pairs(chats: _Chats, records: list[Record]) -> list[Sample | RecordEr
     return outcomes
 
 
-def _as_context(messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    return tuple({**m, "train": False} if m["role"] == "assistant" else m for m in messages)
-
-
 def _encode(chats: _Chats, record: Record) -> tuple[EncodedConversation, EncodedConversation]:
-    prompt = _as_context(record.messages)
+    prompt = as_context(record.messages)
     try:
         chosen, rejected = (chats.encode([*prompt, *reply], record.tools)
                             for reply in (record.chosen, record.rejected))
@@ -89,4 +85,3 @@ def _without_first_exchange(messages: tuple[Message, ...]) -> tuple[Message, ...
     rest = messages[len(system):]
     cut = next((i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"), None)
     return None if cut is None else (*system, *rest[cut:])
-

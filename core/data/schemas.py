@@ -1,7 +1,7 @@
 """Common dataset schemas mapped onto one record model.
 
 Loaders yield raw JSON objects; this module — not each loader — knows the file formats
-people actually have. A record is one of three kinds (``Record.kind``):
+people actually have. A record is one of these kinds (``Record.kind``):
 
 - ``chat``: a conversation (``messages.py`` maps the message shapes: OpenAI/Hugging
   Face ``messages`` with tool calls and reasoning, ShareGPT incl. LLaMA-Factory's
@@ -29,7 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lorapipe.components import RecordError
-from lorapipe.data.messages import ROLES, SHAREGPT_ROLES, Message, conversation, tools_list
+from lorapipe.data.messages import (
+    ROLES,
+    SHAREGPT_ROLES,
+    Message,
+    as_context,
+    conversation,
+    tools_list,
+)
 from lorapipe.errors import ConfigError
 
 # Canonical field name → default name in the file, per format.
@@ -83,7 +90,6 @@ class Record:
     chosen: tuple[Message, ...] = ()
     rejected: tuple[Message, ...] = ()
     desirable: bool | None = None  # an unpaired reply's label
-
 
     def body(self) -> Any:
         """What the prepared data keeps of it (its ``messages`` column, as JSON): the
@@ -222,8 +228,7 @@ def _preference(data: dict[str, Any], names: dict[str, str]) -> Record:
         return Record("preference", tuple(_prompt(data, names)), tools,
                       chosen=tuple(_reply(data, names, "chosen")),
                       rejected=tuple(_reply(data, names, "rejected")))
-    chosen, rejected = (conversation(data[names[key]], names[key], names["role"],
-                                     names["content"], ROLES) if isinstance(data[names[key]], list)
+    chosen, rejected = (_messages(data, names, key) if isinstance(data[names[key]], list)
                         else None for key in ("chosen", "rejected"))
     if chosen is None or rejected is None:
         raise RecordError("missing_prompt", f"no '{names['prompt']}': '{names['chosen']}' and "
@@ -235,23 +240,28 @@ def _preference(data: dict[str, Any], names: dict[str, str]) -> Record:
     if not prompt:
         raise RecordError("missing_prompt", f"no '{names['prompt']}', and '{names['chosen']}'"
                           f" and '{names['rejected']}' share no opening messages")
-    for key, reply in (("chosen", chosen), ("rejected", rejected)):
-        if any(m["role"] != "assistant" for m in reply):
-            raise RecordError("wrong_type", f"'{names[key]}' must be the assistant's reply "
-                              "(a string or assistant messages) after the prompt")
+    _check_reply(chosen, names["chosen"])
+    _check_reply(rejected, names["rejected"])
     return Record("preference", tuple(prompt), tools, chosen=tuple(chosen),
                   rejected=tuple(rejected))
 
 
+def _messages(data: dict[str, Any], names: dict[str, str], key: str) -> list[Message]:
+    return conversation(data[names[key]], names[key], names["role"], names["content"], ROLES)
+
+
+def _check_reply(reply: list[Message], name: str) -> None:
+    if not reply or any(m["role"] != "assistant" for m in reply):
+        raise RecordError("wrong_type", f"'{name}' must be the assistant's reply (a string "
+                          "or assistant messages) after the prompt")
+
+
 def _reply(data: dict[str, Any], names: dict[str, str], key: str) -> list[Message]:
     """A reply written as text or as assistant messages."""
-    value = data[names[key]]
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": value}]
-    reply = conversation(value, names[key], names["role"], names["content"], ROLES)
-    if not reply or any(m["role"] != "assistant" for m in reply):
-        raise RecordError("wrong_type", f"'{names[key]}' must be the assistant's reply "
-                          "(a string or assistant messages) after the prompt")
+    if isinstance(data[names[key]], str):
+        return [{"role": "assistant", "content": data[names[key]]}]
+    reply = _messages(data, names, key)
+    _check_reply(reply, names[key])
     return reply
 
 
@@ -259,7 +269,7 @@ def _prompt(data: dict[str, Any], names: dict[str, str]) -> list[Message]:
     value = data[names["prompt"]]
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    return conversation(value, names["prompt"], names["role"], names["content"], ROLES)
+    return _messages(data, names, "prompt")
 
 
 def _unpaired(data: dict[str, Any], names: dict[str, str]) -> Record:
@@ -269,9 +279,8 @@ def _unpaired(data: dict[str, Any], names: dict[str, str]) -> Record:
     if not isinstance(label, bool):
         raise RecordError("wrong_type", f"'{names['label']}' must be true or false, got "
                           f"{json.dumps(label)}")
-    prompt = [{**m, "train": False} if m["role"] == "assistant" else m
-              for m in _prompt(data, names)]
-    return Record("unpaired", (*prompt, *_reply(data, names, "completion")),
+    return Record("unpaired", (*as_context(_prompt(data, names)),
+                               *_reply(data, names, "completion")),
                   tools_list(data.get(names["tools"]), names["tools"]), desirable=label)
 
 

@@ -34,36 +34,46 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor],
              ) -> torch.Tensor:
     """Sum of the next-token cross-entropy over the batch's trainable tokens (fp32).
 
-    The output head only sees the hidden states of positions whose next token is
-    trained (a pre-hook selects them), so prompt and padding positions cost no head
-    matmul and no (batch, length, vocab) logits are held for backward. The hook runs
-    inside the model's forward, so DDP and PEFT wrappers see an ordinary call.
-
     ``fused(hidden, targets)`` (train.kernels: liger) computes the head and the loss in
     chunks without any logits; the head itself then runs on zero rows.
+    """
+    trained: list[torch.Tensor] = []
+    logits, targets, _ = trained_logits(model, batch, None if fused is None else trained)
+    if fused is not None:
+        return fused(trained[0], targets).float()
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def trained_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                   hidden_out: list[torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output head's logits at the positions whose next token is trained (one row per
+    trained token), those tokens, and the (rows, length - 1) mask of where they are.
+
+    The head only sees those positions' hidden states (a pre-hook selects them), so prompt
+    and padding positions cost no head matmul and no (batch, length, vocab) logits are held
+    for backward. The hook runs inside the model's forward, so DDP and PEFT wrappers see an
+    ordinary call. With ``hidden_out`` the selected hidden states are appended to it and
+    the head runs on zero rows (a fused head-and-loss kernel takes them instead).
     """
     inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
 
-    trained: list[torch.Tensor] = []
-
     def trained_positions(_module: torch.nn.Module, args: tuple) -> tuple:
         hidden = args[0][:, :-1][keep]
-        if fused is None:
+        if hidden_out is None:
             return (hidden, *args[1:])
-        trained.append(hidden)
+        hidden_out.append(hidden)
         return (hidden[:0], *args[1:])
 
     head = getattr(model, "module", model).get_output_embeddings()  # DDP keeps it in .module
     handle = head.register_forward_pre_hook(trained_positions)
     try:
-        logits = model(**inputs, use_cache=False).logits  # (trained tokens, vocab)
+        logits = model(**inputs, use_cache=False).logits
     finally:
         handle.remove()
-    if fused is not None:
-        return fused(trained[0], targets[keep]).float()
-    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return logits, targets[keep], keep
 
 
 def backward_scale(step_count: int, world_size: int) -> float:

@@ -15,8 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from lorapipe.train.batching import IGNORE
-from lorapipe.train.loss import MODEL_INPUTS
+from lorapipe.train.loss import MODEL_INPUTS, trained_logits
 
 
 class SideLogps(NamedTuple):
@@ -32,44 +31,23 @@ class SideLogps(NamedTuple):
         return self.chosen / self.chosen_tokens, self.rejected / self.rejected_tokens
 
 
-def pairs_in(batch: dict[str, torch.Tensor]) -> int:
-    return batch["input_ids"].shape[0] // 2
-
-
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> SideLogps:
     """Each side's log-probability of its trained tokens (fp32), from one forward."""
     sums, counts = row_logps(model, batch)
-    pairs = pairs_in(batch)
+    pairs = batch["input_ids"].shape[0] // 2
     return SideLogps(sums[:pairs], sums[pairs:], counts[:pairs], counts[pairs:])
 
 
 def row_logps(model: torch.nn.Module,
               batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``batch``: the summed log-probability of its trained tokens (fp32) and
-    their number.
-
-    As ``loss_sum`` does, the output head sees only the positions whose next token is
-    trained (a pre-hook selects them), so no (rows, length, vocab) logits are held.
-    """
-    inputs = {key: batch[key] for key in MODEL_INPUTS if key in batch}
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-
-    def trained_positions(_module: torch.nn.Module, args: tuple) -> tuple:
-        return (args[0][:, :-1][keep], *args[1:])
-
-    head = getattr(model, "module", model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(trained_positions)
-    try:
-        logits = model(**inputs, use_cache=False).logits  # (trained tokens, vocab)
-    finally:
-        handle.remove()
+    their number; the output head runs on the trained positions only (``trained_logits``)."""
+    logits, targets, keep = trained_logits(model, batch)
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(
-        -1, targets[keep].unsqueeze(-1)).squeeze(-1)
+        -1, targets.unsqueeze(-1)).squeeze(-1)
     rows = keep.nonzero()[:, 0]  # the row of each trained token
     sums = torch.zeros(keep.shape[0], dtype=torch.float32, device=logits.device)
-    sums = sums.index_add(0, rows, token_logps)
-    return sums, keep.sum(dim=1).float()
+    return sums.index_add(0, rows, token_logps), keep.sum(dim=1).float()
 
 
 @contextlib.contextmanager

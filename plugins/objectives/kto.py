@@ -56,9 +56,8 @@ class KtoObjective(Objective):
         policy, _ = row_logps(model, examples)
         with torch.no_grad():
             policy_kl, _ = row_logps(model, mismatched)
-        with adapters_off(model):
-            reference, _ = row_logps(model, examples)
-            reference_kl, _ = row_logps(model, mismatched)
+        with adapters_off(model):  # both kinds of row in one forward
+            reference, reference_kl = row_logps(model, batch)[0].split(n)
         beta, options = self.options.beta, self.options
         kl = (policy_kl - reference_kl).mean().clamp(min=0)
         ratio = policy - reference

@@ -151,7 +151,6 @@ def test_dpo_matches_trl(loss_type: str, quantized: bool) -> None:
                               ("logp_chosen", "logps/chosen"),
                               ("logp_rejected", "logps/rejected")):
         assert metrics[ours_name] == pytest.approx(trl_metrics[theirs], abs=TOLERANCE), ours_name
-    assert 0 < metrics["reward_accuracy"] < 1 or loss_type  # the pairs differ in outcome
     _same_grads(grads, trl_grads)
 
 
