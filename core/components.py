@@ -272,10 +272,15 @@ class RunInfo:
 
 
 class Evaluator(Component):
-    """Scores the base and the fine-tuned model on held-out data."""
+    """Scores the base and the fine-tuned model on held-out data.
+
+    ``records``: the record kind it scores (``preference`` for pairs), or ``None`` for
+    any; ``validate`` refuses it beside an objective that trains on another kind only.
+    """
 
     kind = "evaluator"
     plural = "evaluators"
+    records: ClassVar[str | None] = None
 
     @abstractmethod
     def evaluate(self, context: EvalContext) -> dict[str, Any]:

@@ -33,6 +33,15 @@ PAIR_METRICS = ("reward_chosen", "reward_rejected", "reward_margin", "reward_acc
                 "logp_chosen", "logp_rejected")
 
 
+def records_for(columns: tuple[str, ...]) -> str | None:
+    """The record kind every training example must be for an objective reading
+    ``columns``: ``preference`` (the rejected side too), ``unpaired`` (a ``desirable``
+    rating) or ``None`` (any: ``sft`` trains a pair's chosen side)."""
+    if "rejected_input_ids" in columns:
+        return "preference"
+    return "unpaired" if "desirable" in columns else None
+
+
 class Objective(Component):
     """What training minimises: the loss of a batch of prepared data.
 
@@ -78,9 +87,12 @@ class Objective(Component):
 
     def reference(self, model: torch.nn.Module,
                   batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per row of ``batch``, what depends on the base model alone (a preference
-        objective's reference log-probabilities), for ``precomputes``."""
-        raise NotImplementedError(f"objective '{self.name}' precomputes nothing")
+        """Per row of ``batch``, what depends on the base model alone, for ``precomputes``
+        (the loop calls it with the adapters off): by default each row's log-probability
+        of its trained tokens, a preference objective's reference."""
+        from lorapipe.train.preference import row_logps
+
+        return row_logps(model, batch)[0]
 
 
 class PairObjective(Objective):

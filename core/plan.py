@@ -30,7 +30,7 @@ from lorapipe.components import (
 )
 from lorapipe.config import ComponentRef, PipelineConfig, TrainConfig, config_error, load_config
 from lorapipe.errors import ConfigError
-from lorapipe.objective import Objective
+from lorapipe.objective import Objective, records_for
 from lorapipe.registry import Registry, get_registry
 
 C = TypeVar("C", bound=Component)
@@ -157,6 +157,10 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
                  registry.with_defaults("target_detector", "adapter.target_detector")),
             key=lambda d: (d.priority, d.name)))
     _check_context(config)
+    objective = build_objective(config.train, registry)
+    evaluators = tuple(build("evaluator", f"evaluate.evaluators.{i}", ref, Evaluator)
+                       for i, ref in enumerate(config.evaluate.evaluators))
+    _check_evaluated_records(objective, evaluators)
     validation = data.validation.loader
     test = data.test.loader if data.test is not None else None
     return RunPlan(
@@ -169,9 +173,8 @@ def build_plan(config: PipelineConfig, registry: Registry | None = None) -> RunP
         quantizer=build("quantizer", "model.quantizer", config.model.quantizer, Quantizer),
         detectors=detectors,
         detector_named=adapter.target_detector is not None,
-        objective=build_objective(config.train, registry),
-        evaluators=tuple(build("evaluator", f"evaluate.evaluators.{i}", ref, Evaluator)
-                         for i, ref in enumerate(config.evaluate.evaluators)),
+        objective=objective,
+        evaluators=evaluators,
         exporters=tuple(build("exporter", f"export.exporters.{i}", ref, Exporter)
                         for i, ref in enumerate(config.export.exporters)),
         registry=registry,
@@ -183,6 +186,19 @@ def build_objective(train: TrainConfig, registry: Registry | None = None) -> Obj
     a test) gives it none."""
     registry = registry if registry is not None else get_registry()
     return build_component(registry, "objective", "train.objective", train.objective, Objective)
+
+
+def _check_evaluated_records(objective: Objective, evaluators: tuple[Evaluator, ...]) -> None:
+    """An evaluator of one record kind cannot score a run whose objective trains only on
+    another (``preference`` pairs under ``kto``'s unpaired data): say so before training,
+    not at the evaluate stage after it."""
+    trained = records_for(objective.columns)
+    for evaluator in evaluators:
+        if evaluator.records is not None and trained not in (None, evaluator.records):
+            raise ConfigError(evaluator.field, (
+                f"evaluator '{evaluator.name}' scores {evaluator.records} records, but "
+                f"train.objective '{objective.name}' trains on {trained} records only, so "
+                "the held-out data holds none; remove it (perplexity scores any data)"))
 
 
 def _check_context(config: PipelineConfig) -> None:

@@ -149,7 +149,10 @@ class DataConfig(Section):
     # Raw text: tokens of a long document's previous block repeated before the next one,
     # as context (not trained twice).
     block_overlap: int = Field(0, ge=0)
-    length_strategy: Literal["drop", "truncate_history", "truncate_response"] = "drop"
+    # Over max_length: drop the record, drop the earliest exchanges, then also cut the first
+    # user turn from its start (truncate_prompt: TRL's keep_end), or cut the last reply.
+    length_strategy: Literal["drop", "truncate_history", "truncate_prompt",
+                             "truncate_response"] = "drop"
     dedupe: bool = True
     test: TestSplitConfig | None = None
     near_dedupe: NearDedupeConfig | None = None  # opt-in: MinHash of every record

@@ -66,14 +66,25 @@ def encode_completion(prompt: str, completion: str, tokenizer: Any) -> EncodedCo
     return EncodedConversation(ids, trained)
 
 
-def fit_completion(encoded: EncodedConversation, max_length: int,
-                   strategy: str) -> tuple[EncodedConversation, bool]:
-    """The pair within ``max_length``: dropped, or (a truncating strategy) its completion
-    cut; raises ``RecordError('too_long')`` when even the prompt does not fit."""
+def fit_completion(encoded: EncodedConversation, max_length: int, strategy: str,
+                   bos_token_id: int | None) -> tuple[EncodedConversation, bool]:
+    """The pair within ``max_length``: dropped, its prompt cut from the start after the BOS
+    (``truncate_prompt``: raw text has no turn structure to keep) or, another truncating
+    strategy, its completion cut; raises ``RecordError('too_long')`` when even the prompt
+    does not fit, or no prompt token would be left."""
     length = len(encoded.input_ids)
     if length <= max_length:
         return encoded, False
     prompt = encoded.trainable.index(True)
+    if strategy == "truncate_prompt":
+        head = 1 if bos_token_id is not None and encoded.input_ids[0] == bos_token_id else 0
+        over = length - max_length
+        if prompt - head <= over:
+            raise RecordError("too_long", f"{length} tokens > data.max_length {max_length} "
+                              f"with the whole prompt cut: the completion alone is too long")
+        keep = [*range(head), *range(head + over, length)]
+        return EncodedConversation([encoded.input_ids[i] for i in keep],
+                                   [encoded.trainable[i] for i in keep]), True
     if strategy == "drop" or prompt >= max_length:
         what = "" if strategy == "drop" else " with the prompt alone leaving no room"
         raise RecordError("too_long", f"{length} tokens{what} > data.max_length {max_length}")

@@ -1,8 +1,11 @@
-"""``data.max_length`` strategies: drop, truncate_history, truncate_response.
+"""``data.max_length`` strategies: drop, truncate_history, truncate_prompt,
+truncate_response.
 
-Truncation edits the conversation (whole turns, or the reply's text) and renders it again
+Truncation edits the conversation (whole turns, or a message's text) and renders it again
 through the template, so a sample never ends in half a special-token structure (a header
-without its end-of-turn token, a cut ``<|eot_id|>``).
+without its end-of-turn token, a cut ``<|eot_id|>``). ``truncate_prompt`` is TRL's
+``truncation_mode: keep_end`` done this way: the earliest exchanges go first, then the
+start of the first user turn's text, so the end of the prompt, next to the reply, stays.
 """
 
 from __future__ import annotations
@@ -30,28 +33,72 @@ def fit(messages: list[Message], encoded: EncodedConversation, encode: Encode,
     length = len(encoded.input_ids)
     if length <= max_length:
         return messages, encoded, False
-    if strategy == "truncate_history":
-        return _truncate_history(messages, encode, max_length, length)
+    if strategy in ("truncate_history", "truncate_prompt"):
+        keep_end = tokenizer if strategy == "truncate_prompt" else None
+        candidate, encoded = shorten_prompt(messages, encode, max_length, length,
+                                            reply_follows=False, keep_end=keep_end)
+        return candidate, encoded, True
     if strategy == "truncate_response":
         return _truncate_response(messages, encode, tokenizer, max_length, length)
     raise _too_long(length, max_length)
 
 
-def _truncate_history(messages: list[Message], encode: Encode, max_length: int,
-                      length: int) -> tuple[list[Message], EncodedConversation, bool]:
-    """Drop the earliest exchanges (a user turn and what follows it up to the next user
-    turn), keeping the system prompt, until the rest fits."""
-    system = messages[:1] if messages[0]["role"] == "system" else []
-    rest = messages[len(system):]
-    while True:
-        cut = next((i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"), None)
-        if cut is None or not any(m["role"] == "assistant" for m in rest[cut:]):
-            raise _too_long(length, max_length, " even with only the last exchange")
-        rest = rest[cut:]
-        candidate = system + rest
+def shorten_prompt(messages: list[Message], encode: Encode, max_length: int, length: int,
+                   *, reply_follows: bool, keep_end: Any = None) -> tuple[list[Message], Any]:
+    """``messages`` shortened until ``encode`` of them fits ``max_length``: the earliest
+    exchanges (a user turn up to the next one) dropped, the system prompt kept; then, with
+    ``keep_end`` (a tokenizer), the start of the first user turn's text cut away.
+
+    ``reply_follows``: ``messages`` is a prompt whose reply ``encode`` appends, so its last
+    user turn is kept; otherwise an assistant turn is kept after the last exchange dropped.
+    Raises ``RecordError('too_long')`` when that cannot make it fit.
+    """
+    candidate = messages
+    while length > max_length:
+        shorter = _without_first_exchange(candidate, reply_follows)
+        if shorter is None and keep_end is not None:
+            shorter = _without_start(candidate, keep_end, length - max_length)
+        if shorter is None:
+            what = (" even with the prompt's first user turn cut to nothing"
+                    if keep_end is not None else " even with only the last exchange")
+            raise _too_long(length, max_length, what)
+        candidate = shorter
         encoded = encode(candidate)
-        if len(encoded.input_ids) <= max_length:
-            return candidate, encoded, True
+        length = _length(encoded)
+    return candidate, encoded
+
+
+def _length(encoded: Any) -> int:
+    """Tokens of an encoding, or of the longer side of a pair's two."""
+    if isinstance(encoded, tuple):
+        return max(len(side.input_ids) for side in encoded)
+    return len(encoded.input_ids)
+
+
+def _without_first_exchange(messages: list[Message], reply_follows: bool
+                            ) -> list[Message] | None:
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    cut = next((i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"), None)
+    if cut is None or not (reply_follows or any(m["role"] == "assistant"
+                                                for m in rest[cut:])):
+        return None
+    return [*system, *rest[cut:]]
+
+
+def _without_start(messages: list[Message], tokenizer: Any, over: int
+                   ) -> list[Message] | None:
+    """``messages`` with about ``over`` tokens (at least one) cut from the start of the
+    first user turn's text; ``None`` when nothing of that text would be left."""
+    first = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if first is None or not isinstance(messages[first].get("content"), str):
+        return None
+    ids = tokenizer(messages[first]["content"], add_special_tokens=False)["input_ids"]
+    # A cut inside a multi-byte character decodes to U+FFFD; drop that partial char.
+    text = tokenizer.decode(ids[max(over, 1):]).lstrip("\ufffd")
+    if not text.strip():
+        return None
+    return [*messages[:first], {**messages[first], "content": text}, *messages[first + 1:]]
 
 
 def _truncate_response(messages: list[Message], encode: Encode, tokenizer: Any,

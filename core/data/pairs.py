@@ -6,7 +6,8 @@ shared prompt is masked the same way on both. The two renderings must agree toke
 token up to the first trained token, or the objective would compare replies to different
 prompts: such a pair is dropped, as is one whose longer side does not fit
 ``data.max_length`` (``truncate_history`` first drops the prompt's earliest exchanges,
-on both sides alike; a reply is never cut, which would change what was preferred).
+``truncate_prompt`` then cuts its first user turn from the start, on both sides alike; a
+reply is never cut, which would change what was preferred).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lorapipe.components import EncodedConversation, RecordError, UnrenderableConversation
+from lorapipe.data.length import shorten_prompt
 from lorapipe.data.messages import Message, as_context
 from lorapipe.data.schemas import Record
 
@@ -60,28 +62,21 @@ def _fitted(chats: _Chats, record: Record) -> Sample:
     if missing is not None:
         raise missing
     max_length, strategy = chats.data.max_length, chats.data.length_strategy
-    chosen, rejected = _encode(chats, record)
-    length = max(len(chosen.input_ids), len(rejected.input_ids))
-    truncated = False
-    while length > max_length:
-        shorter = _without_first_exchange(record.messages) if strategy == "truncate_history" \
-            else None
-        if shorter is None:
-            how = (" even with only the last prompt turn" if strategy == "truncate_history"
-                   else "; a reply is never cut (data.length_strategy: truncate_history "
-                        "drops the prompt's earliest exchanges)")
-            raise RecordError("too_long", f"the longer side has {length} tokens > "
-                                          f"data.max_length {max_length}{how}")
-        record, truncated = replace(record, messages=shorter), True
-        chosen, rejected = _encode(chats, record)
-        length = max(len(chosen.input_ids), len(rejected.input_ids))
-    return Sample(record, chosen, truncated, "record", rejected)
+    sides = _encode(chats, record)
+    length = max(len(side.input_ids) for side in sides)
+    if length <= max_length:
+        return Sample(record, sides[0], False, "record", sides[1])
+    if strategy not in ("truncate_history", "truncate_prompt"):
+        raise RecordError("too_long", f"the longer side has {length} tokens > "
+                          f"data.max_length {max_length}; a reply is never cut "
+                          "(data.length_strategy: truncate_prompt shortens the prompt from "
+                          "its start)")
 
+    def encode(messages: list[Message]) -> tuple[EncodedConversation, EncodedConversation]:
+        return _encode(chats, replace(record, messages=tuple(messages)))
 
-def _without_first_exchange(messages: tuple[Message, ...]) -> tuple[Message, ...] | None:
-    """The prompt without its earliest exchange (a user turn up to the next one), the
-    system prompt kept; ``None`` when only the last user turn is left."""
-    system = messages[:1] if messages and messages[0]["role"] == "system" else ()
-    rest = messages[len(system):]
-    cut = next((i for i, m in enumerate(rest) if i > 0 and m["role"] == "user"), None)
-    return None if cut is None else (*system, *rest[cut:])
+    keep_end = chats.tokenizer if strategy == "truncate_prompt" else None
+    messages, (chosen, rejected) = shorten_prompt(
+        list(record.messages), encode, max_length, length, reply_follows=True,
+        keep_end=keep_end)
+    return Sample(replace(record, messages=tuple(messages)), chosen, True, "record", rejected)

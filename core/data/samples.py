@@ -175,7 +175,7 @@ def encode_records(records: list[Record], template: ChatTemplate, tokenizer: Any
         try:
             encoded = encode_completion(record.prompt, record.completion, tokenizer)
             encoded, truncated = fit_completion(encoded, data.max_length,
-                                                data.length_strategy)
+                                                data.length_strategy, tokenizer.bos_token_id)
             outcomes[i] = [Sample(record, encoded, truncated, "record")]
         except RecordError as err:
             outcomes[i] = err

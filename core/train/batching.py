@@ -16,23 +16,23 @@ import numpy as np
 import torch
 
 from lorapipe.errors import UserError
+from lorapipe.objective import records_for
 
 Example = tuple[list[int], list[int]]  # input_ids, labels (-100 = not trained)
 Pair = tuple[Example, Example]  # a preference pair: chosen, rejected
-Rated = tuple[list[int], list[int], bool]  # an unpaired example (KTO): ..., desirable
+# an unpaired example (KTO): input_ids, labels, desirable, and its KL row (mismatched)
+Rated = tuple[list[int], list[int], bool, Example]
 Item = list[int]  # indices of the examples sharing one row (one unless packing)
 
 IGNORE = -100
 _BUCKET_STEPS = 50  # effective batches per length-sorted bucket
 
 
-def layout_for(columns: Sequence[str]) -> str:
+def layout_for(columns: tuple[str, ...]) -> str:
     """How an objective's examples are batched, from the columns it reads: ``pairs``
     (chosen and rejected sides), ``rated`` (one reply judged desirable or not) or
     ``single`` (input_ids and labels, as ``sft``)."""
-    if "rejected_input_ids" in columns:
-        return "pairs"
-    return "rated" if "desirable" in columns else "single"
+    return {"preference": "pairs", "unpaired": "rated", None: "single"}[records_for(columns)]
 
 
 def load_examples(dataset, *, layout: str = "single") -> list[Example] | list[Pair] | list[Rated]:  # noqa: ANN001 - a datasets.Dataset
@@ -45,8 +45,8 @@ def load_examples(dataset, *, layout: str = "single") -> list[Example] | list[Pa
         desirable = dataset["desirable"]
         _refuse_others(sum(d < 0 for d in desirable), len(desirable),
                        "replies rated desirable or not (prompt + completion + label)")
-        return [(ids, labels, bool(d)) for (ids, labels), d in zip(chosen, desirable,
-                                                                   strict=True)]
+        return [(ids, labels, bool(d), kl) for (ids, labels), d, kl in zip(
+            chosen, desirable, mismatched(chosen), strict=True)]
     rejected = list(zip(dataset["rejected_input_ids"], dataset["rejected_labels"], strict=True))
     _refuse_others(sum(not ids for ids, _ in rejected), len(rejected),
                    "preference pairs (chosen + rejected)")
@@ -111,20 +111,27 @@ def example_length(example: Example | Pair | Rated) -> int:
     return len(first[0]) + len(example[1][0]) if isinstance(first, tuple) else len(first)
 
 
-def collate_rated(rows: list[list[Rated]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """A micro batch of rated replies (KTO): the examples, then as many mismatched rows
-    (each prompt with the previous example's reply, the first with the last's: TRL's
-    cycle) that estimate the KL term, and ``desirable`` per example."""
-    examples = [example for row in rows for example in row]
-    mismatched = []
-    for (ids, labels, _), (other_ids, other_labels, _) in zip(
+def mismatched(examples: list[Example]) -> list[Example]:
+    """KTO's KL rows: each example's prompt with the previous example's reply (the first
+    with the last's). They are fixed in the prepared order, before any shuffle, as TRL
+    fixes them in its dataset, so a row's partner does not depend on the batching and its
+    reference log-probability can be computed once (``precompute_reference``)."""
+    rows = []
+    for (ids, labels), (other_ids, other_labels) in zip(
             examples, examples[-1:] + examples[:-1], strict=True):
         prompt, start = _prompt_length(labels), _prompt_length(other_labels)
-        mismatched.append((ids[:prompt] + other_ids[start:],
-                           [IGNORE] * prompt + other_labels[start:]))
-    batch = collate([[(ids, labels)] for ids, labels, _ in examples]
-                    + [[row] for row in mismatched], pad_token_id)
-    batch["desirable"] = torch.tensor([d for _, _, d in examples])
+        rows.append((ids[:prompt] + other_ids[start:],
+                     [IGNORE] * prompt + other_labels[start:]))
+    return rows
+
+
+def collate_rated(rows: list[list[Rated]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A micro batch of rated replies (KTO): the examples, then their KL rows in the same
+    order (``mismatched``), and ``desirable`` per example."""
+    examples = [example for row in rows for example in row]
+    batch = collate([[(ids, labels)] for ids, labels, _, _ in examples]
+                    + [[kl] for _, _, _, kl in examples], pad_token_id)
+    batch["desirable"] = torch.tensor([d for _, _, d, _ in examples])
     return batch
 
 

@@ -35,6 +35,7 @@ class PreferenceEvaluator(Evaluator):
 
     name = "preference"
     Options = PreferenceOptions
+    records = "preference"
 
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
         from lorapipe.plugin import paired_bootstrap

@@ -48,12 +48,6 @@ class DpoObjective(PairObjective):
     def precomputes(self) -> bool:
         return self.options.precompute_reference
 
-    def reference(self, model: torch.nn.Module,
-                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from lorapipe.plugin import row_logps
-
-        return row_logps(model, batch)[0]
-
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
              fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              ) -> ObjectiveLoss:

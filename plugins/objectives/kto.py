@@ -4,9 +4,10 @@ model with its adapters off).
 
 Per example, ``1 - σ(β·(r - z))`` for a desirable reply and ``1 - σ(β·(z - r))`` for an
 undesirable one, weighted by ``desirable_weight`` / ``undesirable_weight``; ``r`` is the
-reply's log-ratio against the reference and ``z`` the KL estimate: the mean log-ratio of
-each prompt paired with another example's reply in the same micro batch (TRL's cycle),
-without gradient, clamped at 0. A micro batch therefore needs two examples or more.
+reply's log-ratio against the reference and ``z`` the KL estimate: the mean over the micro
+batch of each example's KL row (its prompt with the previous prepared example's reply,
+fixed before the shuffle as TRL fixes them), without gradient, clamped at 0; a larger
+micro batch gives a steadier estimate.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from lorapipe.plugin import Objective, ObjectiveLoss, Options, UserError, hookimpl
+from lorapipe.plugin import Objective, ObjectiveLoss, Options, hookimpl
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +29,9 @@ class KtoOptions(Options):
     # paper recommends a ratio between 1 and 4/3)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
+    # compute the reference log-probabilities (of the replies and the KL rows) once at the
+    # start (kept in the run's reference/ for this base and data), not at every step
+    precompute_reference: bool = False
 
 
 class KtoObjective(Objective):
@@ -41,6 +45,10 @@ class KtoObjective(Objective):
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["desirable"].shape[0])
 
+    @property
+    def precomputes(self) -> bool:
+        return self.options.precompute_reference
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], *,
              fused: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              ) -> ObjectiveLoss:
@@ -49,15 +57,15 @@ class KtoObjective(Objective):
         from lorapipe.plugin import adapters_off, batch_rows, row_logps
 
         n = self.count(batch)
-        if n < 2:
-            raise UserError("objective kto estimates its KL term from the other examples of "
-                            "a micro batch: set train.micro_batch_size to 2 or more")
         examples, mismatched = batch_rows(batch, 0, n), batch_rows(batch, n, 2 * n)
         policy, _ = row_logps(model, examples)
         with torch.no_grad():
             policy_kl, _ = row_logps(model, mismatched)
-        with adapters_off(model):  # both kinds of row in one forward
-            reference, reference_kl = row_logps(model, batch)[0].split(n)
+        if "reference" in batch:  # precompute_reference: computed once at the start
+            reference, reference_kl = batch["reference"].split(n)
+        else:
+            with adapters_off(model):  # both kinds of row in one forward
+                reference, reference_kl = row_logps(model, batch)[0].split(n)
         beta, options = self.options.beta, self.options
         kl = (policy_kl - reference_kl).mean().clamp(min=0)
         ratio = policy - reference

@@ -14,10 +14,10 @@ from prepare_helpers import read_report, write_jsonl
 
 from lorapipe.authoring.masking import trained_text
 from lorapipe.config import DataConfig
-from lorapipe.data.documents import document_blocks, encode_completion
+from lorapipe.data.documents import document_blocks, encode_completion, fit_completion
 from lorapipe.data.messages import ROLES, conversation
 from lorapipe.data.samples import encode_records
-from lorapipe.data.schemas import Record
+from lorapipe.data.schemas import Record, RecordError
 from lorapipe.plugins.templates.tokenizer import TokenizerTemplate
 
 AGENT = Path(__file__).resolve().parents[2] / "configs" / "templates" / "tiny-llama-agent.jinja"
@@ -86,6 +86,23 @@ def test_completion_masks_match_trl(tmp_path: Path, tokenizer: Any) -> None:
         else:
             assert ours.input_ids[:len(prompt_ids)] == prompt_ids
             assert tokenizer.decode(ours.input_ids) == tokenizer.decode(row["input_ids"])
+
+
+def test_truncate_prompt_cuts_a_completions_prompt_after_its_bos(tokenizer: Any) -> None:
+    """keep_end on raw text: the BOS, the prompt's last tokens and the whole completion
+    stay; a completion longer than max_length alone is refused."""
+    prompt = " ".join(f"word{n}" for n in range(30)) + " The sky is"
+    encoded = encode_completion(prompt, " blue.", tokenizer)
+    limit = len(encoded.input_ids) - 12
+    cut, truncated = fit_completion(encoded, limit, "truncate_prompt", tokenizer.bos_token_id)
+    assert truncated and len(cut.input_ids) == limit
+    assert cut.input_ids[0] == tokenizer.bos_token_id
+    assert cut.input_ids[1:] == encoded.input_ids[13:] and cut.trainable[1:] == \
+        encoded.trainable[13:]
+    assert tokenizer.decode(cut.input_ids).endswith(f"The sky is blue.{tokenizer.eos_token}")
+    with pytest.raises(RecordError, match="completion alone"):
+        fit_completion(encoded, sum(encoded.trainable), "truncate_prompt",
+                       tokenizer.bos_token_id)
 
 
 def _data(**options: Any) -> DataConfig:

@@ -1,4 +1,4 @@
-"""max_length strategies: drop, truncate_history, truncate_response."""
+"""max_length strategies: drop, truncate_history, truncate_prompt, truncate_response."""
 
 from __future__ import annotations
 
@@ -59,9 +59,31 @@ def test_truncate_response_shortens_the_reply_and_closes_it(template: Any,
     assert encoded.input_ids[-1] == end and encoded.trainable[-1]
 
 
+@pytest.mark.parametrize("template", [TokenizerTemplate(), Llama2Template()],
+                         ids=lambda t: t.name)
+def test_truncate_prompt_cuts_the_first_user_turn_from_its_start(template: Any,
+                                                                  tokenizer: Any) -> None:
+    """keep_end: with no earlier exchange to drop, the user turn loses its first words;
+    its end, the reply and the turn structure stay (the template renders the cut text)."""
+    question = {"role": "user", "content": " ".join(f"word{i}" for i in range(40))
+                + " So, what happened next?"}
+    messages = [question, REPLY[1]]
+    full = template.encode(messages, tokenizer)
+    limit = len(full.input_ids) - 25
+    cut_messages, encoded, cut = _fit(template, tokenizer, messages, limit, "truncate_prompt")
+    assert cut and len(encoded.input_ids) <= limit
+    kept = cut_messages[0]["content"]
+    assert question["content"].endswith(kept.strip()) and "word0 " not in kept
+    assert cut_messages[1] == REPLY[1]
+    assert encoded.input_ids == template.encode(cut_messages, tokenizer).input_ids
+    assert _replies(cut_messages) == _replies(messages)
+    with pytest.raises(RecordError, match="cut to nothing"):
+        _fit(template, tokenizer, messages, 16, "truncate_prompt")
+
+
 def test_drop_and_impossible_truncations_are_too_long(tokenizer: Any) -> None:
     template = TokenizerTemplate()
-    for strategy in ("drop", "truncate_history", "truncate_response"):
+    for strategy in ("drop", "truncate_history", "truncate_prompt", "truncate_response"):
         with pytest.raises(RecordError) as err:
             _fit(template, tokenizer, REPLY, 16, strategy)  # the prompt alone is longer
         assert err.value.reason == "too_long"

@@ -121,6 +121,38 @@ def test_truncate_history_drops_the_prompts_first_exchange_on_both_sides(
     assert all(len(r["input_ids"]) <= 64 and len(r["rejected_input_ids"]) <= 64 for r in rows)
 
 
+def test_truncate_prompt_keeps_the_prompts_end_on_both_sides(tmp_path: Path) -> None:
+    """TRL's keep_end on Qwen2.5's real template: the earliest exchange goes, then the
+    start of the user turn; each side is still apply_chat_template's rendering of the
+    cut prompt + its whole reply, the prompt's end and both replies intact."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer("qwen2"))
+    tokenizer.chat_template = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text(
+        encoding="utf-8")
+    question = " ".join(f"fact{i}." for i in range(60)) + " What is the capital of Peru?"
+    prompt = [SYSTEM, {"role": "user", "content": "word " * 40}, _assistant("Sure."),
+              {"role": "user", "content": question}]
+    record = to_record({"prompt": prompt, "chosen": CHOSEN, "rejected": REJECTED}, "auto", {})
+    data = validate_config({"model": {"name_or_path": "x"},
+                            "data": {"loader": {"name": "jsonl", "path": "x"},
+                                     "max_length": 96, "length_strategy": "truncate_prompt"},
+                            "output_dir": str(tmp_path)}).data
+    [sample] = encode_pairs(_Chats(TokenizerTemplate(), tokenizer, data), [record])
+    system, user = sample.record.messages
+    assert system == SYSTEM and sample.truncated
+    assert question.endswith(user["content"].strip()) and len(user["content"]) < len(question)
+    for encoded, reply in ((sample.encoded, CHOSEN), (sample.rejected, REJECTED)):
+        assert len(encoded.input_ids) <= 96
+        expected = tokenizer.apply_chat_template([system, user, _assistant(reply)],
+                                                 tokenize=True, return_dict=False)
+        assert encoded.input_ids == list(expected)
+        [trained] = trained_text(encoded, tokenizer)
+        assert trained.startswith(reply)
+    start = sample.encoded.trainable.index(True)
+    assert sample.encoded.input_ids[:start] == sample.rejected.input_ids[:start]
+
+
 def test_a_pair_with_tool_calls_renders_its_tools_on_both_sides(tmp_path: Path) -> None:
     """Agent data: the chosen reply calls a tool, the rejected one guesses; both sides are
     the agent template's rendering with the record's tools, as apply_chat_template's."""

@@ -126,6 +126,23 @@ def test_a_wrong_objective_name_or_option_names_its_field(
     assert "  sft " in capsys.readouterr().out
 
 
+def test_an_evaluator_of_pairs_beside_kto_is_refused_at_validate(
+        repo_root: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """kto trains on unpaired replies only, so the held-out data can hold no pair for the
+    `preference` evaluator: validate says so, not the evaluate stage after training."""
+    monkeypatch.chdir(repo_root)
+    sets = ["--set", "model.name_or_path=tiny-llama", "--set", "train.objective=kto"]
+    assert main(["validate", "configs/dpo.yaml", *sets]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: evaluate.evaluators.0: evaluator 'preference' scores preference records, "
+        "but train.objective 'kto' trains on unpaired records only")
+    assert main(["validate", "configs/dpo.yaml", *sets,
+                 "--set", "evaluate.evaluators=[{name: perplexity}]"]) == 0
+    assert main(["validate", "configs/dpo.yaml", "--set", "model.name_or_path=tiny-llama",
+                 "--set", "train.objective=sft"]) == 0  # sft trains a pair's chosen side
+
+
 def test_the_objective_contract_is_abstract() -> None:
     assert inspect.isabstract(Objective)
     assert Objective.__abstractmethods__ == {"count", "loss"}

@@ -214,34 +214,36 @@ def test_orpo_matches_trl_per_pair() -> None:
 
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.33)], ids=["even", "weighted"])
 def test_kto_matches_trl(weights: tuple[float, float]) -> None:
-    """KTO's KL term pairs each prompt with the previous example's reply (the first with
-    the last's), as TRL's unpaired collator cycles them."""
-    from lorapipe.train.batching import collate_rated
-
-    model = _policy()
-    rated = [(p, c, n % 2 == 0) for n, (p, c, _) in enumerate(_pairs(model.config.vocab_size))]
-    rated.append((rated[0][0], rated[1][1], False))  # four examples, two of each label
-    desirable, undesirable = weights
-    args = trl.KTOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True,
-                         bf16=False, beta=0.1, desirable_weight=desirable,
-                         undesirable_weight=undesirable, max_length=None,
-                         per_device_train_batch_size=len(rated))
+    """KTO on TRL's own prepared dataset: its tokenization, and the KL completions it
+    fixes per batch before shuffling, which lorapipe's ``mismatched`` must reproduce from
+    the examples alone (each prompt with the previous example's reply)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
     from lorapipe.model.source import resolve_model_path
+    from lorapipe.train.batching import collate_rated, mismatched
 
+    model = _policy()
+    desirable, undesirable = weights
+    texts = [("What is 2+2?", " Four.", True), ("Name a colour.", " Blue, or green.", False),
+             ("Say hi.", " Hi!", True), ("Capital of Peru?", " Lima, I think.", False)]
+    args = trl.KTOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True,
+                         bf16=False, beta=0.1, desirable_weight=desirable,
+                         undesirable_weight=undesirable, max_length=None,
+                         per_device_train_batch_size=len(texts))
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-llama"))
-    text = Dataset.from_list([{"prompt": "a", "completion": "b", "label": n % 2 == 0}
-                              for n in range(4)])
-    trainer = trl.KTOTrainer(model=model, processing_class=tokenizer, train_dataset=text,
-                             args=args)
+    trainer = trl.KTOTrainer(
+        model=model, processing_class=tokenizer, args=args, train_dataset=Dataset.from_list(
+            [{"prompt": p, "completion": c, "label": label} for p, c, label in texts]))
     if "ref" in model.peft_config:
         model.delete_adapter("ref")
-    completions = [c for _, c, _ in rated]
-    inputs = trainer.data_collator([
-        {"prompt_ids": p, "completion_ids": c, "KL_completion_ids": kl, "label": label}
-        for (p, c, label), kl in zip(rated, completions[-1:] + completions[:-1], strict=True)])
+    rows = [trainer.train_dataset[i] for i in range(len(texts))]
+    examples = [(r["prompt_ids"] + r["completion_ids"],
+                 [-100] * len(r["prompt_ids"]) + r["completion_ids"]) for r in rows]
+    kl_rows = mismatched(examples)
+    assert [ids for ids, _ in kl_rows] == [r["prompt_ids"] + r["KL_completion_ids"]
+                                           for r in rows]
+    inputs = trainer.data_collator(rows)
     model.zero_grad()
     trl_loss = trainer.compute_loss(model, inputs)
     trl_loss.backward()
@@ -249,10 +251,11 @@ def test_kto_matches_trl(weights: tuple[float, float]) -> None:
 
     built = build_objective(TrainConfig.model_validate({"objective": {
         "name": "kto", "desirable_weight": desirable, "undesirable_weight": undesirable}}))
-    batch = collate_rated([[(p + c, [-100] * len(p) + c, label)] for p, c, label in rated], PAD)
+    batch = collate_rated([[(*example, r["label"], kl)] for example, r, kl in zip(
+        examples, rows, kl_rows, strict=True)], tokenizer.pad_token_id or PAD)
     model.zero_grad()
     result = built.loss(model, batch)
     (result.total / built.count(batch)).backward()
-    assert result.total.item() / len(rated) == pytest.approx(trl_loss.item(), abs=TOLERANCE)
-    assert result.metrics["kl"] / len(rated) == pytest.approx(trl_kl, abs=TOLERANCE)
+    assert result.total.item() / len(texts) == pytest.approx(trl_loss.item(), abs=TOLERANCE)
+    assert result.metrics["kl"] / len(texts) == pytest.approx(trl_kl, abs=TOLERANCE)
     _same_grads(_grads(model), trl_grads)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from datasets import Dataset
-from tinyrun import adapter_weights, config, make_data, make_model, make_pairs, run
+from tinyrun import adapter_weights, config, make_data, make_model, make_pairs, make_rated, run
 
 from lorapipe.config import TrainConfig
 from lorapipe.errors import ConfigError, UserError
@@ -84,13 +84,16 @@ def test_label_smoothing_needs_the_sigmoid_loss() -> None:
             {"objective": {"name": "dpo", "loss_type": "ipo", "label_smoothing": 0.1}}))
 
 
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
 def test_a_precomputed_reference_trains_the_same_adapter_without_reference_forwards(
-        tmp_path: Path) -> None:
-    """precompute_reference: the base's log-probabilities come from one pass at the start
-    (then from the run's reference/ cache), and each step runs one forward, not two."""
+        objective: str, tmp_path: Path) -> None:
+    """precompute_reference: the base's log-probabilities (for kto also of the KL rows,
+    whose partners are fixed) come from one pass at the start (then from the run's
+    reference/ cache), and each micro batch runs one reference forward fewer."""
     from lorapipe.artifacts import RunPaths
 
-    data, validation = make_pairs(16), make_pairs(4, seed=1)
+    make = make_pairs if objective == "dpo" else make_rated
+    data, validation = make(16), make(4, seed=1)
     results, forwards = {}, {}
     for precompute in (False, True):
         out = tmp_path / str(precompute)
@@ -102,14 +105,14 @@ def test_a_precomputed_reference_trains_the_same_adapter_without_reference_forwa
         model.base_model.model.model.register_forward_hook(
             lambda *_, calls=calls: calls.append(1))
         cfg = config(max_steps=8, save_steps=100, eval_steps=None, objective={
-            "name": "dpo", "precompute_reference": precompute})
+            "name": objective, "precompute_reference": precompute})
         run(out, model, data, validation, cfg,
             run_config={"model": {"name_or_path": "tiny-llama"}})
         results[precompute], forwards[precompute] = adapter_weights(out), len(calls)
     for key, value in results[False].items():
         torch.testing.assert_close(results[True][key], value, rtol=0, atol=1e-5)
-    # 8 steps (two epochs) × 2 micro batches: policy + reference forwards, or policy only
-    # after one pass over the 16 pairs in micro batches of 2 (evaluations alike in both)
+    # 8 steps (two epochs) × 2 micro batches: one reference forward fewer each, after one
+    # pass over the 16 examples in micro batches of 2 (evaluations alike in both)
     assert forwards[False] - forwards[True] == 8 * 2 - 16 // 2
     [cached] = (tmp_path / "True" / "reference").iterdir()
     from safetensors.torch import load_file

@@ -70,6 +70,14 @@ def make_pairs(n: int, seed: int = 0) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+def make_rated(n: int, seed: int = 0) -> Dataset:
+    """Unpaired replies (KTO): make_pairs' chosen sides, rated desirable and not in turn."""
+    pairs = make_pairs(n, seed)
+    return Dataset.from_dict({"input_ids": pairs["input_ids"], "labels": pairs["labels"],
+                              "desirable": [i % 2 for i in range(n)],
+                              "kind": ["unpaired"] * n})
+
+
 def config(**changes: Any) -> TrainConfig:
     base = dict(epochs=1, micro_batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-3,
                 warmup_steps=1, logging_steps=1, save_steps=4, seed=0)
