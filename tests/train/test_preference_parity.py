@@ -91,13 +91,7 @@ def _trl(model: Any, trainer_cls: Any, args: Any,
     text = Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 2)
     trainer = trainer_cls(model=model, processing_class=tokenizer, train_dataset=text,
                           args=args)
-    if "ref" in model.peft_config:
-        # TRL's reference for an adapter it did not create is a copy of it as it starts;
-        # lorapipe's adapters start at zero, so its reference is the base: make TRL's so.
-        model.delete_adapter("ref")
-    for param in model.parameters():  # TRL casts a QLoRA adapter to bf16; lorapipe trains fp32
-        if param.requires_grad:
-            param.data = param.data.float()
+    _undo_trl_preparation(model)
     model.zero_grad()
     if hasattr(trainer, "get_batch_loss_metrics"):  # CPO/ORPO: their own collated form
         loss, metrics = _trl_cpo(trainer, model, pairs)
@@ -108,6 +102,16 @@ def _trl(model: Any, trainer_cls: Any, args: Any,
         metrics = {name: values[-1] for name, values in trainer._metrics["train"].items()}
     loss.backward()
     return loss.item(), metrics, _grads(model)
+
+
+def _undo_trl_preparation(model: Any) -> None:
+    if "ref" in model.peft_config:
+        # TRL's reference for an adapter it did not create is a copy of it as it starts;
+        # lorapipe's adapters start at zero, so its reference is the base: make TRL's so.
+        model.delete_adapter("ref")
+    for param in model.parameters():  # TRL casts a QLoRA adapter to bf16; lorapipe trains fp32
+        if param.requires_grad:
+            param.data = param.data.float()
 
 
 def _trl_cpo(trainer: Any, model: Any, pairs: list) -> tuple[torch.Tensor, dict[str, float]]:
@@ -170,10 +174,11 @@ def test_dpo_label_smoothing_is_the_conservative_mix_of_trl_losses() -> None:
                         for name, g in kept_grads.items()})
 
 
-def test_simpo_matches_trl_cpo() -> None:
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "nf4"])
+def test_simpo_matches_trl_cpo(quantized: bool) -> None:
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    model = _policy()
+    model = _policy(quantized)
     pairs = _pairs(model.config.vocab_size)
     args = CPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False,
                      loss_type="simpo", cpo_alpha=0.0, beta=2.0, simpo_gamma=1.0,
@@ -188,14 +193,15 @@ def test_simpo_matches_trl_cpo() -> None:
     _same_grads(grads, trl_grads)
 
 
-def test_orpo_matches_trl_per_pair() -> None:
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "nf4"])
+def test_orpo_matches_trl_per_pair(quantized: bool) -> None:
     """TRL's ORPO averages the NLL over a batch's tokens, and over the prompt too;
     lorapipe takes it per pair over the reply (the paper's form). With one-token prompts
     (which no NLL can cover) and scored one pair at a time they agree; the batch is
     their mean."""
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    model = _policy()
+    model = _policy(quantized)
     pairs = [(p[:1], c, r) for p, c, r in _pairs(model.config.vocab_size)]
     args = ORPOConfig(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=True, bf16=False,
                       beta=0.1, max_length=None)
@@ -212,8 +218,9 @@ def test_orpo_matches_trl_per_pair() -> None:
     _same_grads(grads, {name: g / len(pairs) for name, g in summed.items()})
 
 
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "nf4"])
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.33)], ids=["even", "weighted"])
-def test_kto_matches_trl(weights: tuple[float, float]) -> None:
+def test_kto_matches_trl(weights: tuple[float, float], quantized: bool) -> None:
     """KTO on TRL's own prepared dataset: its tokenization, and the KL completions it
     fixes per batch before shuffling, which lorapipe's ``mismatched`` must reproduce from
     the examples alone (each prompt with the previous example's reply)."""
@@ -223,7 +230,7 @@ def test_kto_matches_trl(weights: tuple[float, float]) -> None:
     from lorapipe.model.source import resolve_model_path
     from lorapipe.train.batching import collate_rated, mismatched
 
-    model = _policy()
+    model = _policy(quantized)
     desirable, undesirable = weights
     texts = [("What is 2+2?", " Four.", True), ("Name a colour.", " Blue, or green.", False),
              ("Say hi.", " Hi!", True), ("Capital of Peru?", " Lima, I think.", False)]
@@ -235,8 +242,7 @@ def test_kto_matches_trl(weights: tuple[float, float]) -> None:
     trainer = trl.KTOTrainer(
         model=model, processing_class=tokenizer, args=args, train_dataset=Dataset.from_list(
             [{"prompt": p, "completion": c, "label": label} for p, c, label in texts]))
-    if "ref" in model.peft_config:
-        model.delete_adapter("ref")
+    _undo_trl_preparation(model)
     rows = [trainer.train_dataset[i] for i in range(len(texts))]
     examples = [(r["prompt_ids"] + r["completion_ids"],
                  [-100] * len(r["prompt_ids"]) + r["completion_ids"]) for r in rows]
