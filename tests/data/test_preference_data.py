@@ -153,6 +153,32 @@ def test_truncate_prompt_keeps_the_prompts_end_on_both_sides(tmp_path: Path) -> 
     assert sample.encoded.input_ids[:start] == sample.rejected.input_ids[:start]
 
 
+def test_a_pair_of_reasoned_replies_trains_each_sides_reasoning(tmp_path: Path) -> None:
+    """Reasoner data on Qwen3's real template: each side is apply_chat_template's
+    rendering with its own reasoning, and the trained reply starts at the think block."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer("qwen2"))
+    tokenizer.chat_template = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(
+        encoding="utf-8")
+    prompt = [{"role": "user", "content": "What is 2 plus 2?"}]
+    chosen = {"role": "assistant", "content": "4.", "reasoning_content": "2 + 2 = 4."}
+    rejected = {"role": "assistant", "content": "5.", "reasoning_content": "2 + 2 is 5."}
+    record = to_record({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]},
+                       "auto", {})
+    data = validate_config({"model": {"name_or_path": "x"},
+                            "data": {"loader": {"name": "jsonl", "path": "x"}},
+                            "output_dir": str(tmp_path)}).data
+    [sample] = encode_pairs(_Chats(TokenizerTemplate(), tokenizer, data), [record])
+    for encoded, reply in ((sample.encoded, chosen), (sample.rejected, rejected)):
+        expected = tokenizer.apply_chat_template([*prompt, reply], tokenize=True,
+                                                 return_dict=False)
+        assert encoded.input_ids == list(expected)
+        [trained] = trained_text(encoded, tokenizer)
+        assert trained.startswith("<think>") and reply["reasoning_content"] in trained
+        assert reply["content"] in trained.split("</think>")[1]
+
+
 def test_a_pair_with_tool_calls_renders_its_tools_on_both_sides(tmp_path: Path) -> None:
     """Agent data: the chosen reply calls a tool, the rejected one guesses; both sides are
     the agent template's rendering with the record's tools, as apply_chat_template's."""
