@@ -34,8 +34,8 @@ batches are then pairs, the chosen rows, then the rejected rows; it counts pairs
 scores them with ``sequence_logps`` (each side's summed log-probability of its trained
 tokens) and ``reference_logps`` (the same with the adapters off); ``pair_metrics``
 reports the implicit rewards as ``PAIR_METRICS``. An objective reading a ``desirable``
-column gets rated replies (KTO): the examples, then as many mismatched rows (each prompt
-with another example's reply), and ``desirable`` per example; ``row_logps`` scores rows,
+column gets rated replies (KTO): the examples, then their KL rows (each prompt with the
+previous prepared example's reply), and ``desirable`` per example; ``row_logps`` scores rows,
 ``batch_rows`` selects some, ``adapters_off`` is the reference model.
 
 A plugin loads a model, tokenizer or config with ``from_pretrained(AutoTokenizer, path,
@@ -49,6 +49,10 @@ run.paths.adapter)`` reads the trained adapter (``config``: peft's ``LoraConfig`
 ``replaced`` biases and ``modules_to_save``), and ``pad_token_id(tokenizer)`` is the id
 lorapipe pads batches with, so a plugin scores prepared data (``token_nll``) as the
 evaluate stage does.
+
+A file loader reads lines with ``content_lines(path, problem)`` (plain or ``.gz``, each
+line at most ``MAX_LINE_BYTES``, longer ones given by their length and never held) and
+whole files with ``read_head``, so hostile files cost it no more memory than the built-ins.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorapipe.atomic import atomic_directory, atomic_write_text
 from lorapipe.authoring.file_loader import FileLoader, FileOptions
+from lorapipe.authoring.lines import MAX_LINE_BYTES, Line, content_lines, read_head
 from lorapipe.authoring.masking import token_range, trained_text, trained_turns
 from lorapipe.authoring.piece_template import Piece, PieceTemplate, alternating_turns
 from lorapipe.component import Options, Part
@@ -194,6 +199,10 @@ __all__ = [
     "trained_turns",
     "FileLoader",
     "FileOptions",
+    "Line",
+    "MAX_LINE_BYTES",
+    "content_lines",
+    "read_head",
     "LoraAdapter",
     "Piece",
     "PieceTemplate",

@@ -1,7 +1,10 @@
 """Accounting for every record: why each dropped one was dropped, and token statistics.
 
-Every drop is written to ``data/dropped.jsonl`` (location, reason, detail) so nothing is
-lost silently; ``data/report.json`` keeps the counts and the first few examples per reason.
+Every drop is counted per reason in ``data/report.json``, with the first few examples,
+and written to ``data/dropped.jsonl`` (location, reason, detail) so nothing is lost
+silently, up to ``LISTED_PER_REASON`` rows per reason: a small gzip of a billion
+``{}`` lines must not become a dropped list larger than the disk (the rest are counted,
+as ``dropped_unlisted``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from rich.table import Table
 from lorapipe.errors import UserError
 
 EXAMPLES_PER_REASON = 5
+LISTED_PER_REASON = 100_000
 
 
 class DropLog:
@@ -27,6 +31,7 @@ class DropLog:
         self.sink = sink
         self.read = 0
         self.counts: Counter[str] = Counter()
+        self.unlisted: Counter[str] = Counter()  # past LISTED_PER_REASON
         self.examples: dict[str, list[dict[str, str]]] = {}
 
     def drop(self, reason: str, location: str, detail: str) -> None:
@@ -39,6 +44,9 @@ class DropLog:
         examples = self.examples.setdefault(reason, [])
         if len(examples) < EXAMPLES_PER_REASON:
             examples.append({"location": location, "detail": detail})
+        if self.counts[reason] > LISTED_PER_REASON:
+            self.unlisted[reason] += 1
+            return
         self.sink.write(json.dumps({"location": location, "reason": reason,
                                     "detail": detail}) + "\n")
 
@@ -52,6 +60,7 @@ class DropLog:
             "kept": self.read - self.dropped,
             "dropped": dict(sorted(self.counts.items())),
             "dropped_total": self.dropped,
+            "dropped_unlisted": dict(sorted(self.unlisted.items())),
             "duplicates": self.counts.get("duplicate", 0),
             "examples": {k: self.examples[k] for k in sorted(self.examples)},
         }
@@ -86,6 +95,9 @@ def print_summary(report: dict[str, Any], console: Console) -> None:
     for reason, count in report["dropped"].items():
         first = report["examples"][reason][0]
         table.add_row(f"dropped: {reason}", str(count), f"{first['location']}: {first['detail']}")
+    for reason, count in report.get("dropped_unlisted", {}).items():
+        table.add_row(f"  not in dropped.jsonl: {reason}", str(count),
+                      f"only the first {LISTED_PER_REASON:,} per reason are listed")
     table.add_row("truncated", str(report["truncated"]), "")
     table.add_row("kept", str(report["kept"]), "")
     for origin, count in report["added_samples"].items():

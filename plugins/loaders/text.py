@@ -11,18 +11,35 @@ BOM is dropped and CRLF line ends become LF. Bytes that are not UTF-8 make their
 bad (``invalid_text``, with the offending byte's offset in the file) instead of stopping
 the run, and a file with no text at all is reported (``empty_text``) rather than
 contributing nothing unnoticed.
+
+Files may be gzip-compressed (``.txt.gz``), and memory stays bounded whatever they hold:
+a document over ``MAX_DOCUMENT_BYTES`` is one bad record (``too_long``) read no further,
+and so is a paragraph with a line over ``MAX_LINE_BYTES`` or growing past the former.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from lorapipe.plugin import FileLoader, FileOptions, RawRecord, RecordError, hookimpl
+from lorapipe.plugin import (
+    MAX_LINE_BYTES,
+    FileLoader,
+    FileOptions,
+    Line,
+    RawRecord,
+    RecordError,
+    content_lines,
+    hookimpl,
+    read_head,
+)
 
 _BOM = codecs.BOM_UTF8
+# A document becomes one string and then its tokens, several times its size in memory;
+# larger text belongs in several files or in paragraphs.
+MAX_DOCUMENT_BYTES = 256 << 20
 
 
 class TextOptions(FileOptions):
@@ -32,6 +49,12 @@ class TextOptions(FileOptions):
 def _not_utf8(err: UnicodeDecodeError, offset: int) -> RecordError:
     """``err`` from decoding bytes that start ``offset`` bytes into the file."""
     return RecordError("invalid_text", f"not UTF-8 ({err.reason} at byte {offset + err.start})")
+
+
+def _too_long(what: str) -> RecordError:
+    return RecordError("too_long", f"{what} more than the {MAX_DOCUMENT_BYTES:,} bytes a "
+                       "document may take; split the file, or read it with sample_by: "
+                       "paragraph")
 
 
 def _empty(source: str) -> RawRecord:
@@ -45,14 +68,20 @@ class TextLoader(FileLoader):
     Options = TextOptions
 
     def read_file(self, path: Path) -> Iterator[RawRecord]:
-        if self.options.sample_by == "paragraph":
-            yield from self._paragraphs(path)
-        else:
-            yield self._whole(path)
+        def problem(what: str) -> Exception:
+            return self.config_error(f"{path} {what}", option="path")
 
-    def _whole(self, path: Path) -> RawRecord:
+        if self.options.sample_by == "paragraph":
+            yield from self._paragraphs(path, problem)
+        else:
+            yield self._whole(path, problem)
+
+    @staticmethod
+    def _whole(path: Path, problem: Callable[[str], Exception]) -> RawRecord:
         source = str(path)
-        raw = path.read_bytes()
+        raw = read_head(path, MAX_DOCUMENT_BYTES, problem)
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            return RawRecord(source, source, error=_too_long("the file holds"))
         body = raw.removeprefix(_BOM)
         try:
             text = body.decode("utf-8")
@@ -62,43 +91,58 @@ class TextLoader(FileLoader):
             return _empty(source)
         return RawRecord(source, source, data={"text": text.replace("\r\n", "\n")})
 
-    def _paragraphs(self, path: Path) -> Iterator[RawRecord]:
+    @staticmethod
+    def _paragraphs(path: Path, problem: Callable[[str], Exception]) -> Iterator[RawRecord]:
+        """Blocks of consecutive lines with text; what lies between them is blank."""
         source = str(path)
-        lines: list[str] = []  # the block being read, without line ends
-        first = 0  # its first line's number
-        error: RecordError | None = None  # its first undecodable bytes
-        found = False
-        offset = 0  # bytes of the file before the current line
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                start, offset = offset, offset + len(raw)
-                if number == 1 and raw.startswith(_BOM):
-                    raw, start = raw[len(_BOM):], start + len(_BOM)
-                try:
-                    line: str | None = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    line = None
-                    error = error or _not_utf8(err, start)
-                if line is not None and not line.strip():
-                    if first:  # a blank line ends the block
-                        yield self._block(source, first, lines, error)
-                        lines, first, error, found = [], 0, None, True
-                    continue
-                first = first or number
-                if line is not None:
-                    lines.append(line[:-2] if line.endswith("\r\n") else line.removesuffix("\n"))
-        if first:
-            yield self._block(source, first, lines, error)
-        elif not found:
+        block: _Block | None = None
+        for line in content_lines(path, problem, MAX_LINE_BYTES):
+            if block is not None and line.number != block.last + 1:
+                yield block.record(source)
+                block = None
+            block = block or _Block(line.number)
+            block.add(line)
+        if block is not None:
+            yield block.record(source)
+        else:
             yield _empty(source)
 
-    @staticmethod
-    def _block(source: str, first: int, lines: list[str],
-               error: RecordError | None) -> RawRecord:
-        location = f"{source}:{first}"
-        if error is not None:
-            return RawRecord(source, location, error=error)
-        return RawRecord(source, location, data={"text": "\n".join(lines)})
+
+class _Block:
+    """A paragraph being read: its lines, or the first reason it is bad (after which no
+    more of its text is kept)."""
+
+    def __init__(self, first: int) -> None:
+        self.first = self.last = first
+        self.lines: list[str] = []
+        self.size = 0
+        self.error: RecordError | None = None
+
+    def add(self, line: Line) -> None:
+        self.last = line.number
+        if self.error is not None:
+            return
+        if isinstance(line.raw, int):
+            self.error, self.lines = RecordError("too_long", (
+                f"line {line.number} has {line.raw:,} bytes, more than the "
+                f"{MAX_LINE_BYTES:,} a line may take")), []
+            return
+        self.size += len(line.raw)
+        if self.size > MAX_DOCUMENT_BYTES:
+            self.error, self.lines = _too_long("the paragraph grows to"), []
+            return
+        try:
+            text = line.raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            self.error, self.lines = _not_utf8(err, line.offset), []
+            return
+        self.lines.append(text[:-2] if text.endswith("\r\n") else text.removesuffix("\n"))
+
+    def record(self, source: str) -> RawRecord:
+        location = f"{source}:{self.first}"
+        if self.error is not None:
+            return RawRecord(source, location, error=self.error)
+        return RawRecord(source, location, data={"text": "\n".join(self.lines)})
 
 
 @hookimpl

@@ -158,15 +158,15 @@ def test_a_file_without_text_is_reported_not_dropped(tmp_path: Path, sample_by: 
 
 
 def test_paragraph_mode_reads_as_it_goes(tmp_path: Path) -> None:
-    """A block is yielded once its blank line is read, before the rest of the file."""
+    """A block is yielded once the next one starts, before the rest of the file is read."""
     doc = tmp_path / "growing.txt"
-    doc.write_text("first\n\n")
+    doc.write_text("first\n\nsecond\n")
     records = build(path=str(doc), sample_by="paragraph").records()
     assert next(records).data == {"text": "first"}
     with doc.open("a") as handle:
-        handle.write("written after the first block was read\n")
+        handle.write("written after the first block was read\n\nthird\n")
     assert [record.data for record in records] == [
-        {"text": "written after the first block was read"}]
+        {"text": "second\nwritten after the first block was read"}, {"text": "third"}]
 
 
 def test_the_fingerprint_follows_the_files_and_the_sampling(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_a_gz_file_that_is_not_gzip_is_refused_naming_it(
     data.write_bytes(SAMPLE.read_bytes())
     assert _refused(tmp_path, data, capsys) == (
         f"error: data.loader.path: {data} is not a gzip file (Not a gzipped file (b'{{\"')); "
-        "name it .jsonl if it is plain JSON Lines")
+        "drop the .gz from its name if it is not compressed")
 
 
 def test_a_truncated_gzip_is_refused_naming_the_file_and_the_line_reached(
@@ -186,3 +186,78 @@ def test_blank_runs_and_long_lines_keep_every_line_number(
                                       "may take; dropped without parsing"),
         (f"{data}:{first + 8}", {"a": 5}, None),
     ]
+
+
+@pytest.mark.parametrize("sample_by", ["document", "paragraph"])
+def test_a_gzipped_text_file_reads_as_the_plain_one(tmp_path: Path, sample_by: str) -> None:
+    from lorapipe.plugins.loaders.text import TextLoader, TextOptions
+
+    content = "First paragraph,\r\nits second line.\n\n\nSecond paragraph.\n"
+    plain, packed = tmp_path / "a.txt", tmp_path / "a.txt.gz"
+    plain.write_text(content, newline="")
+    packed.write_bytes(gzip.compress(content.encode()))
+    read = {path: [(r.location.removeprefix(str(path)), r.data) for r in TextLoader(
+        TextOptions(path=[str(path)], sample_by=sample_by)).records()]
+        for path in (plain, packed)}
+    assert read[plain] == read[packed] and read[plain]
+
+
+def test_text_past_the_limits_is_one_bad_record_each(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file, a paragraph or a line past its limit (small here) is dropped as too_long,
+    naming what to do; the paragraphs around it are read."""
+    import lorapipe.plugins.loaders.text as text
+
+    monkeypatch.setattr(text, "MAX_DOCUMENT_BYTES", 40)
+    monkeypatch.setattr(text, "MAX_LINE_BYTES", 20)
+    doc = tmp_path / "doc.txt.gz"
+    doc.write_bytes(gzip.compress(b"short\n\n" + b"word " * 30 + b"\n\nok\n\n"
+                                  + b"\n".join([b"twelve bytes"] * 4) + b"\n\nend\n"))
+
+    def read(sample_by: str) -> list[tuple[str, str | None, str | None]]:
+        loader = text.TextLoader(text.TextOptions(path=[str(doc)], sample_by=sample_by))
+        return [(r.location.removeprefix(str(doc)), r.data and r.data["text"],
+                 r.error and r.error.reason) for r in loader.records()]
+
+    assert read("document") == [("", None, "too_long")]
+    assert read("paragraph") == [(":1", "short", None), (":3", None, "too_long"),
+                                 (":5", "ok", None), (":7", None, "too_long"),
+                                 (":12", "end", None)]
+
+
+def test_a_text_gzip_bomb_is_one_dropped_document_in_bounded_memory(tmp_path: Path) -> None:
+    """One 1 GiB line of zeros in 1 MB of gzip, read as one document and as paragraphs,
+    under ``ulimit -d`` of 512 MiB above what the interpreter holds."""
+    data = _gzip_stream(tmp_path / "bomb.txt.gz",
+                        [(b"A first paragraph.\n\n", 1), (b"0" * MIB, 1024), (b"\n\nLast.\n", 1)])
+    for sample_by, kept in (("document", 0), ("paragraph", 2)):
+        config = tmp_path / f"{sample_by}.yaml"
+        config.write_text(yaml.safe_dump({
+            "model": {"name_or_path": "tiny-llama"},
+            "data": {"loader": {"name": "text", "path": str(data), "sample_by": sample_by},
+                     "format": "text", "dedupe": False, "validation": {"count": 1}},
+            "output_dir": str(tmp_path / sample_by)}))
+        done = subprocess.run([sys.executable, "-c", LIMITED_PREPARE, str(config),
+                               str(512 * MIB)], capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result["peak"] - result["before"] < 512 * MIB
+        report = json.loads((tmp_path / sample_by / "data" / "report.json").read_text())
+        assert report["dropped"].get("too_long") == 1, report
+        assert report["kept"] == kept
+
+
+def test_a_flood_of_bad_records_is_counted_whole_and_listed_in_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip of many `{}` lines: every one is counted with its reason, dropped.jsonl
+    lists only the first LISTED_PER_REASON of them (small here) and says how many not."""
+    import lorapipe.data.report as report_module
+
+    monkeypatch.setattr(report_module, "LISTED_PER_REASON", 50)
+    data = _gzip_stream(tmp_path / "flood.jsonl.gz", [(SAMPLE.read_bytes(), 1), (b"{}\n", 200)])
+    assert main(["prepare", str(_config(tmp_path, data))]) == 0
+    report = _report(tmp_path)
+    [reason] = [r for r, n in report["dropped"].items() if n == 200]
+    assert report["dropped_unlisted"] == {reason: 150}
+    listed = (tmp_path / "run" / "data" / "dropped.jsonl").read_text().splitlines()
+    assert sum(json.loads(row)["reason"] == reason for row in listed) == 50
+    assert report["records_read"] == LINES + 200
