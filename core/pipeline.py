@@ -28,7 +28,14 @@ from lorapipe.manifest import problem
 from lorapipe.model.source import refuse_stored_quantized, resolve_model_path
 from lorapipe.report.page import write_report
 from lorapipe.run_record import read_run_record
-from lorapipe.rundir import check_location, claim, clear, locked, remove_leftovers
+from lorapipe.rundir import (
+    check_location,
+    claim,
+    clear,
+    locked,
+    remove_leftovers,
+    require_only_ours,
+)
 
 # Stage name → module defining ``run_stage(ctx) -> dict`` (its summary), in run order.
 STAGES: dict[str, str] = {
@@ -84,6 +91,7 @@ def run_directory(ctx: RunContext) -> Iterator[None]:
     claim(paths)
     with locked(paths.root), confined(paths.root):
         remove_leftovers(paths.root)
+        require_only_ours(paths)
         yield
 
 

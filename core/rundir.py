@@ -7,7 +7,10 @@ system directory (``/srv``, ``/usr/...``), the home directory, the working direc
 a directory holding the config or the data. A directory of files that merely look like
 run artifacts is not adopted: its ``data/`` could be the user's. ``--overwrite`` removes
 the run's artifacts (``RunPaths.artifacts``), never the directory, so a file a user put
-there survives. Nothing is written or deleted through a link (``confinement.py``).
+there survives; and a file a user put inside a published artifact directory, which its
+manifest does not list, stops every command before anything replaces or deletes that
+directory (``require_only_ours``). Nothing is written or deleted through a link
+(``confinement.py``).
 
 The lock is ``flock`` on a file in the directory: the kernel releases it when the
 process dies, however it dies, so a lock can never be left stale; the holder's pid and
@@ -35,6 +38,7 @@ from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_write_text
 from lorapipe.confinement import check, remove_tree
 from lorapipe.errors import UserError
+from lorapipe.manifest import MANIFEST
 
 MARKER = ".lorapipe-run"
 LOCK = ".lorapipe.lock"
@@ -109,6 +113,49 @@ def clear(paths: RunPaths) -> None:
         else:
             check(path)
             path.unlink()
+
+
+# The stage whose finishing writes each manifest-carrying artifact's manifest last; until it
+# is done the manifest may be missing or an earlier run's, so the directory is not judged.
+_PUBLISHED_BY = {"data": "prepare", "adapter": "train", "merged": "merge", "export": "export"}
+
+
+def require_only_ours(paths: RunPaths) -> None:
+    """Refuse a run whose published artifact directories hold a file their manifest does
+    not list: lorapipe replaces and deletes those directories whole (a new prepare, a
+    checkpoint rotated out, ``--overwrite``), and deletes only what it wrote."""
+    foreign = next(_foreign_files(paths), None)
+    if foreign is not None:
+        file, manifest = foreign
+        raise UserError(f"output_dir: {file} is not a file lorapipe wrote ({manifest} does not "
+                        "list it), and lorapipe deletes only what it wrote; move it out of "
+                        "the run directory, then run again")
+
+
+def _foreign_files(paths: RunPaths) -> Iterator[tuple[Path, Path]]:
+    """Each unlisted file in a published directory, with the manifest that omits it."""
+    try:
+        stages = json.loads(paths.run_json.read_text()).get("stages", {})
+        done = {name for name, stage in stages.items() if stage.get("status") == "done"}
+    except (OSError, ValueError, AttributeError):  # no run.json yet, or a damaged one
+        done = set()
+    directories = sorted(paths.checkpoints.glob("step-*"))  # each published whole, atomically
+    for name, stage in _PUBLISHED_BY.items():
+        if stage in done:
+            top = paths.root / name
+            directories += sorted(top.iterdir()) if name == "export" and top.is_dir() else [top]
+    for directory in directories:
+        manifest = directory / MANIFEST
+        try:
+            listed = set(json.loads(manifest.read_text()))
+        except (OSError, ValueError, TypeError):  # none, or unreadable: the stage reruns it
+            continue
+        for file in sorted(directory.rglob("*")):
+            relative = file.relative_to(directory)
+            # dot-files are temp files and locks, never listed (manifest.write_manifest)
+            if (file.is_file() and file != manifest and str(relative) not in listed
+                    and not any(part.startswith(".") for part in relative.parts)):
+                yield file, manifest
 
 
 def _is_leftover(name: str) -> bool:

@@ -214,3 +214,44 @@ def test_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_finished_run_holds_only_files_its_manifests_list(finished_run: Path) -> None:
+    from lorapipe.rundir import _foreign_files
+
+    assert list(_foreign_files(RunPaths(finished_run))) == []
+
+
+def test_a_users_file_in_an_artifact_directory_stops_the_run_and_nothing_is_deleted(
+        finished_run: Path, tmp_path: Path) -> None:
+    """lorapipe deletes only what a manifest lists: a file dropped into a published
+    directory (which a new prepare, a checkpoint rotation or --overwrite would delete
+    whole) is named, and every command stops before touching anything."""
+    import shutil
+
+    from quickstart_run import run_quickstart
+
+    from lorapipe.rundir import _foreign_files
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    step = sorted((run / "checkpoints").iterdir())[0].name
+    planted = ["data/train/mine.csv", "data/tokenizer/my_notes.txt", "adapter/notes.md",
+               "merged/extra/readme.txt", f"checkpoints/{step}/mine.txt",
+               "export/gguf/notes.txt"]
+    for name in planted:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("the user's")
+    assert sorted(str(f.relative_to(run)) for f, _ in _foreign_files(RunPaths(run))) == \
+        sorted(planted)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    for flag in ("--overwrite", "--resume"):
+        done = run_quickstart(run, flag)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert "is not a file lorapipe wrote" in line and "move it out" in line
+        assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    for name in planted:
+        (run / name).unlink()
+    done = run_quickstart(run, "--resume", "--allow-config-change")  # output_dir moved
+    assert done.returncode == 0, done.stderr[-2000:]
