@@ -189,6 +189,11 @@ class GgufBackend:
                             "pip install 'lorapipe[llama-cpp]'") from None
         if not path.is_file():
             raise UserError(f"--gguf {path}: no such file")
+        from lorapipe.manifest import MANIFEST, require_intact
+
+        if (path.parent / MANIFEST).is_file():  # one of a run's exports: it must be intact
+            require_intact(path.parent, "run `lorapipe export CONFIG` again",
+                           parts=(path.name,))
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=sampling.seed, verbose=False)
         self.path, self.sampling, self.label = path, sampling, f"{path.name} (llama.cpp)"
 

@@ -91,6 +91,23 @@ def test_gguf_answers_as_llama_cpp_does(finished_run: Path,
     assert answer == expected["choices"][0]["text"]
 
 
+def test_a_damaged_exported_gguf_is_refused_before_llama_cpp_reads_it(
+        finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export's manifest is checked: one flipped byte in the GGUF's tensor data (which
+    llama.cpp would load and answer with) is named, exit 2."""
+    import shutil
+
+    exported = tmp_path / "gguf"
+    shutil.copytree(finished_run / "export" / "gguf", exported)
+    gguf = exported / "model-q8_0.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[len(data) * 3 // 4] ^= 0x01
+    gguf.write_bytes(bytes(data))
+    assert main(["chat", str(finished_run), "--gguf", str(gguf), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"{gguf} does not match its checksum" in err and "lorapipe export" in err
+
+
 def test_bad_arguments_are_one_clear_line(finished_run: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
