@@ -1,4 +1,5 @@
-"""The machine's failures in one line: a full disk, a read-only or forbidden directory.
+"""The machine's failures in one line: a full disk, a read-only or forbidden directory,
+a path longer than the file system allows.
 
 They surface from many layers and rarely as a plain ``OSError``: safetensors raises
 ``SafetensorError("... No space left on device (os error 28)")``, pyarrow an ``OSError``
@@ -25,6 +26,7 @@ _KNOWN = {
                    "elsewhere"),
     errno.EROFS: ("Read-only file system", "point output_dir at a writable directory"),
     errno.EACCES: (None, "make it writable for this user or point output_dir elsewhere"),
+    errno.ENAMETOOLONG: ("File name too long", "choose a shorter output_dir"),
 }
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # A short write to a file, as numpy reports it without errno: the disk filled up.
@@ -54,7 +56,7 @@ def _message(number: int, fix: str, where: Path | None, output_dir: Path | None)
                                                  else "")
     if number in _FULL:
         probe = where or output_dir or Path.cwd()
-        while not probe.exists() and probe != probe.parent:
+        while not os.path.exists(probe) and probe != probe.parent:  # False for a bad path
             probe = probe.parent
         head = f"the disk is full{target} ({shutil.disk_usage(probe).free:,} bytes free on " \
                f"{probe})"

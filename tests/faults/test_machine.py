@@ -132,3 +132,27 @@ def test_a_read_only_output_directory_ends_in_one_line(disk: Path, tmp_path: Pat
             assert "Traceback" not in done.stderr
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=False)
+
+
+@pytest.mark.parametrize(("code", "words"), [(28, "the disk is full"),
+                                             (30, "read-only file system"),
+                                             (13, "permission denied"),
+                                             (36, "file name too long")])
+def test_each_machine_errno_anywhere_in_the_chain_is_one_line(code: int, words: str,
+                                                              tmp_path: Path) -> None:
+    """However deep a library wraps it (here: a RuntimeError raised from the OSError), the
+    errno becomes one line naming the path and what to do."""
+    import os
+
+    from lorapipe.machine_errors import machine_error
+
+    where = tmp_path / ("a" * 300)
+    try:
+        try:
+            raise OSError(code, os.strerror(code), str(where))
+        except OSError as err:
+            raise RuntimeError("a library's own words") from err
+    except RuntimeError as wrapped:
+        line = machine_error(wrapped, tmp_path)
+    assert line is not None and "\n" not in line
+    assert line.startswith(words) and str(where) in line and "run the command again" in line
