@@ -303,6 +303,52 @@ def test_sharded_checkpoint_gives_the_same_file(built, tmp_path: Path) -> None:
         np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
 
 
+MOE = ("qwen3_moe", "gpt_oss")
+
+
+def test_base_plus_adapter_gguf_is_the_merged_gguf(exported, tmp_path: Path) -> None:
+    """llama.cpp judges the adapter GGUF: the family's base GGUF with our adapter applied
+    (``--lora``) computes what the GGUF of peft's own merge computes. Every linear layer
+    is adapted; on the MoE families the attention (their expert LoRA is refused below);
+    a layer llama.cpp applies no LoRA to is refused by name, then left out."""
+    from peft import LoraConfig, get_peft_model
+
+    name, model_dir, _ = exported
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] if name in MOE else "all-linear"
+    ignored = list(model_family(model_dir).lora_ignored)
+    if ignored:
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+            LoraConfig(r=8, lora_alpha=16, target_modules=targets))
+        model.save_pretrained(tmp_path / "with-ignored")
+        with pytest.raises(UserError, match=f"applies no --lora pair to .*{ignored[0]}"):
+            write_adapter_gguf(tmp_path / "with-ignored", model_dir, tmp_path / "x.gguf",
+                               "f32")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=targets,
+                                      exclude_modules=ignored or None))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    merged = tmp_path / "merged"
+    shutil.copytree(model_dir, merged)
+    model.merge_and_unload().save_pretrained(merged)
+    base_gguf = write_gguf(model_dir, tmp_path / "base-f32.gguf", "f32", progress=False).path
+    merged_gguf = write_gguf(merged, tmp_path / "merged-f32.gguf", "f32", progress=False).path
+    adapter_gguf = write_adapter_gguf(tmp_path / "adapter", model_dir,
+                                      tmp_path / "adapter-f32.gguf", "f32")
+    ids = llama_cpp.Llama(str(base_gguf), vocab_only=True, verbose=False).tokenize(
+        PROBES[1].encode())
+    expected, base = cpp_logits(merged_gguf, ids), cpp_logits(base_gguf, ids)
+    error = np.abs(cpp_logits(base_gguf, ids, lora=adapter_gguf) - expected).max()
+    # Granite divides its logits by logits_scaling, so changes there are small: the
+    # adapter's change must stand well clear of the error, whatever its size
+    assert error < 2e-3 and np.abs(expected - base).max() > 20 * error
+
+
 def test_expert_lora_adapter_export_is_refused(built, tmp_path: Path) -> None:
     """A LoRA on the fused expert weights (peft target_parameters) is not written as a
     llama.cpp adapter: refused with the reason, not exported without its expert part."""

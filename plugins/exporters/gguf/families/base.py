@@ -63,6 +63,8 @@ class Family:
     writes_head_dim: ClassVar[bool] = True
     # checkpoint tensors llama.cpp never reads for this family
     skipped: ClassVar[tuple[str, ...]] = ()
+    # linear layers llama.cpp's graph multiplies without applying a --lora adapter's pair
+    lora_ignored: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         self.hp = hp

@@ -75,6 +75,8 @@ class Gemma4(Family):
     tokenizer_model = "gemma4"
     visible_tokens = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
                                 "<|tool_response>", "<tool_response|>", '<|"|>'})
+    # found by test: the adapter GGUF on it leaves llama.cpp's logits those of the base
+    lora_ignored = ("per_layer_model_projection",)
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         super().__init__(hp, where)
