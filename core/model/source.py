@@ -40,13 +40,45 @@ def resolve_model_path(name_or_path: str) -> str:
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
+def local_model_config(name_or_path: str) -> dict | None:
+    """A local model directory's config.json, checked as far as loading it needs: there,
+    JSON, and of a ``model_type`` this transformers knows (or shipping its own code in
+    ``auto_map``); None for a hub id. Each problem is a config error on
+    ``model.name_or_path`` naming the file, found by ``validate`` before any work."""
+    from lorapipe.errors import ConfigError
+
+    directory = Path(resolve_model_path(name_or_path))
+    if not directory.is_dir():
+        return None
+    path = directory / "config.json"
+    field = "model.name_or_path"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(field, f"{directory} has no config.json; point it at a Hugging "
+                          "Face model directory (config.json, weights, tokenizer)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(field, f"{path} is not valid JSON ({err}); fix or replace it") \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError(field, f"{path} holds a JSON {type(data).__name__}, not an object")
+    from transformers import __version__ as transformers_version
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = data.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES and "auto_map" not in data:
+        raise ConfigError(field, f"{path}: model_type {model_type!r} is not one transformers "
+                          f"{transformers_version} knows; upgrade transformers, or check the "
+                          "checkpoint")
+    return data
+
+
 def model_context(name_or_path: str) -> int | None:
     """The model's context length from its config.json; None when there is no local
     directory to read (a hub id) or the config does not say."""
-    config = Path(resolve_model_path(name_or_path)) / "config.json"
-    if not config.is_file():
+    data = local_model_config(name_or_path)
+    if data is None:
         return None
-    data = json.loads(config.read_text(encoding="utf-8"))
     data = {**data, **data.get("text_config", {})}  # multimodal configs nest the text model
     return next((int(data[key]) for key in _CONTEXT_KEYS if isinstance(data.get(key), int)),
                 None)
@@ -59,10 +91,11 @@ def refuse_stored_quantized(name_or_path: str) -> None:
     lorapipe trains against the base's own weights (4-bit NF4 is made from them) and
     merges into them; merging into quantized weights would round the adapter away.
     """
-    config_path = Path(resolve_model_path(name_or_path)) / "config.json"
-    if not config_path.is_file():
+    config = local_model_config(name_or_path)
+    if config is None:
         return  # a hub id: transformers reports its own problems
-    quant = json.loads(config_path.read_text(encoding="utf-8")).get("quantization_config")
+    config_path = Path(resolve_model_path(name_or_path)) / "config.json"
+    quant = config.get("quantization_config")
     if not quant:
         return
     method = quant.get("quant_method", "unknown")

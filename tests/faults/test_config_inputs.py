@@ -167,3 +167,29 @@ def test_validate_refuses_a_missing_model_directory(
                     + f"output_dir: {tmp_path / 'run'}\n")
     code, err = _validate(path, capsys)
     assert code == 2 and err.startswith("error: model.name_or_path: no such directory"), err
+
+
+@pytest.mark.parametrize(("config_json", "message"), [
+    (None, "has no config.json"),
+    ("{not json", "config.json is not valid JSON (Expecting property name"),
+    ("[1]", "config.json holds a JSON list, not an object"),
+    ('{"model_type": "no_such_arch"}', "config.json: model_type 'no_such_arch' is not one "
+                                       "transformers"),
+])
+def test_validate_refuses_a_model_directory_whose_config_cannot_load(
+        config_json: str | None, message: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model directory is refused in one line naming its config.json, by validate as
+    by run, before any work (it was a traceback, or valid until prepare failed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.jsonl").write_text("")
+    model = tmp_path / "model"
+    model.mkdir()
+    if config_json is not None:
+        (model / "config.json").write_text(config_json)
+    path = tmp_path / "config.yaml"
+    path.write_text(HEAD.replace("tiny-llama", str(model)) + f"output_dir: {tmp_path / 'run'}\n")
+    code, err = _validate(path, capsys)
+    assert code == 2 and err.startswith("error: model.name_or_path: ") and message in err, err
+    assert main(["run", str(path)]) == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
