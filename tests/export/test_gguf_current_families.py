@@ -61,7 +61,14 @@ GGUF_SHAPES: dict[str, dict[str, Any]] = {
     "gemma4": dict(intermediate_size=256),
     # llama.cpp renormalises the top-k router weights
     "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
+    # the released config.json says its router's scoring function (transformers' is sigmoid)
+    "deepseek_v3": dict(intermediate_size=256, moe_intermediate_size=256,
+                        scoring_func="sigmoid"),
 }
+# family → the tokenizer its GGUF shape uses instead of current_families': llama.cpp asserts
+# (id_to_token.size() == token_to_id.size()) loading the deepseek-llm fixture vocabulary as
+# the converter writes it, which is not DeepSeek-V3's own anyway
+GGUF_TOKENIZERS = {"deepseek_v3": "llama3"}
 # the families the default suite exports (a Llama-style, a Command R tokenizer, both expert
 # layouts); the others are marked `families` (`pytest -m families` runs them)
 DEFAULT_RUN = ("granite", "cohere2", "qwen3_moe", "gpt_oss")
@@ -73,7 +80,7 @@ ADDED_TOKENS = {"glm4": ["<|user|>"], "gemma4": ["<|turn>", "<turn|>"]}
 # current_families shapes the exporter refuses, and a phrase of the reason
 REFUSED: dict[str, str] = {
     **{name: "GGUF export supports model_type" for name in (
-        "llama4", "deepseek_v3", "qwen3_5", "qwen3_5_moe", "granitemoehybrid")},
+        "llama4", "qwen3_5", "qwen3_5_moe", "granitemoehybrid")},
     "gemma4_moe": "enable_moe_block",
 }
 # layer patterns other than the one llama.cpp fixes for the family (config beyond the
@@ -112,7 +119,7 @@ def build_gguf_shape(name: str, out: Path) -> Path:
     """``current_families.build_family`` with ``GGUF_SHAPES[name]`` on top of the shape
     (and ``ADDED_TOKENS[name]`` in its tokenizer)."""
     shape = SHAPES[name]
-    shutil.copytree(real_tokenizer(shape.tokenizer), out)
+    shutil.copytree(real_tokenizer(GGUF_TOKENIZERS.get(name, shape.tokenizer)), out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     if name in ADDED_TOKENS:
         tokenizer.add_special_tokens({"additional_special_tokens": ADDED_TOKENS[name]})
@@ -303,30 +310,35 @@ def test_sharded_checkpoint_gives_the_same_file(built, tmp_path: Path) -> None:
         np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
 
 
-MOE = ("qwen3_moe", "gpt_oss")
+# the attention of the MoE families (their expert LoRA is refused below)
+MOE_ATTENTION = {"qwen3_moe": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                 "gpt_oss": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                 "deepseek_v3": ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
+                                 "o_proj"]}
 
 
 def test_base_plus_adapter_gguf_is_the_merged_gguf(exported, tmp_path: Path) -> None:
     """llama.cpp judges the adapter GGUF: the family's base GGUF with our adapter applied
     (``--lora``) computes what the GGUF of peft's own merge computes. Every linear layer
     is adapted; on the MoE families the attention (their expert LoRA is refused below);
-    a layer llama.cpp applies no LoRA to is refused by name, then left out."""
+    a layer no llama.cpp LoRA pair can update is refused by name, then left out."""
     from peft import LoraConfig, get_peft_model
 
     name, model_dir, _ = exported
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj"] if name in MOE else "all-linear"
-    ignored = list(model_family(model_dir).lora_ignored)
-    if ignored:
+    targets = MOE_ATTENTION.get(name, "all-linear")
+    refused = list(model_family(model_dir).lora_refused)
+    if refused:
         model = get_peft_model(
             AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
             LoraConfig(r=8, lora_alpha=16, target_modules=targets))
-        model.save_pretrained(tmp_path / "with-ignored")
-        with pytest.raises(UserError, match=f"applies no --lora pair to .*{ignored[0]}"):
-            write_adapter_gguf(tmp_path / "with-ignored", model_dir, tmp_path / "x.gguf",
+        model.save_pretrained(tmp_path / "with-refused")
+        with pytest.raises(UserError, match=rf"the adapter updates .*\.({'|'.join(refused)}): "
+                                            "llama.cpp"):
+            write_adapter_gguf(tmp_path / "with-refused", model_dir, tmp_path / "x.gguf",
                                "f32")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
                            LoraConfig(r=8, lora_alpha=16, target_modules=targets,
-                                      exclude_modules=ignored or None))
+                                      exclude_modules=refused or None))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
@@ -374,3 +386,19 @@ def test_glm4_without_its_special_tokens_is_refused(tmp_path: Path) -> None:
     AutoConfig.for_model(shape.model_type, **settings).save_pretrained(tmp_path)
     with pytest.raises(UserError, match=r"GLM-4's tokenizer has no <\|user\|>"):
         check_model(tmp_path)
+
+
+def test_a_vocabulary_llama_cpp_would_abort_on_is_refused(built, tmp_path: Path) -> None:
+    """Two ids with one text (here an added token renamed to a word the vocabulary has;
+    undecodable byte tokens read back as U+FFFD do it too): llama.cpp aborts loading any
+    such file, the converter's included, so the exporter refuses it before writing."""
+    from lorapipe.plugins.exporters.gguf.writer import check_model
+
+    model_dir = shutil.copytree(built("granite")[0], tmp_path / "model")
+    path = model_dir / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    tokenizer["added_tokens"][-1]["content"] = "hello"
+    path.write_text(json.dumps(tokenizer))
+    with pytest.raises(UserError, match=r"tokenizer\.json: 1 token text\(s\) stand for several "
+                                        r"ids \('hello' for 2\); llama\.cpp needs distinct"):
+        check_model(model_dir)

@@ -58,12 +58,12 @@ def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_
     adapter = LoraAdapter.load(adapter_dir)
     _refuse_unsupported(adapter, adapter_dir)
     updates = {module: u for module, u in sorted(adapter.updates.items()) if u.a is not None}
-    ignored = sorted(m for m in updates if m.rsplit(".", 1)[-1] in family.lora_ignored)
-    if ignored:
-        raise UserError(f"{adapter_dir}: llama.cpp's {family.arch.name.lower()} graph applies "
-                        f"no --lora pair to {ignored[0]}, which the adapter updates; export "
-                        "the merged model's GGUF instead (remove adapter from the gguf "
-                        "exporter), or leave it out of adapter.target_modules")
+    refused = sorted(m for m in updates if m.rsplit(".", 1)[-1] in family.lora_refused)
+    if refused:
+        why = family.lora_refused[refused[0].rsplit(".", 1)[-1]]
+        raise UserError(f"{adapter_dir}: the adapter updates {refused[0]}: {why}; export the "
+                        "merged model's GGUF instead (remove adapter from the gguf exporter), "
+                        "or leave it out of adapter.target_modules")
     shapes = {(u.alpha, u.a.shape[0]) for u in updates.values()}
     uniform = len(shapes) == 1 and not adapter.config.use_rslora
     names = gguf.get_tensor_name_map(family.arch, family.n_layers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,6 +241,19 @@ def _text(token: str | bytes) -> str:
     return token.decode("utf-8", errors="replace") if isinstance(token, bytes) else token
 
 
+def _refuse_repeated(tokens: list[str | bytes], where: Path) -> None:
+    """llama.cpp asserts that every token's text is distinct (``id_to_token.size() ==
+    token_to_id.size()``) and aborts loading the file: refuse such a vocabulary here
+    (bytes that are not UTF-8, decoded as U+FFFD, can make one)."""
+    counts = Counter(tokens)
+    repeated = {t: n for t, n in counts.items() if n > 1}
+    if repeated:
+        text, times = next(iter(repeated.items()))
+        raise UserError(f"{where}: {len(repeated)} token text(s) stand for several ids "
+                        f"({_text(text)!r} for {times}); llama.cpp needs distinct tokens and "
+                        f"would abort loading the file. Convert with llama.cpp: {CONVERT}")
+
+
 def read_vocab(model_dir: Path, family: Family) -> GgufVocab:
     """The tokenizer of ``model_dir`` sized to the model's ``vocab_size``."""
     vocab_size = family.vocab_size
@@ -265,6 +279,7 @@ def read_vocab(model_dir: Path, family: Family) -> GgufVocab:
     else:
         tokens, types, pre = _byte_level_bpe(model_dir, tokenizer, vocab_size)
         model, scores, spm = "gpt2", None, False
+    _refuse_repeated(tokens, tokenizer_json)
     # gguf-py warns about any pair template other than BERT's (Llama 3's included); that
     # template only matters for sentence pairs, which llama.cpp never builds.
     vocab_logger = logging.getLogger("gguf.vocab")

@@ -20,7 +20,7 @@ from .dense import Cohere2, Exaone4, Glm4, Olmo2, Qwen2, Qwen3, SeedOss
 from .gemma import Gemma2, Gemma3, Gemma4
 from .hybrid import Lfm2
 from .llama import Granite, Llama, SmolLM3
-from .moe import GptOss, Qwen3Moe
+from .moe import DeepseekV3, GptOss, Qwen3Moe
 from .phi import Phi3
 
 __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
@@ -30,7 +30,7 @@ __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
 FAMILIES: tuple[type[Family], ...] = (
     Llama, Qwen2, Qwen3, Gemma2, Gemma3, Phi3,
     Granite, SmolLM3, Olmo2, SeedOss, Exaone4, Cohere2, Glm4, Lfm2, Qwen3Moe, GptOss,
-    Gemma4,
+    Gemma4, DeepseekV3,
 )
 SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
 

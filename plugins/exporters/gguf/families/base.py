@@ -63,8 +63,8 @@ class Family:
     writes_head_dim: ClassVar[bool] = True
     # checkpoint tensors llama.cpp never reads for this family
     skipped: ClassVar[tuple[str, ...]] = ()
-    # linear layers llama.cpp's graph multiplies without applying a --lora adapter's pair
-    lora_ignored: ClassVar[tuple[str, ...]] = ()
+    # linear layers a --lora adapter GGUF cannot update in llama.cpp, and why
+    lora_refused: ClassVar[dict[str, str]] = {}
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         self.hp = hp
@@ -115,7 +115,7 @@ class Family:
         writer.add_feed_forward_length(int(hp["intermediate_size"]))
         writer.add_head_count(self.n_head)
         if hp.get("num_key_value_heads") is not None:
-            writer.add_head_count_kv(int(hp["num_key_value_heads"]))
+            writer.add_head_count_kv(self.n_head_kv)
         if self.rope_type == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(self.rope["factor"]))

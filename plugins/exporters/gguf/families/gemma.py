@@ -76,7 +76,8 @@ class Gemma4(Family):
     visible_tokens = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
                                 "<|tool_response>", "<tool_response|>", '<|"|>'})
     # found by test: the adapter GGUF on it leaves llama.cpp's logits those of the base
-    lora_ignored = ("per_layer_model_projection",)
+    lora_refused = {"per_layer_model_projection": "llama.cpp's graph applies no --lora pair "
+                                                  "to it"}
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         super().__init__(hp, where)

@@ -135,6 +135,95 @@ class GptOss(Family):
         return tensor
 
 
+class DeepseekV3(Family):
+    """DeepSeek-V3 as llama.cpp's ``deepseek2``: multi-head latent attention (MLA), a few
+    dense leading layers, then routed experts with a shared expert and a sigmoid router
+    with a score-correction bias (``exp_probs_b``).
+
+    MLA is written as the converter writes it for llama.cpp's absorbed attention: one KV
+    head of ``kv_lora_rank + qk_rope_head_dim``, and ``kv_b_proj`` split per head into
+    ``k_b`` (transposed) and ``v_b``.
+    """
+
+    model_types = ("deepseek_v3",)
+    arch = gguf.MODEL_ARCH.DEEPSEEK2
+    rope_types = ("default", "yarn")
+    writes_head_dim = False  # the key/value lengths are MLA's, written below
+    # found by test: on the first three the adapter GGUF leaves llama.cpp's logits the base's
+    lora_refused = {**dict.fromkeys(("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa"),
+                                    "llama.cpp's graph applies no --lora pair to it"),
+                    "kv_b_proj": "llama.cpp splits it per head into k_b and v_b, which a "
+                                 "LoRA pair cannot express"}
+
+    @property
+    def n_head_kv(self) -> int:
+        return 1  # MLA runs as multi-query attention over the compressed KV
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.hp["n_routed_experts"])
+
+    def metadata(self, writer: gguf.GGUFWriter) -> None:
+        super().metadata(writer)
+        hp = self.hp
+        writer.add_expert_count(self.n_experts)
+        writer.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        if hp.get("n_group") is not None:
+            writer.add_expert_group_count(int(hp["n_group"]))
+        if hp.get("topk_group") is not None:
+            writer.add_expert_group_used_count(int(hp["topk_group"]))
+        # transformers' DeepSeek-V3 router is a sigmoid whatever config.json says; without
+        # the key llama.cpp would read an old DeepSeek-V2 file's softmax
+        writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        writer.add_leading_dense_block_count(int(hp.get("first_k_dense_replace") or 0))
+        writer.add_vocab_size(self.vocab_size)
+        if hp.get("q_lora_rank") is not None:
+            writer.add_q_lora_rank(int(hp["q_lora_rank"]))
+        rank, rope = int(hp["kv_lora_rank"]), int(hp["qk_rope_head_dim"])
+        writer.add_kv_lora_rank(rank)
+        writer.add_key_length(rank + rope)
+        writer.add_value_length(rank)
+        writer.add_key_length_mla(int(hp["qk_nope_head_dim"]) + rope)
+        writer.add_value_length_mla(int(hp["v_head_dim"]))
+        writer.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
+        writer.add_expert_shared_count(int(hp.get("n_shared_experts") or 0))
+        if hp.get("routed_scaling_factor") is not None:
+            writer.add_expert_weights_scale(float(hp["routed_scaling_factor"]))
+        if hp.get("norm_topk_prob"):
+            writer.add_expert_weights_norm(True)
+        writer.add_rope_dimension_count(rope)
+        if self.rope.get("mscale_all_dim") is not None:
+            # the converter's legacy factor for this family (its TAG_DEEPSEEK2_YARN_LOG_MUL_FIX)
+            writer.add_rope_scaling_yarn_log_mul(0.1 * float(self.rope["mscale_all_dim"]))
+
+    def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
+        hp = self.hp
+        heads, nope, value = self.n_head, int(hp["qk_nope_head_dim"]), int(hp["v_head_dim"])
+        sources = []
+        for source in expert_sources(shapes, self.n_experts, self.where):
+            if source.name.endswith("e_score_correction_bias"):  # the router's, as a bias
+                name = source.name.replace("e_score_correction_bias", "e_score_correction.bias")
+                sources.append(Source(name, source.keys, source.shape))
+                continue
+            if not source.name.endswith("kv_b_proj.weight"):
+                sources.append(source)
+                continue
+            rank = source.shape[-1]
+            base = source.name.removesuffix("kv_b_proj.weight")
+            sources += [Source(base + "k_b_proj.weight", source.keys, (heads, rank, nope)),
+                        Source(base + "v_b_proj.weight", source.keys, (heads, value, rank))]
+        return sources
+
+    def transform(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not key.endswith(("k_b_proj.weight", "v_b_proj.weight")):
+            return tensor
+        nope = int(self.hp["qk_nope_head_dim"])
+        per_head = tensor.view(self.n_head, -1, tensor.shape[-1])  # (heads, nope + v, rank)
+        if key.endswith("k_b_proj.weight"):
+            return per_head[:, :nope].transpose(1, 2).contiguous()
+        return per_head[:, nope:].contiguous()
+
+
 def expert_sources(shapes: dict[str, tuple[int, ...]], n_experts: int, where: Path
                    ) -> list[Source]:
     """Each layer's experts as three stacks named ``...mlp.experts.{gate,up,down}_proj``
