@@ -24,3 +24,13 @@ def merge_errors(base_dir: Path, adapter: Path, merged: Path,
     expected = _logits(PeftModel.from_pretrained(base, adapter), ids)
     got = _logits(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), ids)
     return float((got - expected).abs().max()), float((got - plain).abs().max())
+
+
+def visible_lora(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> None:
+    """Seeded random ``lora_B`` weights (peft starts them at zero), so an adapter changes
+    what the model computes and a judge can tell a lost update."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)

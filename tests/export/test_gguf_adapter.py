@@ -12,6 +12,7 @@ import pytest
 import torch
 from gguf import GGUFReader
 from llama_cpp_material import cpp_logits
+from merge_judge import visible_lora
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -34,11 +35,7 @@ def adapter_and_merged(tmp: Path, **lora: object) -> tuple[Path, Path]:
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"),
                                                 dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(**{"r": 8, "lora_alpha": 16, **lora}))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    visible_lora(model)
     model.save_pretrained(tmp / "adapter")
     merged = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-llama"),

@@ -33,6 +33,7 @@ from llama_cpp_material import (
     read_gguf,
     real_tokenizer,
 )
+from merge_judge import visible_lora
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -339,11 +340,7 @@ def test_base_plus_adapter_gguf_is_the_merged_gguf(exported, tmp_path: Path) -> 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
                            LoraConfig(r=8, lora_alpha=16, target_modules=targets,
                                       exclude_modules=refused or None))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "lora_B" in param_name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    visible_lora(model)
     model.save_pretrained(tmp_path / "adapter")
     merged = tmp_path / "merged"
     shutil.copytree(model_dir, merged)
