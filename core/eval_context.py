@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from lorapipe.components import ChatTemplate, Conversation, RunInfo
+    from lorapipe.components import ChatTemplate, Conversation, RunInfo, Tools
 
 
 @dataclass
@@ -47,7 +47,16 @@ class EvalContext:
     def conversations(self) -> list[Conversation]:
         """The held-out conversations as message lists (stored as JSON strings); documents
         and prompt/completion pairs are not conversations."""
-        kinds = (self.dataset["kind"] if "kind" in self.dataset.column_names
-                 else ["chat"] * len(self.dataset))
-        return [json.loads(text) for text, kind in zip(self.dataset["messages"], kinds,
-                                                       strict=True) if kind == "chat"]
+        return [json.loads(text) for text in self._chat_rows("messages")]
+
+    def conversation_tools(self) -> list[Tools | None]:
+        """The tool definitions each of ``conversations()`` was trained with (``None``
+        where it has none), in the same order: a reply generated without them is not the
+        one the model learned to give."""
+        return [json.loads(text) if text else None for text in self._chat_rows("tools")]
+
+    def _chat_rows(self, column: str) -> list[Any]:
+        data = self.dataset
+        kinds = data["kind"] if "kind" in data.column_names else ["chat"] * len(data)
+        values = data[column] if column in data.column_names else [None] * len(data)
+        return [value for value, kind in zip(values, kinds, strict=True) if kind == "chat"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,17 +18,24 @@ def _prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, template: Any,
              conversations: list[list[dict[str, str]]], *, max_new_tokens: int,
-             pad_token_id: int, batch_size: int = 8, desc: str = "generating") -> list[str]:
+             pad_token_id: int, batch_size: int = 8, desc: str = "generating",
+             tools: Sequence[Any | None] | None = None) -> list[str]:
     """The model's greedy reply to each conversation's prompt, in order.
 
     The prompt is the conversation before its last assistant message, rendered by
-    ``template.generation_prompt`` (so it ends with the header that starts a reply).
-    Prompts are left-padded so every row's new tokens start at the same column.
+    ``template.generation_prompt`` (so it ends with the header that starts a reply), with
+    each conversation's ``tools`` where the template renders tools. Prompts are
+    left-padded so every row's new tokens start at the same column.
     """
     model.eval()
     device = next(model.parameters()).device
     pad_id = pad_token_id
-    prompts = [template.generation_prompt(_prompt(conv), tokenizer) for conv in conversations]
+    renders_tools = "tools" in getattr(template, "renders", ())
+    prompts = [template.generation_prompt(_prompt(conv), tokenizer,
+                                          **({"tools": defined} if renders_tools and defined
+                                             else {}))
+               for conv, defined in zip(conversations, tools or [None] * len(conversations),
+                                        strict=True)]
     replies: list[str] = []
     bar = tqdm(total=len(prompts), desc=desc, unit="seq")
     for start in range(0, len(prompts), batch_size):

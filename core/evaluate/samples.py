@@ -21,12 +21,15 @@ MAX_NEW_TOKENS = 48
 def write_samples(context: EvalContext, path: Path) -> None:
     """Write the first ``COUNT`` held-out conversations with a reply: the prompt (every
     message before the last assistant one), that reply as the reference, and both
-    models' greedy replies to the prompt."""
-    conversations = [c for c in context.conversations()
-                     if any(m.get("role") == "assistant" for m in c)][:COUNT]
-    if not conversations:
+    models' greedy replies to the prompt (with the conversation's tool definitions)."""
+    chosen = [(c, tools) for c, tools in zip(context.conversations(),
+                                             context.conversation_tools(), strict=True)
+              if any(m.get("role") == "assistant" for m in c)][:COUNT]
+    if not chosen:
         return
-    settings = {"max_new_tokens": MAX_NEW_TOKENS, "pad_token_id": context.pad_token_id}
+    conversations = [c for c, _ in chosen]
+    settings = {"max_new_tokens": MAX_NEW_TOKENS, "pad_token_id": context.pad_token_id,
+                "tools": [tools for _, tools in chosen]}
     with context.base() as base:
         base_replies = generate(base, context.tokenizer, context.template, conversations,
                                 **settings)
