@@ -27,13 +27,27 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _published(directory: Path) -> list[Path]:
+    """The files below ``directory`` a manifest records: all but itself and dot-files,
+    which are temp files and locks, never part of what was published."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p != directory / MANIFEST
+                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+
+
 def write_manifest(directory: Path) -> None:
     """Record every file below ``directory`` (call it after the last one is written)."""
-    # Dot-files are temp files and locks, never part of what was published.
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p != directory / MANIFEST
-                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
     atomic_write_json(directory / MANIFEST,
-                      {str(p.relative_to(directory)): sha256(p) for p in files})
+                      {str(p.relative_to(directory)): sha256(p) for p in _published(directory)})
+
+
+def unlisted(directory: Path) -> list[Path]:
+    """The files below ``directory`` its manifest would record but does not: put there
+    after it was published; none when it has no readable manifest."""
+    try:
+        listed = set(json.loads((directory / MANIFEST).read_text()))
+    except (OSError, ValueError, TypeError):
+        return []
+    return [p for p in _published(directory) if str(p.relative_to(directory)) not in listed]
 
 
 def problem(directory: Path, parts: tuple[str, ...] = ()) -> str | None:

@@ -38,7 +38,7 @@ from lorapipe.artifacts import RunPaths
 from lorapipe.atomic import atomic_write_text
 from lorapipe.confinement import check, remove_tree
 from lorapipe.errors import UserError
-from lorapipe.manifest import MANIFEST
+from lorapipe.manifest import MANIFEST, unlisted
 
 MARKER = ".lorapipe-run"
 LOCK = ".lorapipe.lock"
@@ -144,18 +144,9 @@ def _foreign_files(paths: RunPaths) -> Iterator[tuple[Path, Path]]:
         if stage in done:
             top = paths.root / name
             directories += sorted(top.iterdir()) if name == "export" and top.is_dir() else [top]
-    for directory in directories:
-        manifest = directory / MANIFEST
-        try:
-            listed = set(json.loads(manifest.read_text()))
-        except (OSError, ValueError, TypeError):  # none, or unreadable: the stage reruns it
-            continue
-        for file in sorted(directory.rglob("*")):
-            relative = file.relative_to(directory)
-            # dot-files are temp files and locks, never listed (manifest.write_manifest)
-            if (file.is_file() and file != manifest and str(relative) not in listed
-                    and not any(part.startswith(".") for part in relative.parts)):
-                yield file, manifest
+    for directory in directories:  # without a readable manifest the stage reruns it
+        for file in unlisted(directory):
+            yield file, directory / MANIFEST
 
 
 def _is_leftover(name: str) -> bool:

@@ -33,26 +33,32 @@ def fit(messages: list[Message], encoded: EncodedConversation, encode: Encode,
     length = len(encoded.input_ids)
     if length <= max_length:
         return messages, encoded, False
-    if strategy in ("truncate_history", "truncate_prompt"):
-        keep_end = tokenizer if strategy == "truncate_prompt" else None
-        candidate, encoded = shorten_prompt(messages, encode, max_length, length,
-                                            reply_follows=False, keep_end=keep_end)
+    if strategy in SHORTEN_PROMPT:
+        candidate, encoded = shorten_prompt(messages, encode, max_length, length, tokenizer,
+                                            strategy, reply_follows=False)
         return candidate, encoded, True
     if strategy == "truncate_response":
         return _truncate_response(messages, encode, tokenizer, max_length, length)
     raise _too_long(length, max_length)
 
 
+# the strategies that shorten the prompt (shorten_prompt), never the reply
+SHORTEN_PROMPT = ("truncate_history", "truncate_prompt")
+
+
 def shorten_prompt(messages: list[Message], encode: Encode, max_length: int, length: int,
-                   *, reply_follows: bool, keep_end: Any = None) -> tuple[list[Message], Any]:
+                   tokenizer: Any, strategy: str, *, reply_follows: bool,
+                   ) -> tuple[list[Message], Any]:
     """``messages`` shortened until ``encode`` of them fits ``max_length``: the earliest
-    exchanges (a user turn up to the next one) dropped, the system prompt kept; then, with
-    ``keep_end`` (a tokenizer), the start of the first user turn's text cut away.
+    exchanges (a user turn up to the next one) dropped, the system prompt kept; then, for
+    ``truncate_prompt``, the start of the first user turn's text cut away.
 
     ``reply_follows``: ``messages`` is a prompt whose reply ``encode`` appends, so its last
     user turn is kept; otherwise an assistant turn is kept after the last exchange dropped.
+    ``length`` is the tokens of ``encode(messages)``, or of its longer side for a pair.
     Raises ``RecordError('too_long')`` when that cannot make it fit.
     """
+    keep_end = tokenizer if strategy == "truncate_prompt" else None
     candidate = messages
     while length > max_length:
         shorter = _without_first_exchange(candidate, reply_follows)
@@ -64,11 +70,11 @@ def shorten_prompt(messages: list[Message], encode: Encode, max_length: int, len
             raise _too_long(length, max_length, what)
         candidate = shorter
         encoded = encode(candidate)
-        length = _length(encoded)
+        length = encoded_length(encoded)
     return candidate, encoded
 
 
-def _length(encoded: Any) -> int:
+def encoded_length(encoded: EncodedConversation | tuple[EncodedConversation, ...]) -> int:
     """Tokens of an encoding, or of the longer side of a pair's two."""
     if isinstance(encoded, tuple):
         return max(len(side.input_ids) for side in encoded)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from lorapipe.components import EncodedConversation, RecordError, UnrenderableConversation
-from lorapipe.data.length import shorten_prompt
+from lorapipe.data.length import SHORTEN_PROMPT, encoded_length, shorten_prompt
 from lorapipe.data.messages import Message, as_context
 from lorapipe.data.schemas import Record
 
@@ -63,10 +63,10 @@ def _fitted(chats: _Chats, record: Record) -> Sample:
         raise missing
     max_length, strategy = chats.data.max_length, chats.data.length_strategy
     sides = _encode(chats, record)
-    length = max(len(side.input_ids) for side in sides)
+    length = encoded_length(sides)
     if length <= max_length:
         return Sample(record, sides[0], False, "record", sides[1])
-    if strategy not in ("truncate_history", "truncate_prompt"):
+    if strategy not in SHORTEN_PROMPT:
         raise RecordError("too_long", f"the longer side has {length} tokens > "
                           f"data.max_length {max_length}; a reply is never cut "
                           "(data.length_strategy: truncate_prompt shortens the prompt from "
@@ -75,8 +75,7 @@ def _fitted(chats: _Chats, record: Record) -> Sample:
     def encode(messages: list[Message]) -> tuple[EncodedConversation, EncodedConversation]:
         return _encode(chats, replace(record, messages=tuple(messages)))
 
-    keep_end = chats.tokenizer if strategy == "truncate_prompt" else None
     messages, (chosen, rejected) = shorten_prompt(
-        list(record.messages), encode, max_length, length, reply_follows=True,
-        keep_end=keep_end)
+        list(record.messages), encode, max_length, length, chats.tokenizer, strategy,
+        reply_follows=True)
     return Sample(replace(record, messages=tuple(messages)), chosen, True, "record", rejected)

@@ -94,12 +94,11 @@ def refuse_stored_quantized(name_or_path: str) -> None:
     config = local_model_config(name_or_path)
     if config is None:
         return  # a hub id: transformers reports its own problems
-    config_path = Path(resolve_model_path(name_or_path)) / "config.json"
     quant = config.get("quantization_config")
     if not quant:
         return
     method = quant.get("quant_method", "unknown")
-    where = config_path.parent
+    where = Path(resolve_model_path(name_or_path))
     fix = "point model.name_or_path at the unquantized checkpoint"
     if method in _DEQUANTIZE:
         cls = _DEQUANTIZE[method]
