@@ -25,6 +25,11 @@ LINEAR_ATTENTION = dict(layer_types=["linear_attention", "full_attention"],
                         linear_num_key_heads=2, linear_num_value_heads=4,
                         linear_key_head_dim=16, linear_value_head_dim=16,
                         linear_conv_kernel_dim=4)
+# Qwen3.5's M-RoPE in the real proportions (head_dim 256, a quarter rotated, sections
+# [11, 11, 10] filling the 32 rotated pairs): llama.cpp asserts on sections wider than a head
+QWEN35 = dict(head_dim=64, rope_parameters=dict(
+    rope_type="default", rope_theta=10000000.0, partial_rotary_factor=0.25,
+    mrope_section=[3, 3, 2], mrope_interleaved=True), **LINEAR_ATTENTION)
 SLIDING = dict(sliding_window=128, layer_types=["sliding_attention", "full_attention"])
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -47,10 +52,10 @@ FAMILIES: dict[str, Shape] = {
     # Qwen3-MoE ships norm_topk_prob: true (llama.cpp always renormalises the top k)
     "qwen3_moe": Shape("qwen3_moe", dict(head_dim=16, **MOE, norm_topk_prob=True), "qwen3",
                        ATTENTION, EXPERTS),
-    "qwen3_5": Shape("qwen3_5_text", dict(head_dim=16, **LINEAR_ATTENTION), "qwen35",
+    "qwen3_5": Shape("qwen3_5_text", QWEN35, "qwen35",
                      [*ATTENTION, "in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a",
                       "out_proj", *MLP]),
-    "qwen3_5_moe": Shape("qwen3_5_moe_text", dict(head_dim=16, **LINEAR_ATTENTION, **MOE,
+    "qwen3_5_moe": Shape("qwen3_5_moe_text", dict(**QWEN35, **MOE,
                                                   shared_expert_intermediate_size=32),
                          "qwen35", [*ATTENTION, "in_proj_qkv", "in_proj_z", "in_proj_b",
                                    "in_proj_a", "out_proj", *MLP], EXPERTS),
@@ -67,9 +72,18 @@ FAMILIES: dict[str, Shape] = {
                         "gemma4", [*ATTENTION, *MLP, "per_layer_input_gate",
                                   "per_layer_projection", "per_layer_model_projection"],
                         EXPERTS),
+    # Llama 4: NoPE and full attention on every 4th layer, 8192-token chunks on the others
+    # (what llama.cpp fixes), Llama 3 RoPE scaling (with smoothed frequencies, which
+    # Scout's low = high factors have none of), experts on every 2nd layer (Maverick's
+    # interleave: dense and MoE layers both)
     "llama4": Shape("llama4_text", dict(head_dim=16, num_local_experts=4, num_experts_per_tok=1,
-                                        intermediate_size_mlp=128, interleave_moe_layer_step=1,
-                                        no_rope_layers=[1, 0], attention_chunk_size=128),
+                                        intermediate_size_mlp=128, interleave_moe_layer_step=2,
+                                        num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0],
+                                        attention_chunk_size=8192, rope_parameters=dict(
+                                            rope_type="llama3", rope_theta=500000.0,
+                                            factor=8.0, low_freq_factor=1.0,
+                                            high_freq_factor=4.0,
+                                            original_max_position_embeddings=256)),
                     "llama3", [*ATTENTION, *MLP], EXPERTS),
     "deepseek_v3": Shape("deepseek_v3", dict(num_key_value_heads=4, n_routed_experts=4,
                                              num_experts_per_tok=2, moe_intermediate_size=32,
@@ -91,6 +105,13 @@ FAMILIES: dict[str, Shape] = {
         mamba_n_groups=1, mamba_expand=2, mamba_d_conv=4),
         "llama3", [*ATTENTION, "in_proj", "out_proj", "input_linear", "output_linear"],
         EXPERTS),
+    # Granite 4.0-H-Micro/-1B: Mamba 2 and attention without experts (here with two SSM
+    # groups, whose norm is per group)
+    "granitehybrid_dense": Shape("granitemoehybrid", dict(
+        num_local_experts=0, num_experts_per_tok=0, shared_intermediate_size=64,
+        layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
+        mamba_n_groups=2, mamba_expand=2, mamba_d_conv=4),
+        "llama3", [*ATTENTION, "in_proj", "out_proj", "input_linear", "output_linear"]),
     "olmo2": Shape("olmo2", {}, "llama3", [*ATTENTION, *MLP]),
     "glm4": Shape("glm4", dict(head_dim=16), "llama3", [*ATTENTION, "gate_up_proj", "down_proj"]),
     # Command R7B: three sliding-window layers in four (the pattern llama.cpp fixes)

@@ -60,8 +60,21 @@ GGUF_SHAPES: dict[str, dict[str, Any]] = {
     "lfm2": dict(intermediate_size=256, block_ff_dim=256),
     "gpt_oss": dict(intermediate_size=256),
     "gemma4": dict(intermediate_size=256),
+    "gemma4_moe": dict(intermediate_size=256, moe_intermediate_size=256),
     # llama.cpp renormalises the top-k router weights
     "qwen3_moe": dict(moe_intermediate_size=256, norm_topk_prob=True),
+    # dense layers' FFN twice the experts', so a swap of the two lengths cannot pass
+    "llama4": dict(intermediate_size=256, intermediate_size_mlp=512),
+    # Granite 4's multipliers; a vocabulary padded to a multiple of 8, as the released
+    # embeddings are and as the converter pads it (unpadded, its file fails to load)
+    "granitemoehybrid": dict(intermediate_size=256, shared_intermediate_size=256,
+                             embedding_multiplier=12.0, logits_scaling=6.0,
+                             residual_multiplier=0.22, attention_multiplier=0.0078125,
+                             vocab_size=128264),
+    "qwen3_5": dict(intermediate_size=256),
+    "qwen3_5_moe": dict(moe_intermediate_size=256, shared_expert_intermediate_size=256),
+    "granitehybrid_dense": dict(intermediate_size=256, shared_intermediate_size=256,
+                                vocab_size=128264),
     # the released config.json says its router's scoring function (transformers' is sigmoid)
     "deepseek_v3": dict(intermediate_size=256, moe_intermediate_size=256,
                         scoring_func="sigmoid"),
@@ -77,13 +90,10 @@ DEFAULT_RUN = ("granite", "cohere2", "qwen3_moe", "gpt_oss")
 # vocabulary has GLM-4's <|endoftext|> but not its <|user|>; the Gemma 4 vocabulary file
 # has the turn markers, but not among the special tokens (so both converters would type
 # them as text, and llama.cpp would split every turn marker of a chat)
-ADDED_TOKENS = {"glm4": ["<|user|>"], "gemma4": ["<|turn>", "<turn|>"]}
+ADDED_TOKENS = {"glm4": ["<|user|>"], "gemma4": ["<|turn>", "<turn|>"],
+                "gemma4_moe": ["<|turn>", "<turn|>"]}
 # current_families shapes the exporter refuses, and a phrase of the reason
-REFUSED: dict[str, str] = {
-    **{name: "GGUF export supports model_type" for name in (
-        "llama4", "qwen3_5", "qwen3_5_moe", "granitemoehybrid")},
-    "gemma4_moe": "enable_moe_block",
-}
+REFUSED: dict[str, str] = {}
 # layer patterns other than the one llama.cpp fixes for the family (config beyond the
 # shape), refused with a phrase of the reason
 OFF_PATTERN: dict[str, tuple[dict[str, Any], str]] = {
@@ -93,6 +103,14 @@ OFF_PATTERN: dict[str, tuple[dict[str, Any], str]] = {
     "cohere2": (dict(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"]),
                 "layer_types"),
     "qwen3_moe": (dict(norm_topk_prob=False), "norm_topk_prob"),
+    # M-RoPE sections llama.cpp cannot run: the default [11, 11, 10] wider than a 16-wide
+    # head (ggml asserts), or rotated pairs on the fourth axis (text's position 0 there)
+    "qwen3_5": (dict(head_dim=16, rope_parameters=dict(rope_type="default")),
+                "mrope_section"),
+    "qwen3_5_moe": (dict(rope_parameters=dict(rope_type="default",
+                                              mrope_section=[2, 2, 2, 2])), "mrope_section"),
+    # (llama.cpp aborts loading the converter's file of it: no full-attention layer)
+    "llama4": (dict(num_hidden_layers=2, no_rope_layers=[1, 0]), "no_rope_layers"),
 }
 PROBES = [
     "Hello world",
@@ -108,11 +126,11 @@ CHAT = [{"role": "user", "content": "What is 7 plus 2?"},
 
 def _settings(name: str, vocab: Any, extra: dict[str, Any]) -> dict[str, Any]:
     shape = SHAPES[name]
-    settings = {**SHAPE, **shape.config, **extra, "vocab_size": len(vocab),
+    settings = {**SHAPE, **shape.config, "vocab_size": len(vocab),
                 "bos_token_id": vocab.bos_token_id, "eos_token_id": vocab.eos_token_id,
-                "pad_token_id": vocab.pad_token_id}
+                "pad_token_id": vocab.pad_token_id, **extra}
     if shape.model_type == "gemma4_text":
-        settings["vocab_size_per_layer_input"] = len(vocab)
+        settings["vocab_size_per_layer_input"] = settings["vocab_size"]
     return settings
 
 
@@ -155,9 +173,13 @@ def exported(request: pytest.FixtureRequest, built) -> tuple[str, Path, Path]:
     return request.param, *built(request.param)
 
 
-def _logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+def _f16_valued_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    """transformers' logits with the weights the f16 file holds (each rounded to f16): what
+    remains between them and llama.cpp's is how each computes, not the file's rounding."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
@@ -173,16 +195,33 @@ def test_gguf_tokenizes_and_computes_like_transformers(exported) -> None:
     finally:
         llm.close()
     ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
-    hf = _logits(model_dir, ids)
+    hf = _f16_valued_logits(model_dir, ids)
     cpp = cpp_logits(f16, ids)
     assert np.abs(cpp - hf).max() < 0.02 * hf.std() + 1e-3, np.abs(cpp - hf).max()
 
 
+# family → config.json keys the converter needs that transformers 5 no longer writes
+# (Cohere 2's rotary_pct: transformers 5's Cohere 2 rotates the whole head), or spells
+# otherwise (Granite 4's layer kinds, which the converter reads by their released names)
+CONVERTER_CONFIG: dict[str, dict[str, Any]] = {
+    "cohere2": {"rotary_pct": 1.0},
+    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},
+    "granitehybrid_dense": {"layer_types": ["mamba", "attention"]},
+}
+# family → converter options for the file our exporter writes (transformers' Qwen3.5 has
+# no multi-token-prediction layers, so a saved one has no mtp.* tensors)
+CONVERTER_OPTIONS: dict[str, list[str]] = {"qwen3_5": ["--no-mtp"], "qwen3_5_moe": ["--no-mtp"]}
+# family → (our tokenizer.ggml.pre, the converter's) where the two differ: the converter
+# names a pre-tokenizer by hashing its tokens of a probe text, and the Qwen 3.5 stand-in
+# (Qwen2's vocabulary, Qwen 3.5's split) tokenizes that probe as Qwen1.5 does; its split
+# is llama.cpp's qwen35 (the released Qwen 3.5 vocabulary hashes to qwen35)
+CONVERTER_PRE = {"qwen3_5": ("qwen35", "qwen2"), "qwen3_5_moe": ("qwen35", "qwen2")}
+
+
 def _converter_input(name: str, model_dir: Path, tmp: Path) -> Path:
-    """The directory the converter reads: ours, except that Cohere 2's converter needs
-    ``rotary_pct``, which transformers 5 no longer writes (its Cohere 2 rotates the
-    whole head: 1.0)."""
-    if name != "cohere2":
+    """The directory the converter reads: ours, with ``CONVERTER_CONFIG[name]`` over its
+    config.json."""
+    if name not in CONVERTER_CONFIG:
         return model_dir
     copy = tmp / "converter-input"
     copy.mkdir()
@@ -190,7 +229,7 @@ def _converter_input(name: str, model_dir: Path, tmp: Path) -> Path:
         (copy / item.name).symlink_to(item)
     (copy / "config.json").unlink()
     config = json.loads((model_dir / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**config, "rotary_pct": 1.0}))
+    (copy / "config.json").write_text(json.dumps({**config, **CONVERTER_CONFIG[name]}))
     return copy
 
 
@@ -207,9 +246,13 @@ def test_gguf_has_parity_with_llama_cpp_converter(exported, tmp_path: Path) -> N
     reference = tmp_path / "converter-f16.gguf"
     subprocess.run([sys.executable, str(llama_cpp_tree() / "convert_hf_to_gguf.py"),
                     str(_converter_input(name, model_dir, tmp_path)), "--outtype", "f16",
-                    "--outfile", str(reference)], check=True, capture_output=True)
+                    "--outfile", str(reference), *CONVERTER_OPTIONS.get(name, [])],
+                   check=True, capture_output=True)
     ours_meta, ours = _fields(f16)
     their_meta, theirs = _fields(reference)
+    if name in CONVERTER_PRE:
+        pre = "tokenizer.ggml.pre"
+        assert (ours_meta.pop(pre), their_meta.pop(pre)) == CONVERTER_PRE[name]
     assert ours_meta == their_meta
     assert {n: t[:2] for n, t in ours.items()} == {n: t[:2] for n, t in theirs.items()}
     for tensor, (_, _, data) in ours.items():
@@ -253,6 +296,23 @@ def test_layer_patterns_llama_cpp_would_not_reproduce_are_refused(name: str,
                                                                   tmp_path: Path) -> None:
     extra, reason = OFF_PATTERN[name]
     _refused(name, extra, reason, tmp_path)
+
+
+# what else llama.cpp's Llama 4 graph fixes, each set otherwise, and a phrase of the reason
+LLAMA4_FIXED = [
+    (dict(attention_chunk_size=128), "attention_chunk_size"),  # logits differ past 128
+    (dict(attn_temperature_tuning=False), "attn_temperature_tuning"),
+    (dict(use_qk_norm=False), "use_qk_norm"),
+    (dict(moe_layers=[0, 1, 2, 3]), "moe_layers"),
+    (dict(num_hidden_layers=2, no_rope_layers=[1, 1]), "num_hidden_layers 2"),
+    (dict(attention_bias=True), "attention_bias"),  # llama.cpp: wrong number of tensors
+]
+
+
+@pytest.mark.parametrize(("extra", "reason"), LLAMA4_FIXED)
+def test_llama4_values_llama_cpp_fixes_are_refused(extra: dict[str, Any], reason: str,
+                                                   tmp_path: Path) -> None:
+    _refused("llama4", extra, reason, tmp_path)
 
 
 def _refused(name: str, extra: dict[str, Any], reason: str, tmp_path: Path) -> None:
@@ -311,9 +371,47 @@ def test_sharded_checkpoint_gives_the_same_file(built, tmp_path: Path) -> None:
         np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
 
 
-# the attention of the MoE families (their expert LoRA is refused below)
+@pytest.mark.families
+def test_qwen3_5_mtp_block_is_left_out(built, tmp_path: Path) -> None:
+    """Qwen3.5's multi-token-prediction block (released checkpoints carry ``mtp.*``, which
+    transformers' model never reads and the merge copies through) leaves the file as it
+    is without it: what the converter's --no-mtp writes."""
+    model_dir, f16 = built("qwen3_5")
+    with_mtp = shutil.copytree(model_dir, tmp_path / "with-mtp")
+    weights = load_file(model_dir / "model.safetensors")
+    layer = {k.removeprefix("model.layers.1."): v for k, v in weights.items()
+             if k.startswith("model.layers.1.")}
+    hidden = weights["model.norm.weight"].shape[0]
+    mtp = {"mtp.fc.weight": torch.randn(hidden, 2 * hidden), "mtp.norm.weight": torch.ones(hidden),
+           "mtp.pre_fc_norm_embedding.weight": torch.ones(hidden),
+           "mtp.pre_fc_norm_hidden.weight": torch.ones(hidden),
+           **{f"mtp.layers.0.{k}": v.clone() for k, v in layer.items()}}
+    save_file({**weights, **mtp}, with_mtp / "model.safetensors")
+    ours = write_gguf(with_mtp, tmp_path / "mtp-f16.gguf", "f16", progress=False).path
+    got_meta, got = _fields(ours)
+    want_meta, want = _fields(f16)
+    assert got_meta == want_meta
+    assert {n: t[:2] for n, t in got.items()} == {n: t[:2] for n, t in want.items()}
+    for tensor, (_, _, data) in got.items():
+        np.testing.assert_array_equal(data, want[tensor][2], err_msg=tensor)
+
+
+# all but the experts of the MoE families (their expert LoRA is refused below)
 MOE_ATTENTION = {"qwen3_moe": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                 "qwen3_5_moe": ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj_qkv",
+                                 "in_proj_z", "in_proj_b", "in_proj_a", "out_proj",
+                                 "shared_expert.gate_proj", "shared_expert.up_proj",
+                                 "shared_expert.down_proj", "shared_expert_gate"],
+                 # and Llama 4's dense and shared-expert MLPs (not all-linear: peft's LoRA
+                 # fails on its router, an nn.Linear that returns a tuple)
+                 "llama4": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                            "down_proj"],
                  "gpt_oss": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                 "granitemoehybrid": ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj",
+                                      "out_proj", "input_linear", "output_linear"],
+                 "gemma4_moe": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                "down_proj", "per_layer_input_gate", "per_layer_projection",
+                                "per_layer_model_projection"],
                  "deepseek_v3": ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj",
                                  "o_proj"]}
 

@@ -7,8 +7,10 @@ alpha (plain LoRA) that is written as is, like the converter does; rsLoRA
 (``alpha / √rank``) and per-module ``alpha_pattern``/``rank_pattern`` cannot be said
 with one alpha, so each module's own scale is folded into its ``B`` and alpha is written
 as 0, which llama.cpp reads as "scale 1". Q and K ``B`` rows are reordered exactly as the
-base weights are (``Family.transform``), so the pair multiplies out to the update of the
-GGUF's own weight.
+base weights are (``Family.transform``; columns reordered, as Qwen3.5's out_proj, reorder
+``A``: ``Family.lora_pair``), so the pair multiplies out to the update of the GGUF's own
+weight, and a weight the GGUF splits (Granite's fused gate and up) gets one
+pair per part (``Family.sources``).
 """
 
 from __future__ import annotations
@@ -77,17 +79,21 @@ def write_adapter_gguf(adapter_dir: Path, model_dir: Path, out_path: Path, type_
         for key, value in (provenance or {}).items():
             writer.add_string(f"lorapipe.{key}", value)
         for module, update in updates.items():
-            key = f"{module}.weight"
-            name = names.get_name(key, try_suffixes=(".weight",))
-            if name is None:
-                raise UserError(f"{adapter_dir}: the adapter updates {module}, which has no "
-                                f"llama.cpp counterpart in the {family.arch.name.lower()} "
-                                "architecture")
-            b = family.transform(key, update.b.float())
-            if not uniform:
-                b = b * update.scale
-            for suffix, tensor in ((".lora_a", update.a.float()), (".lora_b", b)):
-                writer.add_tensor(name + suffix, tensor.numpy().astype(dtype))
+            weight = (f"{module}.weight", (update.b.shape[0], update.a.shape[1]))
+            # a fused weight llama.cpp keeps apart (gate and up) is one pair per part,
+            # sharing A: its B rows are the part's rows
+            for source in family.sources(dict([weight])):
+                name = names.get_name(source.name, try_suffixes=(".weight",))
+                if name is None:
+                    raise UserError(f"{adapter_dir}: the adapter updates {module}, which has "
+                                    f"no llama.cpp counterpart in the "
+                                    f"{family.arch.name.lower()} architecture")
+                a, b = family.lora_pair(source.name, update.a.float(),
+                                        update.b.float()[source.rows or slice(None)])
+                if not uniform:
+                    b = b * update.scale
+                for suffix, tensor in ((".lora_a", a), (".lora_b", b)):
+                    writer.add_tensor(name + suffix, tensor.numpy().astype(dtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -12,9 +12,9 @@ left out because we do not export Falcon.
 
 The other types are written "pure", as llama.cpp's converter writes them: every 2-D or 3-D
 weight in the type, F16 where its rows do not divide into the type's blocks. Either way
-biases, the MoE router (``ffn_gate_inp``) and LFM2's convolution kernel stay F32: the
-converter writes them so (llama.cpp's convolution reads F32 only), and llama-quantize
-never quantizes them.
+biases, norms, the MoE routers (``ffn_gate_inp``) and the convolution kernels (LFM2's,
+Mamba's) stay F32: the converter writes them so (llama.cpp's convolution reads F32 only),
+and llama-quantize never quantizes them.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ K_MIXES = (F.MOSTLY_Q4_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q5_K_M, F.MOSTLY_Q6_K)
 
 # tensor_type_fallback: a 256-block type becomes this 32-block type (F16 if that fails too)
 _SHAPE_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
-# weights the converter always writes in F32 (and llama-quantize then leaves alone)
-_ALWAYS_F32 = ("ffn_gate_inp.weight", "shortconv.conv.weight")
+# weights the converter always writes in F32 (and llama-quantize then leaves alone): the
+# routers, the convolution kernels, and every norm (Mamba 2's grouped one is 2-D)
+_ALWAYS_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "shortconv.conv.weight",
+               "ssm_conv1d.weight", "_norm.weight")
 
 
 def possible_types(default: Q, file_type: F) -> set[Q]:

@@ -37,12 +37,16 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen 3.5's: Qwen2's with combining marks (\p{M}) kept in words
+_QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+                 r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # (split regex as tokenizer.json spells it, BPE ignore_merges) → llama.cpp's name. Llama 3
 # looks whole words up before merging; "smaug-bpe" is the same split without that.
 PRE_TOKENIZERS = {
     (_LLAMA3_SPLIT, True): "llama-bpe",
     (_LLAMA3_SPLIT, False): "smaug-bpe",
     (_QWEN2_SPLIT, False): "qwen2",
+    (_QWEN35_SPLIT, False): "qwen35",
 }
 _SPACE = "\u2581"  # SentencePiece's visible space
 
@@ -128,8 +132,8 @@ def detect_pre_tokenizer(tokenizer: dict[str, Any], where: Path) -> str:
     raise UserError(
         f"{where}: pre-tokenizer {' + '.join(str(k) for k in kinds) or 'none'} is not one the "
         "GGUF exporter can map to llama.cpp; supported: the regex splits of Llama 3 "
-        "(llama-bpe) and Qwen2/3 (qwen2) + byte-level, and Command R's digits + byte-level "
-        f"(command-r). Convert with llama.cpp: {CONVERT}"
+        "(llama-bpe), Qwen2/3 (qwen2) and Qwen 3.5 (qwen35) + byte-level, and Command R's "
+        f"digits + byte-level (command-r). Convert with llama.cpp: {CONVERT}"
     )
 
 

@@ -121,7 +121,7 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
                 if not family.skip(key):
                     where[key], shapes[key] = file, tuple(handle.get_slice(key).get_shape())
     for source in family.sources(shapes):
-        gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias"))
+        gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias", ".scale"))
         key = source.keys[0]
         if gguf_name is None:
             raise UserError(

@@ -2,7 +2,8 @@
 
 ``base`` holds :class:`Family`; each module beside it the families llama.cpp's converter
 treats alike (``llama``: permuted Q/K; ``dense``: weights as they are; ``gemma``; ``phi``;
-``moe``: stacked experts; ``hybrid``: convolution layers). This module picks the family
+``moe``: stacked experts; ``llama4``: Llama 4's fixed layer patterns; ``hybrid``:
+convolution and Mamba layers; ``qwen35``: linear attention). This module picks the family
 of a model directory and refuses, before any tensor is read, anything else, naming what
 was found and the converter command to run instead.
 """
@@ -18,10 +19,12 @@ from lorapipe.plugin import UserError
 from .base import CONVERT, Family, Source, llama3_rope_factors, permute_qk
 from .dense import Cohere2, Exaone4, Glm4, Olmo2, Qwen2, Qwen3, SeedOss
 from .gemma import Gemma2, Gemma3, Gemma4
-from .hybrid import Lfm2
+from .hybrid import GraniteHybrid, Lfm2
 from .llama import Granite, Llama, SmolLM3
+from .llama4 import Llama4
 from .moe import DeepseekV3, GptOss, Qwen3Moe
 from .phi import Phi3
+from .qwen35 import Qwen35, Qwen35Moe
 
 __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
            "llama3_rope_factors",
@@ -30,7 +33,7 @@ __all__ = ["CONVERT", "FAMILIES", "SUPPORTED_MODEL_TYPES", "Family", "Source",
 FAMILIES: tuple[type[Family], ...] = (
     Llama, Qwen2, Qwen3, Gemma2, Gemma3, Phi3,
     Granite, SmolLM3, Olmo2, SeedOss, Exaone4, Cohere2, Glm4, Lfm2, Qwen3Moe, GptOss,
-    Gemma4, DeepseekV3,
+    Gemma4, DeepseekV3, GraniteHybrid, Llama4, Qwen35, Qwen35Moe,
 )
 SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
 

@@ -112,7 +112,8 @@ class Family:
         writer.add_block_count(self.n_layers)
         writer.add_context_length(int(hp["max_position_embeddings"]))
         writer.add_embedding_length(int(hp["hidden_size"]))
-        writer.add_feed_forward_length(int(hp["intermediate_size"]))
+        if hp.get("intermediate_size") is not None:  # MoE configs may have none
+            writer.add_feed_forward_length(int(hp["intermediate_size"]))
         writer.add_head_count(self.n_head)
         if hp.get("num_key_value_heads") is not None:
             writer.add_head_count_kv(self.n_head_kv)
@@ -164,6 +165,13 @@ class Family:
         expects it."""
         return tensor
 
+    def lora_pair(self, key: str, a: torch.Tensor, b: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A LoRA update ``b @ a`` of the weight ``key`` as the pair that multiplies out
+        to the update of :meth:`transform`'s weight: B's rows are the weight's rows, so
+        they go through it; a family that reorders a weight's columns reorders A's."""
+        return a, self.transform(key, b)
+
     def sliding_pattern(self) -> list[bool]:
         """Which layers attend through the sliding window, from ``layer_types``."""
         return [kind == "sliding_attention" for kind in self.hp["layer_types"]]
@@ -182,8 +190,11 @@ def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> list[float]:
     """Llama 3.1's per-frequency RoPE factors (llama.cpp reads them as ``rope_freqs``).
 
     Mirrors transformers' ``_compute_llama3_parameters`` so llama.cpp rotates exactly
-    like the model was trained.
+    like the model was trained; in float32 torch, as both it and llama.cpp's converter
+    compute them, so the smoothed factors are the converter's to the bit.
     """
+    import torch
+
     theta = float(rope.get("rope_theta", 10000.0))
     factor = float(rope.get("factor", 8.0))
     low = float(rope.get("low_freq_factor", 1.0))
@@ -191,15 +202,15 @@ def llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> list[float]:
     old_ctx = float(rope.get("original_max_position_embeddings", 8192))
     low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
     factors = []
-    for i in range(0, head_dim, 2):
-        wavelen = 2 * math.pi * theta ** (i / head_dim)
+    for freq in 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim):
+        wavelen = 2 * math.pi / freq
         if wavelen < high_wavelen:
             factors.append(1.0)
         elif wavelen > low_wavelen:
             factors.append(factor)
         else:
             smooth = (old_ctx / wavelen - low) / (high - low)
-            factors.append(1.0 / ((1 - smooth) / factor + smooth))
+            factors.append(float(1.0 / ((1 - smooth) / factor + smooth)))
     return factors
 
 

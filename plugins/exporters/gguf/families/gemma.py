@@ -1,20 +1,17 @@
 """Gemma 2, 3 and 4 (text): soft-capping, sliding windows, and (2 and 3) RMSNorm weights
 stored as the offset from 1 that transformers adds back at run time. Gemma 4 adds
 per-layer input embeddings, wider heads on its global layers with "proportional" partial
-RoPE, and a tokenizer kind of its own.
+RoPE, a tokenizer kind of its own, and (the MoE release) routed experts beside the MLP.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gguf
 import numpy as np
 
-from lorapipe.plugin import UserError
-
-from .base import CONVERT, Family, Source
+from .base import Family, Source
 
 if TYPE_CHECKING:
     import torch
@@ -79,11 +76,9 @@ class Gemma4(Family):
     lora_refused = {"per_layer_model_projection": "llama.cpp's graph applies no --lora pair "
                                                   "to it"}
 
-    def __init__(self, hp: dict[str, Any], where: Path) -> None:
-        super().__init__(hp, where)
-        if hp.get("enable_moe_block"):
-            raise UserError(f"{where}: Gemma 4 with experts (enable_moe_block) is not written "
-                            f"by the GGUF exporter. Convert with llama.cpp: {CONVERT}")
+    @property
+    def n_experts(self) -> int:
+        return int(self.hp.get("num_experts") or 0)
 
     def _global(self, own_key: str, layer_key: str) -> Any:
         """A global-attention layer's value: under its own key, or in per_layer_config for
@@ -137,15 +132,32 @@ class Gemma4(Family):
         writer.add_sliding_window_pattern(swa)
         writer.add_key_length_swa(self.head_dim)
         writer.add_value_length_swa(self.head_dim)
+        if hp.get("num_experts") is not None:  # the MoE release: experts beside the MLP
+            writer.add_expert_count(self.n_experts)
+            writer.add_expert_used_count(int(hp["top_k_experts"]))
+        if hp.get("moe_intermediate_size") is not None:
+            writer.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
         writer.add_rope_dimension_count(head_dim_full)
         fraction = float(hp["rope_parameters"].get("partial_rotary_factor", 1.0))
         writer.add_rope_dimension_count_swa(int(self.head_dim * fraction))
 
     def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
-        # two scalars per layer are saved without a ".weight"
-        return [Source(s.name + ".weight", s.keys, s.shape)
-                if s.name.endswith(("per_dim_scale", "layer_scalar")) else s
-                for s in super().sources(shapes)]
+        # two scalars per layer and the fused experts (gate and up kept together, as
+        # llama.cpp's graph reads them) are saved without a ".weight"; the router's input
+        # scale and its per-expert output scales become scales of the router and of the
+        # experts' down projection
+        renamed = {"per_dim_scale": "per_dim_scale.weight", "layer_scalar": "layer_scalar.weight",
+                   "experts.gate_up_proj": "experts.gate_up_proj.weight",
+                   "experts.down_proj": "experts.down_proj.weight",
+                   "router.scale": "router.proj.scale",
+                   "router.per_expert_scale": "experts.down_proj.scale"}
+        sources = []
+        for source in super().sources(shapes):
+            ending = next((e for e in renamed if source.name.endswith("." + e)), None)
+            name = source.name if ending is None else (source.name.removesuffix(ending)
+                                                       + renamed[ending])
+            sources.append(Source(name, source.keys, source.shape))
+        return sources
 
     def extra_tensors(self) -> dict[str, np.ndarray]:
         """The global layers rotate a fraction of each head's pairs; llama.cpp's NeoX RoPE

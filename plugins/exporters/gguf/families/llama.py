@@ -55,14 +55,18 @@ class Granite(Llama):
 
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
-        hp = self.hp
-        # transformers' *_multiplier names, llama.cpp's *_scale keys; 0 means "unset" to both
-        for value, add in ((hp.get("attention_multiplier"), writer.add_attention_scale),
-                           (hp.get("embedding_multiplier"), writer.add_embedding_scale),
-                           (hp.get("residual_multiplier"), writer.add_residual_scale),
-                           (hp.get("logits_scaling"), writer.add_logit_scale)):
-            if value:
-                add(float(value))
+        granite_scales(writer, self.hp)
+
+
+def granite_scales(writer: gguf.GGUFWriter, hp: dict[str, Any]) -> None:
+    """Granite's four multipliers: transformers' *_multiplier names, llama.cpp's *_scale
+    keys; 0 means "unset" to both."""
+    for value, add in ((hp.get("attention_multiplier"), writer.add_attention_scale),
+                       (hp.get("embedding_multiplier"), writer.add_embedding_scale),
+                       (hp.get("residual_multiplier"), writer.add_residual_scale),
+                       (hp.get("logits_scaling"), writer.add_logit_scale)):
+        if value:
+            add(float(value))
 
 
 class SmolLM3(Llama):
