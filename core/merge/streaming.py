@@ -230,13 +230,21 @@ class Architecture:
     tied: tuple[str, str] | None
     stacked: dict[str, Stacked] = field(default_factory=dict)  # parameter → its LoRA
     model: torch.nn.Module | None = None  # weightless; knows the checkpoint conversions
+    # transformers' renames of checkpoint keys at load (a text model packaged in a
+    # multimodal checkpoint loads model.language_model.* as model.*)
+    renamings: list[Any] = field(default_factory=list)
 
     @classmethod
     def of(cls, model: torch.nn.Module, lora: Any = None) -> Architecture:
         """From the model built without weights (``lorapipe.model.loading.weightless_model``;
         consumed when ``lora``, the adapter's peft ``LoraConfig``, targets parameters)."""
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
         from transformers.pytorch_utils import Conv1D
 
+        # before peft wraps the model (below): the renames of the model transformers loaded
+        renamings = [transform for transform in get_model_conversion_mapping(model)
+                     if isinstance(transform, WeightRenaming)]
         names = {id(module): name for name, module in model.named_modules()}
         inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
         tied = (outputs is not None and getattr(model.config, "tie_word_embeddings", False)
@@ -248,7 +256,15 @@ class Architecture:
             tied=(names[id(inputs)], names[id(outputs)]) if tied else None,
             stacked=stacked_parameters(model, lora) if targets_parameters else {},
             model=model,
+            renamings=renamings,
         )
+
+    def module_of(self, key: str) -> str:
+        """The model's module a checkpoint tensor loads into (the adapter's name for it):
+        transformers' own renaming of the key at load."""
+        from transformers.core_model_loading import apply_renamings
+
+        return apply_renamings(key, self.renamings).rpartition(".")[0]
 
     def checkpoint_parts(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors keyed by the model's parameters, as the checkpoint stores them:
@@ -302,7 +318,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     bar = tqdm(total=layout.numel(), desc="merging", unit="param", unit_scale=True)
     for key, tensor in layout.tensors():
         bar.update(tensor.numel())
-        module = key.rpartition(".")[0]
+        module = architecture.module_of(key)
         if untie and module == untie[1]:
             continue  # written from the input embedding below
         if untie and module == untie[0]:

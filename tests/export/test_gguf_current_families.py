@@ -1,7 +1,8 @@
 """Native GGUF export of the late-2026 families (``tests/current_families.py``), judged by
 llama.cpp: its tokenization and f16 logits against transformers, its converter
 (``convert_hf_to_gguf.py``) for metadata and tensors, and ``llama_model_quantize`` for the
-bytes of a q4_k_m file. Families the exporter does not write must be refused by name.
+bytes of q8_0 and q4_k_m files. Layer patterns llama.cpp would not reproduce must be
+refused by name.
 
 Each model is the family's shape with the sizes a GGUF test needs (``GGUF_SHAPES``):
 intermediate sizes of 256 so ffn_down rows fill K-quant blocks, and, where llama.cpp
@@ -92,8 +93,6 @@ DEFAULT_RUN = ("granite", "cohere2", "qwen3_moe", "gpt_oss")
 # them as text, and llama.cpp would split every turn marker of a chat)
 ADDED_TOKENS = {"glm4": ["<|user|>"], "gemma4": ["<|turn>", "<turn|>"],
                 "gemma4_moe": ["<|turn>", "<turn|>"]}
-# current_families shapes the exporter refuses, and a phrase of the reason
-REFUSED: dict[str, str] = {}
 # layer patterns other than the one llama.cpp fixes for the family (config beyond the
 # shape), refused with a phrase of the reason
 OFF_PATTERN: dict[str, tuple[dict[str, Any], str]] = {
@@ -259,19 +258,22 @@ def test_gguf_has_parity_with_llama_cpp_converter(exported, tmp_path: Path) -> N
         np.testing.assert_array_equal(data, theirs[tensor][2], err_msg=tensor)
 
 
-def test_q4_k_m_is_llama_quantizes(exported, tmp_path: Path) -> None:
-    """Our q4_k_m holds llama-quantize's types and bytes (from our f16 file, so both start
-    from the same values), K-quant blocks included, and llama.cpp runs it."""
+def test_quantized_files_are_llama_quantizes(exported, tmp_path: Path) -> None:
+    """Our q8_0 and q4_k_m hold llama-quantize's types and bytes (from our f16 file, so
+    both start from the same values), K-quant blocks included, and llama.cpp runs them."""
     name, model_dir, f16 = exported
     rounded = tmp_path / "f16-values"
     shutil.copytree(model_dir, rounded)
     weights = rounded / "model.safetensors"
     save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
-    ours = write_gguf(rounded, tmp_path / "ours.gguf", "q4_k_m", progress=False).path
-    theirs = llama_quantize(f16, tmp_path / "theirs.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
-    differ, same, total = compare_tensors(ours, theirs)
-    assert not differ
-    assert same == total, f"{same}/{total} blocks identical"
+    for type_name, ftype in (("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
+                             ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)):
+        ours = write_gguf(rounded, tmp_path / f"ours-{type_name}.gguf", type_name,
+                          progress=False).path
+        theirs = llama_quantize(f16, tmp_path / f"theirs-{type_name}.gguf", ftype)
+        differ, same, total = compare_tensors(ours, theirs)
+        assert not differ, type_name
+        assert same == total, f"{type_name}: {same}/{total} blocks identical"
     types = {t.name: t.type.name for t in read_gguf(ours)[1].values()}
     if name == "qwen3_moe":  # gate/up rows are hidden_size (64) long: Q4_K's fallback
         assert {types[f"blk.{i}.ffn_{w}_exps.weight"] for i in range(2) for w in
@@ -282,13 +284,6 @@ def test_q4_k_m_is_llama_quantizes(exported, tmp_path: Path) -> None:
         assert "Q6_K" in types.values()  # ffn_down: K-quant blocks, not only fallbacks
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert np.isfinite(cpp_logits(ours, tokenizer(PROBES[1])["input_ids"])).all()
-
-
-@pytest.mark.parametrize("name", list(REFUSED))
-def test_unsupported_shapes_are_refused_by_name(name: str, tmp_path: Path) -> None:
-    """current_families' shapes the exporter cannot write faithfully are refused from the
-    config alone, before any weight is read (none is written here)."""
-    _refused(name, {}, REFUSED[name], tmp_path)
 
 
 @pytest.mark.parametrize("name", list(OFF_PATTERN))

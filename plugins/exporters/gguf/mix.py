@@ -98,6 +98,8 @@ def _output(shape: tuple[int, ...], default: Q) -> tuple[Q, bool]:
 def _pure(name: str, shape: tuple[int, ...], wanted: Q) -> tuple[Q, bool]:
     if len(shape) < 2 or _always_f32(name):
         return Q.F32, False  # norms and biases: tiny, and llama.cpp keeps them in F32
+    if wanted not in (Q.F32, Q.F16, Q.BF16) and not _quantizable(name):
+        return Q.F16, False  # llama-quantize leaves it as the converter writes it
     return _fit(wanted, shape[-1], Q.F16)
 
 
