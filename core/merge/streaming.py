@@ -231,8 +231,10 @@ class Architecture:
     stacked: dict[str, Stacked] = field(default_factory=dict)  # parameter → its LoRA
     model: torch.nn.Module | None = None  # weightless; knows the checkpoint conversions
     # transformers' renames of checkpoint keys at load (a text model packaged in a
-    # multimodal checkpoint loads model.language_model.* as model.*)
+    # multimodal checkpoint loads model.language_model.* as model.*), and the model's keys
+    # it checks a base-model prefix against (Llama 4's language_model.model.* as model.*)
     renamings: list[Any] = field(default_factory=list)
+    keys: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: torch.nn.Module, lora: Any = None) -> Architecture:
@@ -245,6 +247,7 @@ class Architecture:
         # before peft wraps the model (below): the renames of the model transformers loaded
         renamings = [transform for transform in get_model_conversion_mapping(model)
                      if isinstance(transform, WeightRenaming)]
+        keys = dict.fromkeys(model.state_dict(), True)
         names = {id(module): name for name, module in model.named_modules()}
         inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
         tied = (outputs is not None and getattr(model.config, "tie_word_embeddings", False)
@@ -257,14 +260,16 @@ class Architecture:
             stacked=stacked_parameters(model, lora) if targets_parameters else {},
             model=model,
             renamings=renamings,
+            keys=keys,
         )
 
-    def module_of(self, key: str) -> str:
-        """The model's module a checkpoint tensor loads into (the adapter's name for it):
-        transformers' own renaming of the key at load."""
-        from transformers.core_model_loading import apply_renamings
+    def model_key(self, key: str) -> str:
+        """A checkpoint tensor's name in the model (its module: the adapter's name for it),
+        by transformers' own renaming of the key at load."""
+        from transformers.core_model_loading import rename_source_key
 
-        return apply_renamings(key, self.renamings).rpartition(".")[0]
+        prefix = getattr(self.model, "base_model_prefix", None)
+        return rename_source_key(key, self.renamings, [], prefix, self.keys)[0]
 
     def checkpoint_parts(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors keyed by the model's parameters, as the checkpoint stores them:
@@ -296,7 +301,9 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
 
     def add(key: str, module: str, tensor: torch.Tensor) -> None:
         nonlocal worst
-        stacked = stacked_deltas.pop(key)
+        # an expert stack's parts are named as transformers saves the model, which may
+        # differ from the checkpoint by the prefix of a packaged text model (Llama 4's)
+        stacked = stacked_deltas.pop(key) or stacked_deltas.pop(architecture.model_key(key))
         if stacked:
             # checked end to end: the stage compares merged/'s logits with base + adapter
             module, delta = stacked
@@ -318,7 +325,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     bar = tqdm(total=layout.numel(), desc="merging", unit="param", unit_scale=True)
     for key, tensor in layout.tensors():
         bar.update(tensor.numel())
-        module = architecture.module_of(key)
+        module = architecture.model_key(key).rpartition(".")[0]
         if untie and module == untie[1]:
             continue  # written from the input embedding below
         if untie and module == untie[0]:

@@ -71,6 +71,7 @@ class _Planned:
     qtype: Q
     data: np.ndarray | None = None  # generated tensors only (tiny)
     fallback: bool = False  # its rows do not fit the wanted type's blocks
+    stored: tuple[str, ...] = ()  # each of source.keys as the checkpoint names it
 
 
 @dataclass
@@ -114,12 +115,15 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
     plan = [_Planned(name, None, (), data.shape, Q.F32, data)
             for name, data in family.extra_tensors().items()]
     where: dict[str, Path] = {}
+    stored: dict[str, str] = {}  # the text model's name → the checkpoint's (packaged)
     shapes: dict[str, tuple[int, ...]] = {}
     for file in _safetensors_files(model_dir):
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if not family.skip(key):
-                    where[key], shapes[key] = file, tuple(handle.get_slice(key).get_shape())
+                name = family.packaged(key) if family.packaged else key
+                if name is not None and not family.skip(name):
+                    where[name], stored[name] = file, key
+                    shapes[name] = tuple(handle.get_slice(key).get_shape())
     for source in family.sources(shapes):
         gguf_name = names.get_name(source.name, try_suffixes=(".weight", ".bias", ".scale"))
         key = source.keys[0]
@@ -132,7 +136,8 @@ def _plan(model_dir: Path, family: Family, n_vocab: int, wanted: Q,
         if gguf_name.startswith("token_embd.") and shape[0] > n_vocab:
             shape = (n_vocab, *shape[1:])  # rows beyond the vocabulary are dropped
         files = tuple(where[k] for k in source.keys)
-        plan.append(_Planned(gguf_name, source, files, shape, Q.F32))
+        plan.append(_Planned(gguf_name, source, files, shape, Q.F32,
+                             stored=tuple(stored[k] for k in source.keys)))
     types = tensor_types([(item.gguf_name, item.shape) for item in plan], wanted, file_type,
                          family.n_layers,
                          is_70b(family.arch, family.n_layers, family.n_head, family.n_head_kv),
@@ -165,7 +170,7 @@ def _tensors(plan: list[_Planned], family: Family) -> Iterator[tuple[_Planned, n
             if source is None:
                 yield item, item.data
                 continue
-            read_in = [read(file, key) for file, key in zip(item.files, source.keys,
+            read_in = [read(file, key) for file, key in zip(item.files, item.stored,
                                                             strict=True)]
             tensor = read_in[0] if len(read_in) == 1 else torch.stack(read_in)
             if source.rows is not None:

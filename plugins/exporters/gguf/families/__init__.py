@@ -23,6 +23,7 @@ from .hybrid import GraniteHybrid, Lfm2
 from .llama import Granite, Llama, SmolLM3
 from .llama4 import Llama4
 from .moe import DeepseekV3, GptOss, Qwen3Moe
+from .packaged import packaged_text_type, text_model
 from .phi import Phi3
 from .qwen35 import Qwen35, Qwen35Moe
 
@@ -61,13 +62,20 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def model_family(model_dir: Path) -> Family:
-    """The family of the model in ``model_dir``; refuse one the exporter cannot write."""
+    """The family of the model in ``model_dir`` (of its text model, when a multimodal
+    checkpoint packages one); refuse one the exporter cannot write."""
     hp = read_config(model_dir)
     where = model_dir / "config.json"
+    text_key = None
+    if (hp.get("model_type") not in SUPPORTED_MODEL_TYPES
+            and packaged_text_type(hp) in SUPPORTED_MODEL_TYPES):
+        hp, text_key = text_model(model_dir)
     model_type = hp.get("model_type")
     for family in FAMILIES:
         if model_type in family.model_types:
-            return family(hp, where)
+            found = family(hp, where)
+            found.packaged = text_key
+            return found
     raise UserError(
         f"{where}: GGUF export supports model_type {', '.join(SUPPORTED_MODEL_TYPES)}; got "
         f"model_type {model_type!r} ({', '.join(hp.get('architectures') or ['?'])}). Remove "

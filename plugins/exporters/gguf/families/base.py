@@ -13,6 +13,7 @@ logits and parity with the converter.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,6 +66,9 @@ class Family:
     skipped: ClassVar[tuple[str, ...]] = ()
     # linear layers a --lora adapter GGUF cannot update in llama.cpp, and why
     lora_refused: ClassVar[dict[str, str]] = {}
+    # for a text model packaged in a multimodal checkpoint (set by model_family): each
+    # checkpoint key as the text model names it, None for one outside it (families.packaged)
+    packaged: Callable[[str], str | None] | None = None
 
     def __init__(self, hp: dict[str, Any], where: Path) -> None:
         self.hp = hp
