@@ -29,6 +29,8 @@ from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
     Llama4Config,
     Llama4ForConditionalGeneration,
     Qwen3_5Config,
@@ -37,8 +39,10 @@ from transformers import (
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
+from lorapipe.errors import UserError
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import build_plan
+from lorapipe.plugins.exporters.gguf.families import model_family
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 
@@ -161,3 +165,19 @@ def test_its_gguf_is_the_text_models_as_the_converter_writes_it(packaged_run,
     for name, tensor in ours.items():
         assert (tensor.type, tensor.shape) == (theirs[name].type, theirs[name].shape), name
         assert bytes(tensor.data) == bytes(theirs[name].data), name
+
+
+def test_a_packaged_model_whose_text_model_is_not_found_is_refused(tmp_path: Path) -> None:
+    """Gemma 3 as released: transformers loads it whole (Gemma3ForConditionalGeneration),
+    not as a text causal LM, so its renaming says nothing of model.language_model.*; the
+    GGUF exporter refuses it by name, before any weight is read, rather than write a file
+    without its text model."""
+    text = {**SHAPE, "head_dim": 16, "vocab_size": 1024, "sliding_window": 128}
+    vision = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                  intermediate_size=64, image_size=28, patch_size=14)
+    Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision)
+                                   ).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"a multimodal checkpoint whose text model's tensors "
+                                        r"\(its model\.embed_tokens\.weight\) transformers' "
+                                        r"renaming does not find.*convert_hf_to_gguf\.py"):
+        model_family(tmp_path)
