@@ -440,3 +440,43 @@ def compare_tensors(ours: Path, theirs: Path) -> tuple[dict[str, tuple[str, str]
         same += int((mine == reference).all(axis=1).sum())
         total += len(mine)
     return differ, same, total
+
+
+def f16_valued_copy(model_dir: Path, out: Path) -> Path:
+    """``model_dir`` (one safetensors file) with every weight rounded to f16, as an f16
+    GGUF holds it: a file quantized from the copy starts from the values llama-quantize
+    reads from that GGUF."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    weights = out / "model.safetensors"
+    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
+    return out
+
+
+def f16_valued_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
+    """transformers' logits with the weights an f16 GGUF holds (each rounded to f16): what
+    remains between them and llama.cpp's is how each computes, not the file's rounding."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(parameter.half().float())
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def quantized_as_llama_does(f16_valued: Path, f16: Path, type_name: str, ftype: int,
+                            out_dir: Path) -> Path:
+    """Our ``type_name`` GGUF of ``f16_valued`` (``f16_valued_copy``), checked to hold the
+    tensor types and bytes llama-quantize writes from ``f16`` (``ftype``); returns ours."""
+    from lorapipe.plugins.exporters.gguf.writer import write_gguf
+
+    ours = write_gguf(f16_valued, out_dir / f"{type_name}.gguf", type_name,
+                      progress=False).path
+    theirs = llama_quantize(f16, out_dir / f"{type_name}-cpp.gguf", ftype)
+    differ, same, total = compare_tensors(ours, theirs)
+    assert not differ, (type_name, differ)
+    assert same == total, f"{type_name}: {same}/{total} blocks identical"
+    return ours

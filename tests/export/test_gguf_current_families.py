@@ -27,10 +27,11 @@ import torch
 from current_families import FAMILIES as SHAPES
 from current_families import SHAPE
 from llama_cpp_material import (
-    compare_tensors,
     cpp_logits,
+    f16_valued_copy,
+    f16_valued_logits,
     llama_cpp_tree,
-    llama_quantize,
+    quantized_as_llama_does,
     read_gguf,
     real_tokenizer,
 )
@@ -172,16 +173,6 @@ def exported(request: pytest.FixtureRequest, built) -> tuple[str, Path, Path]:
     return request.param, *built(request.param)
 
 
-def _f16_valued_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
-    """transformers' logits with the weights the f16 file holds (each rounded to f16): what
-    remains between them and llama.cpp's is how each computes, not the file's rounding."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
 def test_gguf_tokenizes_and_computes_like_transformers(exported) -> None:
     _, model_dir, f16 = exported
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -194,7 +185,7 @@ def test_gguf_tokenizes_and_computes_like_transformers(exported) -> None:
     finally:
         llm.close()
     ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
-    hf = _f16_valued_logits(model_dir, ids)
+    hf = f16_valued_logits(model_dir, ids)
     cpp = cpp_logits(f16, ids)
     assert np.abs(cpp - hf).max() < 0.02 * hf.std() + 1e-3, np.abs(cpp - hf).max()
 
@@ -262,18 +253,10 @@ def test_quantized_files_are_llama_quantizes(exported, tmp_path: Path) -> None:
     """Our q8_0 and q4_k_m hold llama-quantize's types and bytes (from our f16 file, so
     both start from the same values), K-quant blocks included, and llama.cpp runs them."""
     name, model_dir, f16 = exported
-    rounded = tmp_path / "f16-values"
-    shutil.copytree(model_dir, rounded)
-    weights = rounded / "model.safetensors"
-    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
+    rounded = f16_valued_copy(model_dir, tmp_path / "f16-values")
     for type_name, ftype in (("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0),
                              ("q4_k_m", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)):
-        ours = write_gguf(rounded, tmp_path / f"ours-{type_name}.gguf", type_name,
-                          progress=False).path
-        theirs = llama_quantize(f16, tmp_path / f"theirs-{type_name}.gguf", ftype)
-        differ, same, total = compare_tensors(ours, theirs)
-        assert not differ, type_name
-        assert same == total, f"{type_name}: {same}/{total} blocks identical"
+        ours = quantized_as_llama_does(rounded, f16, type_name, ftype, tmp_path)
     types = {t.name: t.type.name for t in read_gguf(ours)[1].values()}
     if name == "qwen3_moe":  # gate/up rows are hidden_size (64) long: Q4_K's fallback
         assert {types[f"blk.{i}.ffn_{w}_exps.weight"] for i in range(2) for w in

@@ -23,11 +23,16 @@ import pytest
 import torch
 from current_families import FAMILIES, QWEN35, SHAPE
 from datasets import load_from_disk
-from llama_cpp_material import cpp_logits, llama_cpp_tree, read_gguf, real_tokenizer
+from llama_cpp_material import (
+    cpp_logits,
+    f16_valued_logits,
+    llama_cpp_tree,
+    read_gguf,
+    real_tokenizer,
+)
 from merge_judge import merge_errors
 from safetensors.torch import load_file, save_file
 from transformers import (
-    AutoModelForCausalLM,
     AutoTokenizer,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
@@ -142,11 +147,7 @@ def test_its_gguf_is_the_text_models_as_the_converter_writes_it(packaged_run,
     _, _, arch, options, pre = RELEASED[model_type]
     f16 = ctx.paths.export_dir("gguf") / "model-f16.gguf"
     ids = list(load_from_disk(str(ctx.paths.validation_data))[0]["input_ids"])
-    model = AutoModelForCausalLM.from_pretrained(ctx.paths.merged, dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-        hf = model(torch.tensor([ids])).logits[0].numpy()
+    hf = f16_valued_logits(ctx.paths.merged, ids)
     assert np.abs(cpp_logits(f16, ids) - hf).max() < 0.02 * hf.std() + 1e-3
 
     reference = tmp_path / "converter-f16.gguf"

@@ -25,22 +25,20 @@ import pytest
 import torch
 from datasets import load_from_disk
 from llama_cpp_material import (
-    compare_tensors,
     cpp_logits,
+    f16_valued_copy,
     llama_cpp_tree,
-    llama_quantize,
+    quantized_as_llama_does,
     read_gguf,
     real_tokenizer,
 )
 from merge_judge import merge_errors
-from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lorapipe.config import validate_config
 from lorapipe.context import RunContext
 from lorapipe.pipeline import run_one_stage
 from lorapipe.plan import build_plan
-from lorapipe.plugins.exporters.gguf.writer import write_gguf
 
 SAMPLE = Path(__file__).resolve().parents[2] / "configs" / "data" / "quickstart.jsonl"
 LLAMA_LAYOUT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -223,18 +221,10 @@ def test_family_k_quants_are_llama_quantizes(family_run, tmp_path: Path) -> None
     _, _, ctx = family_run
     f16 = ctx.paths.export_dir("gguf") / "model-f16.gguf"  # the export stage's
     # ours starts from the same f16 values llama-quantize reads from that file
-    rounded = tmp_path / "merged-f16-values"
-    shutil.copytree(ctx.paths.merged, rounded)
-    weights = rounded / "model.safetensors"
-    save_file({k: v.half().float() for k, v in load_file(weights).items()}, weights)
+    rounded = f16_valued_copy(ctx.paths.merged, tmp_path / "merged-f16-values")
     ids = AutoTokenizer.from_pretrained(rounded)(PROBES[1])["input_ids"]
     for type_name, ftype in K_MIXES.items():
-        ours = write_gguf(rounded, tmp_path / f"{type_name}.gguf", type_name,
-                          progress=False).path
-        theirs = llama_quantize(f16, tmp_path / f"{type_name}-cpp.gguf", ftype)
-        differ, same, total = compare_tensors(ours, theirs)
-        assert not differ, type_name
-        assert same == total, f"{type_name}: {same}/{total} blocks identical"
+        ours = quantized_as_llama_does(rounded, f16, type_name, ftype, tmp_path)
         types = {t.name: t.type.name for t in read_gguf(ours)[1].values()}
         assert "Q6_K" in types.values()  # ffn_down: K-quant blocks, not only fallbacks
         assert np.isfinite(cpp_logits(ours, ids)).all()
