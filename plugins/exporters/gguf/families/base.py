@@ -64,6 +64,8 @@ class Family:
     writes_head_dim: ClassVar[bool] = True
     # checkpoint tensors llama.cpp never reads for this family
     skipped: ClassVar[tuple[str, ...]] = ()
+    # the config key of how many experts each token is routed to
+    experts_used_key: ClassVar[str] = "num_experts_per_tok"
     # linear layers a --lora adapter GGUF cannot update in llama.cpp, and why
     lora_refused: ClassVar[dict[str, str]] = {}
     # for a text model packaged in a multimodal checkpoint (set by model_family): each
@@ -105,6 +107,13 @@ class Family:
     def n_experts(self) -> int:
         """Routed experts per layer (0 for a dense model); llama-quantize's mixes differ."""
         return 0
+
+    def expert_counts(self, writer: gguf.GGUFWriter) -> None:
+        """How many experts a layer holds and routes each token to (0 without experts:
+        llama.cpp asserts on a count of chosen experts beyond the experts)."""
+        writer.add_expert_count(self.n_experts)
+        writer.add_expert_used_count(int(self.hp[self.experts_used_key]) if self.n_experts
+                                     else 0)
 
     @property
     def head_dim(self) -> int:

@@ -70,6 +70,7 @@ class Gemma4(Family):
     rope_types = ("proportional",)  # the global layers'; the sliding ones rotate plainly
     add_space_prefix = False
     tokenizer_model = "gemma4"
+    experts_used_key = "top_k_experts"
     visible_tokens = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
                                 "<|tool_response>", "<tool_response|>", '<|"|>'})
     # found by test: the adapter GGUF on it leaves llama.cpp's logits those of the base
@@ -133,8 +134,7 @@ class Gemma4(Family):
         writer.add_key_length_swa(self.head_dim)
         writer.add_value_length_swa(self.head_dim)
         if hp.get("num_experts") is not None:  # the MoE release: experts beside the MLP
-            writer.add_expert_count(self.n_experts)
-            writer.add_expert_used_count(int(hp["top_k_experts"]))
+            self.expert_counts(writer)
         if hp.get("moe_intermediate_size") is not None:
             writer.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
         writer.add_rope_dimension_count(head_dim_full)

@@ -121,10 +121,7 @@ class GraniteHybrid(Granite):
                                   for attention in self.attention_layers])
         writer.add_rope_freq_base(float(self.rope["rope_theta"]))
         writer.add_layer_norm_rms_eps(float(hp["rms_norm_eps"]))
-        # the dense releases say 0 experts; llama.cpp then wants 0 used, which transformers,
-        # having no experts to choose, does not need the config to say
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(hp["num_experts_per_tok"]) if self.n_experts else 0)
+        self.expert_counts(writer)  # the dense releases: 0 experts
         writer.add_vocab_size(self.vocab_size)
         writer.add_rope_dimension_count(self.head_dim)
         granite_scales(writer, hp)

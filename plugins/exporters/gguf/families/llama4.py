@@ -82,8 +82,7 @@ class Llama4(Llama):
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
         hp = self.hp
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        self.expert_counts(writer)
         writer.add_interleave_moe_layer_step(int(hp["interleave_moe_layer_step"]))
         writer.add_expert_feed_forward_length(int(hp["intermediate_size_moe"]))
 

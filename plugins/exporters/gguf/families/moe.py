@@ -59,8 +59,7 @@ class Qwen3Moe(Family):
 
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(self.hp["num_experts_per_tok"]))
+        self.expert_counts(writer)
         writer.add_expert_feed_forward_length(int(self.hp["moe_intermediate_size"]))
 
     def sources(self, shapes: dict[str, tuple[int, ...]]) -> list[Source]:
@@ -96,8 +95,7 @@ class GptOss(Family):
 
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(self.hp["num_experts_per_tok"]))
+        self.expert_counts(writer)
         writer.add_sliding_window(int(self.hp["sliding_window"]))
         writer.add_expert_feed_forward_length(int(self.hp["intermediate_size"]))
 
@@ -166,8 +164,7 @@ class DeepseekV3(Family):
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
         hp = self.hp
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        self.expert_counts(writer)
         if hp.get("n_group") is not None:
             writer.add_expert_group_count(int(hp["n_group"]))
         if hp.get("topk_group") is not None:

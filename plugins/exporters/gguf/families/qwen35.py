@@ -144,8 +144,7 @@ class Qwen35Moe(Qwen35):
     def metadata(self, writer: gguf.GGUFWriter) -> None:
         super().metadata(writer)
         hp = self.hp
-        writer.add_expert_count(self.n_experts)
-        writer.add_expert_used_count(int(hp["num_experts_per_tok"]))
+        self.expert_counts(writer)
         writer.add_expert_feed_forward_length(int(hp["moe_intermediate_size"]))
         writer.add_expert_shared_feed_forward_length(int(hp["shared_expert_intermediate_size"]))
 
