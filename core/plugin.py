@@ -22,7 +22,8 @@ and names the module in its distribution's entry points::
     dialogue = "my_package.dialogue"
 
 The helpers that need torch, transformers or numpy (``generate``, ``paired_bootstrap``,
-``adaptable_modules``, ``train_byte_level_bpe``, ``from_pretrained``, ``loss_sum``) are
+``adaptable_modules``, ``train_byte_level_bpe``, ``from_pretrained``, ``loss_sum``,
+``loaded_names``: the name transformers loads each checkpoint key under) are
 imported on first use, so a plugin that only defines a loader does not pay for them when
 lorapipe discovers it.
 
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     from lorapipe.evaluate.nll import bootstrap_ci, token_nll
     from lorapipe.merge.streaming import LoraAdapter
     from lorapipe.model.dtypes import resolve_dtype
+    from lorapipe.model.loading import loaded_names
     from lorapipe.model.pretrained import from_pretrained, pad_token_id
     from lorapipe.model.targets import (
         adaptable_modules,
@@ -130,6 +132,7 @@ _HEAVY = {
     "token_nll": "lorapipe.evaluate.nll",
     "bootstrap_ci": "lorapipe.evaluate.nll",
     "resolve_dtype": "lorapipe.model.dtypes",
+    "loaded_names": "lorapipe.model.loading",
     "fsdp_launched": "lorapipe.train.distributed",
     "loss_sum": "lorapipe.train.loss",
     "trainable_tokens": "lorapipe.train.loss",
@@ -212,6 +215,7 @@ __all__ = [
     "atomic_write_text",
     "from_pretrained",
     "generate",
+    "loaded_names",
     "pad_token_id",
     "paired_bootstrap",
     "train_byte_level_bpe",

@@ -19,7 +19,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -230,24 +230,18 @@ class Architecture:
     tied: tuple[str, str] | None
     stacked: dict[str, Stacked] = field(default_factory=dict)  # parameter → its LoRA
     model: torch.nn.Module | None = None  # weightless; knows the checkpoint conversions
-    # transformers' renames of checkpoint keys at load (a text model packaged in a
-    # multimodal checkpoint loads model.language_model.* as model.*), and the model's keys
-    # it checks a base-model prefix against (Llama 4's language_model.model.* as model.*)
-    renamings: list[Any] = field(default_factory=list)
-    keys: dict[str, bool] = field(default_factory=dict)
+    # a checkpoint key's name in the model (lorapipe.model.loading.loaded_names)
+    loaded_name: Callable[[str], str] = str
 
     @classmethod
     def of(cls, model: torch.nn.Module, lora: Any = None) -> Architecture:
         """From the model built without weights (``lorapipe.model.loading.weightless_model``;
         consumed when ``lora``, the adapter's peft ``LoraConfig``, targets parameters)."""
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
         from transformers.pytorch_utils import Conv1D
 
-        # before peft wraps the model (below): the renames of the model transformers loaded
-        renamings = [transform for transform in get_model_conversion_mapping(model)
-                     if isinstance(transform, WeightRenaming)]
-        keys = dict.fromkeys(model.state_dict(), True)
+        from lorapipe.model.loading import loaded_names
+
+        loaded_name = loaded_names(model)  # before peft wraps the model (below)
         names = {id(module): name for name, module in model.named_modules()}
         inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
         tied = (outputs is not None and getattr(model.config, "tie_word_embeddings", False)
@@ -259,17 +253,8 @@ class Architecture:
             tied=(names[id(inputs)], names[id(outputs)]) if tied else None,
             stacked=stacked_parameters(model, lora) if targets_parameters else {},
             model=model,
-            renamings=renamings,
-            keys=keys,
+            loaded_name=loaded_name,
         )
-
-    def model_key(self, key: str) -> str:
-        """A checkpoint tensor's name in the model (its module: the adapter's name for it),
-        by transformers' own renaming of the key at load."""
-        from transformers.core_model_loading import rename_source_key
-
-        prefix = getattr(self.model, "base_model_prefix", None)
-        return rename_source_key(key, self.renamings, [], prefix, self.keys)[0]
 
     def checkpoint_parts(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Tensors keyed by the model's parameters, as the checkpoint stores them:
@@ -303,7 +288,8 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
         nonlocal worst
         # an expert stack's parts are named as transformers saves the model, which may
         # differ from the checkpoint by the prefix of a packaged text model (Llama 4's)
-        stacked = stacked_deltas.pop(key) or stacked_deltas.pop(architecture.model_key(key))
+        stacked = (stacked_deltas.pop(key)
+                   or stacked_deltas.pop(f"{module}.{key.rpartition('.')[2]}"))
         if stacked:
             # checked end to end: the stage compares merged/'s logits with base + adapter
             module, delta = stacked
@@ -325,7 +311,7 @@ def merge_checkpoint(base_dir: Path, adapter_dir: Path, out_dir: Path, *, dtype:
     bar = tqdm(total=layout.numel(), desc="merging", unit="param", unit_scale=True)
     for key, tensor in layout.tensors():
         bar.update(tensor.numel())
-        module = architecture.model_key(key).rpartition(".")[0]
+        module = architecture.loaded_name(key).rpartition(".")[0]
         if untie and module == untie[1]:
             continue  # written from the input embedding below
         if untie and module == untie[0]:

@@ -3,6 +3,8 @@ the ``meta`` device) for estimates and streamed merges."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
@@ -52,6 +54,24 @@ def weightless_model(model: ModelConfig) -> PreTrainedModel:
     # against `ulimit -d`, at every call).
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(model_config, **trust)
+
+
+def loaded_names(model: PreTrainedModel) -> Callable[[str], str]:
+    """The name transformers loads each checkpoint key under in ``model`` (weightless, not
+    yet wrapped by peft): its own renamings of the key, then its base-model prefix added or
+    dropped. A text model packaged in a multimodal checkpoint loads Qwen3.5's
+    ``model.language_model.*`` and Llama 4's ``language_model.model.*`` as ``model.*``."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    renamings = [transform for transform in get_model_conversion_mapping(model)
+                 if isinstance(transform, WeightRenaming)]
+    keys = dict.fromkeys(model.state_dict(), True)  # what transformers looks the prefix up in
+
+    def loaded_name(key: str) -> str:
+        return rename_source_key(key, renamings, [], model.base_model_prefix, keys)[0]
+
+    return loaded_name
 
 
 def _keep_4bit_layout(model: PreTrainedModel) -> None:

@@ -31,23 +31,17 @@ def text_model(model_dir: Path) -> tuple[dict[str, Any], TextKeys]:
     checkpoint key as the text model does (None: not part of it)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-    from lorapipe.plugin import UserError, from_pretrained
+    from lorapipe.plugin import UserError, from_pretrained, loaded_names
 
     config = from_pretrained(AutoConfig, model_dir, trust_remote_code=False).get_text_config()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
-    modules = {name for name, _ in model.named_modules()}
-    parameters = dict.fromkeys(model.state_dict(), True)  # what transformers looks up
+    loaded_name = loaded_names(model)
+    modules = dict(model.named_modules())
 
     def text_key(key: str) -> str | None:
-        # transformers' renaming, then its base-model prefix added or dropped (Llama 4's
-        # checkpoint holds language_model.model.*, its causal LM model.*)
-        renamed, _ = rename_source_key(key, renamings, [], model.base_model_prefix,
-                                       parameters)
+        renamed = loaded_name(key)
         path = renamed.split(".")[:-1]
         # kept if it lands in a module of the text model: its own, or one below the root
         # (the stack a fused expert loads per-expert tensors into); a vision tower or an
@@ -56,16 +50,13 @@ def text_model(model_dir: Path) -> tuple[dict[str, Any], TextKeys]:
             ".".join(path[:depth]) in modules for depth in range(2, len(path)))
         return renamed if inside else None
 
-    embedding = f"{_module_name(model, model.get_input_embeddings())}.weight"
+    inputs = model.get_input_embeddings()
+    embedding = f"{next(n for n, m in modules.items() if m is inputs)}.weight"
     if not any(text_key(key) == embedding for key in _checkpoint_keys(model_dir)):
         raise UserError(f"{model_dir}: a multimodal checkpoint whose text model's tensors "
                         f"(its {embedding}) transformers' renaming does not find; the GGUF "
                         f"exporter cannot tell them apart. Convert with llama.cpp: {CONVERT}")
     return config.to_dict(), text_key
-
-
-def _module_name(model: Any, module: Any) -> str:
-    return next(name for name, found in model.named_modules() if found is module)
 
 
 def _checkpoint_keys(model_dir: Path) -> list[str]:
